@@ -1,0 +1,1 @@
+"""gwebhook: a TLS-first webhook receiver that stores JSON payloads as incidents."""

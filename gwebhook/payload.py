@@ -1,0 +1,134 @@
+"""The rules that turn a request body into incident drafts (pure, no I/O)."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any
+
+from gwebhook.model import IncidentDraft
+from gwebhook.timestamps import parse_occurred
+
+DEFAULT_NAME = "Generic webhook triggered incident"
+DEFAULT_TYPE = "Unclassified"
+
+
+class PayloadError(Exception):
+    """The body cannot become incidents; the message is for the sender."""
+
+    status = 400
+
+
+class BodyTooLarge(PayloadError):
+    status = 413
+
+
+class UnsupportedEncoding(PayloadError):
+    status = 415
+
+
+def decode_body(raw: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """
+    Undo ``Content-Encoding`` (identity or gzip) without ever holding more
+    than ``limit`` decompressed bytes: a gzip bomb stops at the limit.
+    """
+    coding = (content_encoding or "identity").strip().lower()
+    if coding in ("", "identity"):
+        return raw
+    if coding not in ("gzip", "x-gzip"):
+        raise UnsupportedEncoding(
+            f"Content-Encoding {coding!r} is not supported; send identity or gzip"
+        )
+    out = bytearray()
+    rest = raw
+    try:
+        while rest:
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            out += inflater.decompress(rest, limit + 1 - len(out))
+            if len(out) > limit:
+                raise BodyTooLarge(
+                    f"decompressed body is over the limit of {limit} bytes"
+                )
+            if not inflater.eof:
+                raise PayloadError("gzip body is truncated")
+            # Concatenated gzip members are one body (RFC 1952, 2.2).
+            rest = inflater.unused_data
+    except zlib.error as e:
+        raise PayloadError("body is not valid gzip") from e
+    return bytes(out)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(body: bytes) -> Any:
+    """Read strict JSON from UTF-8 bytes (a BOM is tolerated)."""
+    if not body.strip():
+        raise PayloadError("body is empty; send a JSON object or array of objects")
+    if body.startswith(b"\xef\xbb\xbf"):
+        body = body[3:]
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PayloadError(f"body is not UTF-8 (byte {e.start})") from e
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError as e:
+        raise PayloadError("body is not JSON: nested too deeply") from e
+    except ValueError as e:
+        raise PayloadError(f"body is not JSON: {e}") from e
+
+
+def _draft(
+    obj: Any,
+    where: str,
+    headers: dict[str, str],
+    default_type: str,
+    received: str,
+) -> IncidentDraft:
+    if not isinstance(obj, dict):
+        raise PayloadError(f"{where} is not a JSON object")
+    name = obj.get("name", DEFAULT_NAME)
+    if not isinstance(name, str):
+        raise PayloadError(f"{where}: field 'name' must be a string")
+    kind = obj.get("type", default_type)
+    if not isinstance(kind, str):
+        raise PayloadError(f"{where}: field 'type' must be a string")
+    occurred = received
+    if "occurred" in obj:
+        try:
+            occurred = parse_occurred(obj["occurred"])
+        except ValueError as e:
+            raise PayloadError(
+                f"{where}: field 'occurred' is not an ISO-8601 date-time or epoch: {e}"
+            ) from e
+    key = "rawJson" if "rawJson" in obj else "raw_json" if "raw_json" in obj else None
+    if key is None:
+        details = dict(obj)
+    elif isinstance(obj[key], dict):
+        details = dict(obj[key])
+    else:
+        raise PayloadError(f"{where}: field {key!r} must be a JSON object")
+    details["headers"] = headers
+    return IncidentDraft(name=name, type=kind, occurred=occurred, details=details)
+
+
+def incidents_from(
+    document: Any,
+    headers: dict[str, str],
+    default_type: str,
+    received: str,
+) -> list[IncidentDraft]:
+    """
+    Apply SPEC section 2 to a parsed JSON document: an object is one incident,
+    an array of objects one incident per element, in order.
+    """
+    if isinstance(document, list):
+        return [
+            _draft(element, f"element {index}", headers, default_type, received)
+            for index, element in enumerate(document)
+        ]
+    if isinstance(document, dict):
+        return [_draft(document, "body", headers, default_type, received)]
+    raise PayloadError("body must be a JSON object or an array of objects")

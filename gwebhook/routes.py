@@ -1,0 +1,146 @@
+"""
+The webhook routes.  Limits were enforced by the channel; each request then
+reads top to bottom: credentials, parse, store, answer.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from klein import Klein
+from twisted.logger import Logger
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from gwebhook.credentials import Credentials
+from gwebhook.headers import headers_for_details
+from gwebhook.model import ReceivedRequest
+from gwebhook.payload import (
+    DEFAULT_TYPE,
+    PayloadError,
+    decode_body,
+    incidents_from,
+    parse_json,
+)
+from gwebhook.store import IncidentStore, StoreUnavailable
+from gwebhook.timestamps import format_utc
+
+log = Logger()
+
+WEBHOOK_METHODS = ["POST", "PUT"]
+RETRY_AFTER_SECONDS = 5
+
+
+def _json(request, status: int, value: object) -> bytes:
+    body = json.dumps(value).encode("utf-8")
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
+
+
+def _error(request, status: int, message: str) -> bytes:
+    return _json(request, status, {"error": message})
+
+
+class WebhookRoutes:
+    """Klein routes bound to one store and one set of credentials."""
+
+    app = Klein()
+
+    def __init__(
+        self,
+        store: IncidentStore,
+        credentials: Credentials | None,
+        incident_type: str | None = None,
+        max_body_bytes: int = 10 * 1024 * 1024,
+    ) -> None:
+        self.store = store
+        self.credentials = credentials
+        self.incident_type = incident_type or DEFAULT_TYPE
+        self.max_body_bytes = max_body_bytes
+        self._store_down = False
+
+    def resource(self):
+        return self.app.resource()
+
+    # XSOAR's URL forms keep working: /instance/execute/<instance-name>, and
+    # XSOAR 8's /xsoar/instance/execute/<instance-name>.  The name is ignored.
+    @app.route("/", methods=WEBHOOK_METHODS, branch=False, endpoint="root")
+    @app.route("/instance/execute/<_name>", methods=WEBHOOK_METHODS, endpoint="xsoar6")
+    @app.route(
+        "/xsoar/instance/execute/<_name>", methods=WEBHOOK_METHODS, endpoint="xsoar8"
+    )
+    async def webhook(self, request, _name: str | None = None) -> bytes:
+        """Store the incidents a request carries and answer with their ids."""
+        received = format_utc(datetime.now(timezone.utc))
+
+        # Who sent it, before anything of the body is looked at.
+        creds = self.credentials
+        if creds and not creds.accepts(
+            request.requestHeaders.getRawHeaders(creds.field)
+        ):
+            if creds.basic:
+                request.setHeader(
+                    b"WWW-Authenticate", b'Basic realm="gwebhook", charset="UTF-8"'
+                )
+            return _error(request, 401, "missing or wrong credentials")
+
+        # What it says.
+        headers = headers_for_details(
+            request.requestHeaders.getAllRawHeaders(), creds.header if creds else None
+        )
+        raw = request.content.read()
+        try:
+            body = decode_body(
+                raw, headers.get("content-encoding"), self.max_body_bytes
+            )
+            drafts = incidents_from(
+                parse_json(body), headers, self.incident_type, received
+            )
+        except PayloadError as e:
+            return _error(request, e.status, str(e))
+        if not drafts:
+            return _json(request, 200, [])
+
+        # Keep it, durably, before saying so.
+        kept = ReceivedRequest(
+            received=received,
+            client=request.getClientAddress().host or "",
+            method=request.method.decode("ascii"),
+            path=request.path.decode("ascii"),
+            headers=headers,
+            body=raw,
+        )
+        try:
+            stored = await self.store.add(kept, drafts)
+        except StoreUnavailable as e:
+            if not self._store_down:
+                self._store_down = True
+                log.error(
+                    "store unavailable, answering 503 until it recovers: {why}", why=e
+                )
+            request.setHeader(b"Retry-After", str(RETRY_AFTER_SECONDS).encode("ascii"))
+            return _error(request, 503, "incident store unavailable; retry later")
+        if self._store_down:
+            self._store_down = False
+            log.info("store available again")
+
+        request.incidents = len(stored)
+        return _json(request, 200, [s.summary() for s in stored])
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request, failure) -> bytes:
+        return _error(
+            request, 404, "no such path; send webhooks to / or /instance/execute/<name>"
+        )
+
+    @app.handle_errors(MethodNotAllowed)
+    def method_not_allowed(self, request, failure) -> bytes:
+        request.setHeader(b"Allow", ", ".join(WEBHOOK_METHODS).encode("ascii"))
+        return _error(request, 405, "method not allowed; use POST or PUT")
+
+    @app.handle_errors(Exception)
+    def internal_error(self, request, failure) -> bytes:
+        log.failure("unexpected error handling {path}", failure, path=request.path)
+        return _error(request, 500, "internal error; the incident was not stored")

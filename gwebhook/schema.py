@@ -1,0 +1,86 @@
+"""
+The SQLite schema, versioned with ``PRAGMA user_version`` and brought up to
+date synchronously at start-up, so a bad path fails before the reactor runs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+# Each entry upgrades the schema from version N to N + 1.  Append, never edit.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE requests (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        received TEXT NOT NULL,
+        client TEXT NOT NULL,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        headers TEXT NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE TABLE incidents (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id INTEGER NOT NULL REFERENCES requests (id),
+        position INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        type TEXT NOT NULL,
+        occurred TEXT NOT NULL,
+        created TEXT NOT NULL,
+        details TEXT NOT NULL
+    );
+    CREATE INDEX incidents_by_request ON incidents (request_id);
+    CREATE TABLE samples (
+        incident_id INTEGER PRIMARY KEY REFERENCES incidents (id)
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# How long a writer waits for another process's lock before giving up (ms).
+BUSY_TIMEOUT_MS = 5000
+
+
+class StoreError(Exception):
+    """The store cannot be opened or upgraded; the message says how to fix it."""
+
+
+def configure(connection: sqlite3.Connection) -> None:
+    """
+    Settings every connection needs before its first write: WAL so readers
+    (the ``gwebhook`` command) never block the daemon, FULL sync so a commit
+    survives power loss, and a bounded wait for a lock held elsewhere.
+    """
+    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("PRAGMA synchronous = FULL")
+    connection.execute("PRAGMA foreign_keys = ON")
+
+
+def prepare(path: str) -> int:
+    """Create or upgrade the store at ``path``; return the schema version."""
+    try:
+        connection = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open the store {path}: {e}; check --db") from e
+    try:
+        configure(connection)
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the store {path} has schema version {version}, newer than this "
+                f"gwebhook understands ({SCHEMA_VERSION}); upgrade gwebhook"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            connection.execute("BEGIN IMMEDIATE")
+            for statement in MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {number + 1}")
+            connection.execute("COMMIT")
+        return SCHEMA_VERSION
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot use the store {path}: {e}; check --db") from e
+    finally:
+        connection.close()

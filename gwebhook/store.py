@@ -1,0 +1,132 @@
+"""
+The incident store: the only place the request path touches SQL.
+
+Writes go through ``twisted.enterprise.adbapi`` on one connection (SQLite has
+one writer anyway); each request's incidents commit in one transaction before
+its answer is sent.  Another DB-API database replaces this module's SQL, not
+its interface.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
+
+from gwebhook import schema
+from gwebhook.model import IncidentDraft, ReceivedRequest, StoredIncident
+from gwebhook.timestamps import format_utc
+
+SAMPLE_COUNT = 20
+
+
+class StoreUnavailable(Exception):
+    """The store could not commit (full, locked, read-only); retry later."""
+
+
+class IncidentStore:
+    """Stores requests and their incidents; durable before it answers."""
+
+    def __init__(self, path: str, keep_samples: bool = False) -> None:
+        schema.prepare(path)
+        self.path = path
+        self.keep_samples = keep_samples
+        self._pool = adbapi.ConnectionPool(
+            "sqlite3",
+            path,
+            check_same_thread=False,
+            isolation_level="",
+            cp_min=1,
+            cp_max=1,
+            cp_openfun=schema.configure,
+        )
+
+    def add(
+        self, request: ReceivedRequest, drafts: Sequence[IncidentDraft]
+    ) -> Deferred[list[StoredIncident]]:
+        """Commit the request and its incidents together; fire with them."""
+        d = self._pool.runInteraction(self._insert, request, drafts)
+        d.addErrback(self._unavailable)
+        return d
+
+    def ping(self) -> Deferred[bool]:
+        """Fire with True when the store answers a trivial query."""
+        d = self._pool.runQuery("SELECT 1")
+        d.addCallback(lambda rows: rows == [(1,)])
+        return d
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def _insert(
+        self,
+        cursor: sqlite3.Cursor,
+        request: ReceivedRequest,
+        drafts: Sequence[IncidentDraft],
+    ) -> list[StoredIncident]:
+        created = format_utc(datetime.now(timezone.utc))
+        cursor.execute(
+            "INSERT INTO requests (received, client, method, path, headers, body)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                request.received,
+                request.client,
+                request.method,
+                request.path,
+                json.dumps(request.headers),
+                request.body,
+            ),
+        )
+        request_id = cursor.lastrowid
+        stored = []
+        for position, draft in enumerate(drafts):
+            cursor.execute(
+                "INSERT INTO incidents (request_id, position, name, type, occurred,"
+                " created, details) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    request_id,
+                    position,
+                    draft.name,
+                    draft.type,
+                    draft.occurred,
+                    created,
+                    json.dumps(draft.details, ensure_ascii=False),
+                ),
+            )
+            stored.append(
+                StoredIncident(
+                    id=str(cursor.lastrowid),
+                    name=draft.name,
+                    type=draft.type,
+                    occurred=draft.occurred,
+                    created=created,
+                )
+            )
+        if self.keep_samples and stored:
+            cursor.executemany(
+                "INSERT INTO samples (incident_id) VALUES (?)",
+                [(int(s.id),) for s in stored[-SAMPLE_COUNT:]],
+            )
+            cursor.execute(
+                "DELETE FROM samples WHERE incident_id NOT IN"
+                " (SELECT incident_id FROM samples ORDER BY incident_id DESC LIMIT ?)",
+                (SAMPLE_COUNT,),
+            )
+        return stored
+
+    @staticmethod
+    def _unavailable(failure):
+        # SQLite's ways of saying "not now" (full, locked, read-only, I/O
+        # error, damaged file): the request may succeed once the fault clears.
+        # Programming and integrity errors are bugs and stay what they are.
+        error = failure.value
+        if (
+            isinstance(error, sqlite3.OperationalError)
+            or type(error) is sqlite3.DatabaseError
+        ):
+            raise StoreUnavailable(str(error)) from error
+        return failure

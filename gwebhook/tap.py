@@ -1,0 +1,273 @@
+"""
+``twistd gwebhook``: the options of SPEC section 1 and the service they build.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from gwebhook.channel import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_HEADER_BYTES,
+    WebhookSite,
+)
+from gwebhook.credentials import HEADER_PREFIX, Credentials
+from gwebhook.routes import WebhookRoutes
+from gwebhook.schema import StoreError, prepare
+from gwebhook.store import IncidentStore
+from gwebhook.tls import TLSConfigError, TLSServerEndpoint, certificate_options
+
+PASSWORD_ENV = "GWEBHOOK_PASSWORD"  # noqa: S105 (a variable name, not a secret)
+# Twisted's default of 50 overflows under a burst of new connections.
+LISTEN_BACKLOG = 1024
+
+
+def _whole(option: str, low: int, high: int | None, what: str):
+    """A coerce function for ``usage.Options`` whose error names the option."""
+
+    def coerce(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+        if number is None or number < low or (high is not None and number > high):
+            raise ValueError(f"--{option} {value} is not {what}")
+        return number
+
+    coerce.coerceDoc = f"{what[0].upper()}{what[1:]}."
+    return coerce
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd gwebhook``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Receive webhooks over HTTPS and store each JSON payload as an incident. "
+        "Needs --cert and --key (or --no-tls), and credentials (or --allow-anonymous)."
+    )
+
+    optParameters = [
+        [
+            "port",
+            "p",
+            8443,
+            "TCP port to listen on.",
+            _whole("port", 0, 65535, "a TCP port (0-65535)"),
+        ],
+        [
+            "interface",
+            "i",
+            "",
+            "Address to bind (default: all IPv4 interfaces; '::' for IPv6).",
+        ],
+        ["cert", "c", None, "Server certificate PEM, leaf first then intermediates."],
+        ["key", "k", None, "Private key PEM of that certificate."],
+        [
+            "username",
+            "u",
+            None,
+            "Basic-auth user name, or _header:NAME for a header token.",
+        ],
+        ["password", "w", None, "Password or header value (prefer --password-file)."],
+        [
+            "password-file",
+            None,
+            None,
+            "File holding the password (one trailing newline ignored).",
+        ],
+        [
+            "auth-header",
+            None,
+            None,
+            "Token the Authorization header must equal (XSOAR v1).",
+        ],
+        [
+            "incident-type",
+            "t",
+            None,
+            "Type of incidents that name none (default Unclassified).",
+        ],
+        ["db", "d", "gwebhook.sqlite", "The incident store (SQLite file)."],
+        [
+            "max-header-bytes",
+            None,
+            DEFAULT_MAX_HEADER_BYTES,
+            "Limit on the request line plus headers.",
+            _whole("max-header-bytes", 1024, None, "a number of bytes, 1024 or more"),
+        ],
+        [
+            "max-body-bytes",
+            None,
+            DEFAULT_MAX_BODY_BYTES,
+            "Limit on the request body.",
+            _whole("max-body-bytes", 1, None, "a positive number of bytes"),
+        ],
+    ]
+
+    optFlags = [
+        ["no-tls", None, "Serve plain HTTP (only behind a TLS-terminating proxy)."],
+        ["allow-anonymous", None, "Accept requests without credentials."],
+        ["store-samples", None, "Keep the 20 most recent incidents as samples."],
+    ]
+
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.environ = os.environ if environ is None else environ
+
+    def postOptions(self) -> None:
+        self["credentials"] = self._credentials()
+        self["tls"] = self._tls()
+        _check_bindable(self["interface"], self["port"])
+        try:
+            prepare(self["db"])
+        except StoreError as e:
+            raise usage.UsageError(f"--db: {e}") from None
+
+    def _password(self) -> str | None:
+        given = [o for o in ("password", "password-file") if self[o] is not None]
+        if len(given) > 1:
+            raise usage.UsageError("give --password or --password-file, not both")
+        if self["password-file"] is not None:
+            path = self["password-file"]
+            try:
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
+            except OSError as e:
+                raise usage.UsageError(
+                    f"--password-file: cannot read {path}: {e.strerror}"
+                ) from None
+            return text[:-1] if text.endswith("\n") else text
+        if self["password"] is not None:
+            return self["password"]
+        return self.environ.get(PASSWORD_ENV)
+
+    def _credentials(self) -> Credentials | None:
+        password = self._password()
+        username = self["username"]
+        if self["auth-header"] is not None:
+            if username is not None or password is not None:
+                raise usage.UsageError(
+                    "give --auth-header or --username/--password, not both"
+                )
+            username, password = HEADER_PREFIX + "Authorization", self["auth-header"]
+        if username is None and password is None:
+            if self["allow-anonymous"]:
+                return None
+            raise usage.UsageError(
+                "no credentials: give --username and --password (or --password-file, "
+                f"or ${PASSWORD_ENV}), or --allow-anonymous to accept anyone"
+            )
+        if self["allow-anonymous"]:
+            raise usage.UsageError(
+                "--allow-anonymous cannot be combined with credentials"
+            )
+        if username is None:
+            raise usage.UsageError("a password was given without --username")
+        if not password:
+            raise usage.UsageError(
+                f"--username {username} needs a non-empty --password "
+                f"(or --password-file, or ${PASSWORD_ENV})"
+            )
+        if username.startswith(HEADER_PREFIX):
+            if not username[len(HEADER_PREFIX) :].strip():
+                raise usage.UsageError(
+                    "--username _header: needs a header name, "
+                    "e.g. _header:Authorization"
+                )
+        elif ":" in username:
+            raise usage.UsageError(
+                "--username cannot contain ':' (HTTP Basic forbids it)"
+            )
+        return Credentials.from_options(username, password)
+
+    def _tls(self):
+        cert, key = self["cert"], self["key"]
+        if self["no-tls"]:
+            if cert or key:
+                raise usage.UsageError("--no-tls cannot be combined with --cert/--key")
+            return None
+        if not cert or not key:
+            raise usage.UsageError(
+                "TLS needs --cert and --key (make a test pair with "
+                "'gwebhook make-cert DIR'), or --no-tls behind a TLS-terminating proxy"
+            )
+        try:
+            return certificate_options(cert, key)
+        except TLSConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def _check_bindable(interface: str, port: int) -> None:
+    """
+    Refuse at start-up, in one line, a port that cannot be bound (in use, or
+    privileged), rather than with the traceback twistd prints when the
+    listener fails later.
+    """
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As Twisted's listener does, so a port in TIME_WAIT is not "in use".
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((interface, port))
+        except OSError as e:
+            where = interface or "all interfaces"
+            raise usage.UsageError(
+                f"--port {port}: cannot listen on {where}: {e.strerror}; "
+                "choose another --port or --interface, or stop what holds it"
+            ) from None
+
+
+class StoreService(service.Service):
+    """Closes the store's pool when the daemon stops."""
+
+    def __init__(self, store: IncidentStore) -> None:
+        self.store = store
+
+    def stopService(self):
+        super().stopService()
+        self.store.close()
+
+
+def _endpoint(reactor, config):
+    interface = config["interface"]
+    tcp = (
+        endpoints.TCP6ServerEndpoint
+        if ":" in interface
+        else endpoints.TCP4ServerEndpoint
+    )
+    plain = tcp(reactor, config["port"], backlog=LISTEN_BACKLOG, interface=interface)
+    if config["tls"] is None:
+        return plain
+    return TLSServerEndpoint(plain, config["tls"])
+
+
+def makeService(config: Options, reactor=None) -> service.MultiService:
+    """The daemon: a TLS listener serving the webhook routes, and the store."""
+    if reactor is None:
+        from twisted.internet import reactor
+    top = service.MultiService()
+    store = IncidentStore(config["db"], keep_samples=bool(config["store-samples"]))
+    StoreService(store).setServiceParent(top)
+    routes = WebhookRoutes(
+        store,
+        config["credentials"],
+        incident_type=config["incident-type"],
+        max_body_bytes=config["max-body-bytes"],
+    )
+    site = WebhookSite(
+        routes.resource(),
+        max_header_bytes=config["max-header-bytes"],
+        max_body_bytes=config["max-body-bytes"],
+    )
+    listener = StreamServerEndpointService(_endpoint(reactor, config), site)
+    # Fail start-up on a port that cannot be bound, as strports.service does.
+    listener._raiseSynchronously = True
+    listener.setServiceParent(top)
+    return top

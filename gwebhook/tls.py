@@ -1,0 +1,113 @@
+"""
+TLS for the listener: the certificate chain and key read from PEM files and
+the policy of SPEC section 1 (TLS 1.2 minimum, 1.3 offered, no compression,
+server cipher order, forward-secret AEAD suites only).
+"""
+
+from __future__ import annotations
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
+
+# TLS 1.2 suites, named: ECDHE for forward secrecy, AEAD only.  TLS 1.3 suites
+# are all forward-secret AEAD and are left to OpenSSL.
+TLS12_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+    ]
+)
+
+
+class TLSConfigError(Exception):
+    """The certificate or key cannot be served; the message says how to fix it."""
+
+
+def _read(path: str, what: str, option: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise TLSConfigError(f"{option}: {what} file {path} does not exist") from None
+    except OSError as e:
+        raise TLSConfigError(
+            f"{option}: cannot read {what} file {path}: {e.strerror}"
+        ) from None
+
+
+def load_chain(path: str) -> list[x509.Certificate]:
+    """Every certificate in a PEM file, leaf first."""
+    data = _read(path, "certificate", "--cert")
+    try:
+        chain = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        chain = []
+    if not chain:
+        raise TLSConfigError(f"--cert: {path} holds no PEM certificate")
+    return chain
+
+
+def load_key(path: str):
+    """The private key in a PEM file."""
+    data = _read(path, "key", "--key")
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise TLSConfigError(
+            f"--key: {path} is encrypted; give the key without a passphrase "
+            "(openssl pkey -in KEY -out PLAIN)"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise TLSConfigError(
+            f"--key: {path} holds no usable PEM private key ({e})"
+        ) from None
+
+
+def certificate_options(cert_path: str, key_path: str) -> CertificateOptions:
+    """
+    Build the server's TLS options from PEM files, refusing a missing,
+    unreadable or mismatched pair with a TLSConfigError.
+    """
+    chain = [crypto.X509.from_cryptography(c) for c in load_chain(cert_path)]
+    key = crypto.PKey.from_cryptography_key(load_key(key_path))
+    check = SSL.Context(SSL.TLS_SERVER_METHOD)
+    try:
+        check.use_certificate(chain[0])
+        check.use_privatekey(key)
+        check.check_privatekey()
+    except SSL.Error:
+        raise TLSConfigError(
+            f"--key: {key_path} is not the private key of the first certificate in "
+            f"{cert_path}; give the matching pair (the leaf certificate comes first)"
+        ) from None
+    return CertificateOptions(
+        privateKey=key,
+        certificate=chain[0],
+        extraCertChain=chain[1:],
+        raiseMinimumTo=TLSVersion.TLSv1_2,
+        acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(TLS12_CIPHERS),
+    )
+
+
+@implementer(IStreamServerEndpoint)
+class TLSServerEndpoint:
+    """TLS over any stream endpoint (TCP on IPv4 or IPv6) with given options."""
+
+    def __init__(
+        self, wrapped: IStreamServerEndpoint, options: CertificateOptions
+    ) -> None:
+        self.wrapped = wrapped
+        self.options = options
+
+    def listen(self, factory):
+        return self.wrapped.listen(TLSMemoryBIOFactory(self.options, False, factory))

@@ -1,0 +1,8 @@
+from twisted.application.service import ServiceMaker
+
+gwebhook = ServiceMaker(
+    "gwebhook",
+    "gwebhook.tap",
+    "A TLS webhook receiver that stores every JSON payload as an incident.",
+    "gwebhook",
+)
