@@ -26,6 +26,9 @@ from gwebhook.tls import TLSConfigError, TLSServerEndpoint, certificate_options
 PASSWORD_ENV = "GWEBHOOK_PASSWORD"  # noqa: S105 (a variable name, not a secret)
 # Twisted's default of 50 overflows under a burst of new connections.
 LISTEN_BACKLOG = 1024
+# A connection with nothing in flight is closed after this long (Twisted's
+# default is 12 hours).
+IDLE_TIMEOUT_SECONDS = 60
 
 
 def _whole(option: str, low: int, high: int | None, what: str):
@@ -265,6 +268,7 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
         routes.resource(),
         max_header_bytes=config["max-header-bytes"],
         max_body_bytes=config["max-body-bytes"],
+        timeout=IDLE_TIMEOUT_SECONDS,
     )
     listener = StreamServerEndpointService(_endpoint(reactor, config), site)
     # Fail start-up on a port that cannot be bound, as strports.service does.

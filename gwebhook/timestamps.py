@@ -43,5 +43,9 @@ def parse_occurred(value: object) -> str:
         moment = datetime.fromisoformat(text)
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=timezone.utc)
-        return format_utc(moment)
+        try:
+            return format_utc(moment)
+        except OverflowError as e:
+            # 0001-01-01T00:00+01:00 is a valid string but no UTC time.
+            raise ValueError("date-time out of range in UTC") from e
     raise ValueError("not a date-time string or epoch number")
