@@ -18,6 +18,7 @@ setup(
         "pyopenssl>=24.0",
         "service-identity>=24.1",
         "treq>=23.11",
+        "prometheus-client>=0.20",
         "cryptography>=42",
     ],
     extras_require={

@@ -10,12 +10,15 @@ its own status and a JSON reason, then the connection is closed.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web import http, server
 
 from gwebhook.headers import is_printable_ascii
+from gwebhook.metrics import Metrics
 
 log = Logger()
 
@@ -35,18 +38,30 @@ def raw_response(status: int, message: str) -> bytes:
 
 
 class WebhookRequest(server.Request):
-    """A request that counts its body against the channel's limit as it arrives."""
+    """
+    A request that counts its body against the channel's limit as it
+    arrives, and is tracked as in flight from the end of its headers until
+    it is answered or its connection is lost.
+    """
 
     incidents = 0
+    route = "other"
 
     def render(self, resource) -> None:
         # Twisted names itself and its version; a probe learns nothing here.
         self.setHeader(b"Server", b"gwebhook")
+        self.setHeader(b"X-Request-Id", self.requestId.encode("ascii"))
+        if self.channel.site.draining:
+            # Shutting down: answer this one, then let the client reconnect elsewhere.
+            self.channel.persistent = False
+            self.setHeader(b"Connection", b"close")
         super().render(resource)
 
     def gotLength(self, length: int | None) -> None:
         self.startedAt = time.monotonic()
+        self.requestId = secrets.token_hex(8)
         self._bodyBytes = 0
+        self.channel.site.track(self)
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
@@ -73,6 +88,7 @@ class LimitedChannel(http.HTTPChannel):
         if self._refused:
             return
         self._refused = True
+        self.site.metrics.refusals.labels(str(status)).inc()
         peer = self.transport.getPeer()
         log.info(
             "refused {client}: {status} {reason}",
@@ -121,6 +137,14 @@ class LimitedChannel(http.HTTPChannel):
         self._headerBytes = 0
         super().allContentReceived()
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.connectionOpened(self)
+
+    def connectionLost(self, reason) -> None:
+        self.site.connectionClosed(self)
+        super().connectionLost(reason)
+
     def _respondToBadRequestAndDisconnect(self) -> None:
         self.refuse(400, "request is not valid HTTP/1.1")
 
@@ -148,17 +172,74 @@ class WebhookSite(server.Site):
 
     protocol = LimitedChannel
     requestFactory = WebhookRequest
+    noisy = False
+
+    draining = False
 
     def __init__(
         self,
         resource,
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        metrics: Metrics | None = None,
         **kwargs,
     ) -> None:
         super().__init__(resource, parsePOSTFormSubmission=False, **kwargs)
         self.maxHeaderBytes = max_header_bytes
         self.maxBodyBytes = max_body_bytes
+        self.metrics = metrics or Metrics()
+        self._channels: set[LimitedChannel] = set()
+        self._inFlight: set[WebhookRequest] = set()
+        self._drained: Deferred[None] | None = None
+
+    def connectionOpened(self, channel: LimitedChannel) -> None:
+        self._channels.add(channel)
+        self.metrics.connections.inc()
+
+    def connectionClosed(self, channel: LimitedChannel) -> None:
+        if channel in self._channels:
+            self._channels.discard(channel)
+            self.metrics.connections.dec()
+
+    def track(self, request: WebhookRequest) -> None:
+        """Count ``request`` as in flight until it is answered or cut off."""
+        self._inFlight.add(request)
+        request.notifyFinish().addBoth(lambda _: self._settled(request))
+
+    def _settled(self, request: WebhookRequest) -> None:
+        self._inFlight.discard(request)
+        if self._drained is not None and not self._inFlight:
+            self._drained, drained = None, self._drained
+            drained.callback(None)
+
+    def drain(self, timeout: float, clock) -> Deferred[int]:
+        """
+        Let the requests in flight finish (at most ``timeout`` seconds), then
+        close every connection; those still unanswered are cut off, so they
+        never get a 200.  Fires with the number cut off.
+        """
+        self.draining = True
+        waiting: Deferred[None] = Deferred()
+        if self._inFlight:
+            self._drained = waiting
+            timer = clock.callLater(
+                timeout, lambda: waiting.called or waiting.callback(None)
+            )
+            waiting.addCallback(lambda _: timer.active() and timer.cancel())
+        else:
+            waiting.callback(None)
+
+        def close(_: object) -> int:
+            self._drained = None
+            cut = len(self._inFlight)
+            for channel in list(self._channels):
+                if channel._handlingRequest:
+                    channel.transport.abortConnection()
+                else:
+                    channel.transport.loseConnection()
+            return cut
+
+        return waiting.addCallback(close)
 
     def buildProtocol(self, addr):
         channel = super().buildProtocol(addr)
@@ -172,17 +253,30 @@ class WebhookSite(server.Site):
         return channel
 
     def log(self, request: WebhookRequest) -> None:
-        """One access line per request: never a header value, never a body."""
+        """
+        Count the request and write its access line: client, method, path,
+        status, incidents, body bytes, duration, request id — never a header
+        value, a credential or a body.
+        """
         started = getattr(request, "startedAt", None)
-        duration = (time.monotonic() - started) * 1000 if started else 0.0
+        seconds = time.monotonic() - started if started else 0.0
+        body_bytes = getattr(request, "_bodyBytes", 0)
+        method = request.method.decode("ascii", "replace")
+        m = self.metrics
+        m.requests.labels(method, request.route, str(request.code)).inc()
+        m.request_seconds.observe(seconds)
+        m.body_bytes.observe(body_bytes)
+        if request.incidents:
+            m.incidents.inc(request.incidents)
         log.info(
             "{client} {method} {path} {status} incidents={incidents} "
-            "bytes={bytes} {duration:.1f}ms",
+            "bytes={bytes} {duration_ms:.1f}ms id={request_id}",
             client=request.getClientAddress().host or "-",
-            method=request.method.decode("ascii", "replace"),
+            method=method,
             path=request.path.decode("ascii", "replace"),
             status=request.code,
             incidents=request.incidents,
-            bytes=getattr(request, "_bodyBytes", 0),
-            duration=duration,
+            bytes=body_bytes,
+            duration_ms=seconds * 1000,
+            request_id=getattr(request, "requestId", "-"),
         )

@@ -6,6 +6,7 @@ reads top to bottom: credentials, parse, store, answer.
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timezone
 
 from klein import Klein
@@ -14,6 +15,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from gwebhook.credentials import Credentials
 from gwebhook.headers import headers_for_details
+from gwebhook.metrics import Metrics
 from gwebhook.model import ReceivedRequest
 from gwebhook.payload import (
     DEFAULT_TYPE,
@@ -54,12 +56,14 @@ class WebhookRoutes:
         credentials: Credentials | None,
         incident_type: str | None = None,
         max_body_bytes: int = 10 * 1024 * 1024,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.credentials = credentials
         self.incident_type = incident_type or DEFAULT_TYPE
         self.max_body_bytes = max_body_bytes
-        self._store_down = False
+        self.metrics = metrics or Metrics()
+        self.store_down = False
 
     def resource(self):
         return self.app.resource()
@@ -73,6 +77,7 @@ class WebhookRoutes:
     )
     async def webhook(self, request, _name: str | None = None) -> bytes:
         """Store the incidents a request carries and answer with their ids."""
+        request.route = "webhook"
         received = format_utc(datetime.now(timezone.utc))
 
         # Who sent it, before anything of the body is looked at.
@@ -80,6 +85,7 @@ class WebhookRoutes:
         if creds and not creds.accepts(
             request.requestHeaders.getRawHeaders(creds.field)
         ):
+            self.metrics.auth_failures.inc()
             if creds.basic:
                 request.setHeader(
                     b"WWW-Authenticate", b'Basic realm="gwebhook", charset="UTF-8"'
@@ -112,22 +118,41 @@ class WebhookRoutes:
             headers=headers,
             body=raw,
         )
+        started = time.monotonic()
         try:
             stored = await self.store.add(kept, drafts)
         except StoreUnavailable as e:
-            if not self._store_down:
-                self._store_down = True
+            if not self.store_down:
+                self.store_down = True
                 log.error(
                     "store unavailable, answering 503 until it recovers: {why}", why=e
                 )
             request.setHeader(b"Retry-After", str(RETRY_AFTER_SECONDS).encode("ascii"))
             return _error(request, 503, "incident store unavailable; retry later")
-        if self._store_down:
-            self._store_down = False
+        self.metrics.commit_seconds.observe(time.monotonic() - started)
+        if self.store_down:
+            self.store_down = False
             log.info("store available again")
 
         request.incidents = len(stored)
         return _json(request, 200, [s.summary() for s in stored])
+
+    @app.route("/healthz", methods=["GET", "HEAD"])
+    async def healthz(self, request) -> bytes:
+        """
+        Without credentials: 200 while the store answers and its last commit
+        succeeded, else 503.  Says nothing more, so it helps no attacker.
+        """
+        request.route = "healthz"
+        request.setHeader(b"Cache-Control", b"no-store")
+        try:
+            healthy = await self.store.ping() and not self.store_down
+        except Exception:
+            healthy = False
+        if healthy:
+            return _json(request, 200, {"status": "ok"})
+        request.setHeader(b"Retry-After", str(RETRY_AFTER_SECONDS).encode("ascii"))
+        return _json(request, 503, {"status": "unavailable"})
 
     @app.handle_errors(NotFound)
     def not_found(self, request, failure) -> bytes:
@@ -137,8 +162,9 @@ class WebhookRoutes:
 
     @app.handle_errors(MethodNotAllowed)
     def method_not_allowed(self, request, failure) -> bytes:
-        request.setHeader(b"Allow", ", ".join(WEBHOOK_METHODS).encode("ascii"))
-        return _error(request, 405, "method not allowed; use POST or PUT")
+        allowed = sorted(failure.value.valid_methods or WEBHOOK_METHODS)
+        request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
+        return _error(request, 405, f"method not allowed; use {' or '.join(allowed)}")
 
     @app.handle_errors(Exception)
     def internal_error(self, request, failure) -> bytes:

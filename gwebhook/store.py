@@ -54,9 +54,9 @@ class IncidentStore:
         return d
 
     def ping(self) -> Deferred[bool]:
-        """Fire with True when the store answers a trivial query."""
-        d = self._pool.runQuery("SELECT 1")
-        d.addCallback(lambda rows: rows == [(1,)])
+        """Fire with True when the store's file answers a trivial query."""
+        d = self._pool.runQuery("SELECT count(*) FROM sqlite_master")
+        d.addCallback(lambda rows: len(rows) == 1)
         return d
 
     def close(self) -> None:

@@ -7,21 +7,27 @@ from __future__ import annotations
 import os
 import socket
 
+from prometheus_client.twisted import MetricsResource
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
 from twisted.python import usage
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
+from gwebhook import systemd
 from gwebhook.channel import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_HEADER_BYTES,
     WebhookSite,
 )
 from gwebhook.credentials import HEADER_PREFIX, Credentials
+from gwebhook.metrics import Metrics
 from gwebhook.routes import WebhookRoutes
 from gwebhook.schema import StoreError, prepare
+from gwebhook.service import WebhookService
 from gwebhook.store import IncidentStore
-from gwebhook.tls import TLSConfigError, TLSServerEndpoint, certificate_options
+from gwebhook.tls import ReloadableTLS, TLSConfigError, TLSServerEndpoint
 
 PASSWORD_ENV = "GWEBHOOK_PASSWORD"  # noqa: S105 (a variable name, not a secret)
 # Twisted's default of 50 overflows under a burst of new connections.
@@ -112,6 +118,21 @@ class Options(usage.Options):
             "Limit on the request body.",
             _whole("max-body-bytes", 1, None, "a positive number of bytes"),
         ],
+        [
+            "shutdown-timeout",
+            None,
+            30,
+            "Seconds SIGTERM waits for requests in flight before cutting them off.",
+            _whole("shutdown-timeout", 0, None, "a number of seconds, 0 or more"),
+        ],
+        [
+            "metrics-port",
+            None,
+            None,
+            "Serve Prometheus metrics over plain HTTP on this port (off by default).",
+            _whole("metrics-port", 0, 65535, "a TCP port (0-65535)"),
+        ],
+        ["metrics-interface", None, "127.0.0.1", "Address the metrics listener binds."],
     ]
 
     optFlags = [
@@ -127,7 +148,13 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         self["credentials"] = self._credentials()
         self["tls"] = self._tls()
-        _check_bindable(self["interface"], self["port"])
+        self["inherited-socket"] = systemd.inherited_socket()
+        if self["inherited-socket"] is None:
+            _check_bindable("--port", self["interface"], self["port"])
+        if self["metrics-port"] is not None:
+            _check_bindable(
+                "--metrics-port", self["metrics-interface"], self["metrics-port"]
+            )
         try:
             prepare(self["db"])
         except StoreError as e:
@@ -202,12 +229,12 @@ class Options(usage.Options):
                 "'gwebhook make-cert DIR'), or --no-tls behind a TLS-terminating proxy"
             )
         try:
-            return certificate_options(cert, key)
+            return ReloadableTLS(cert, key)
         except TLSConfigError as e:
             raise usage.UsageError(str(e)) from None
 
 
-def _check_bindable(interface: str, port: int) -> None:
+def _check_bindable(option: str, interface: str, port: int) -> None:
     """
     Refuse at start-up, in one line, a port that cannot be bound (in use, or
     privileged), rather than with the traceback twistd prints when the
@@ -222,56 +249,76 @@ def _check_bindable(interface: str, port: int) -> None:
         except OSError as e:
             where = interface or "all interfaces"
             raise usage.UsageError(
-                f"--port {port}: cannot listen on {where}: {e.strerror}; "
-                "choose another --port or --interface, or stop what holds it"
+                f"{option} {port}: cannot listen on {where}: {e.strerror}; "
+                f"choose another {option} or interface, or stop what holds it"
             ) from None
 
 
-class StoreService(service.Service):
-    """Closes the store's pool when the daemon stops."""
-
-    def __init__(self, store: IncidentStore) -> None:
-        self.store = store
-
-    def stopService(self):
-        super().stopService()
-        self.store.close()
-
-
-def _endpoint(reactor, config):
-    interface = config["interface"]
-    tcp = (
-        endpoints.TCP6ServerEndpoint
-        if ":" in interface
-        else endpoints.TCP4ServerEndpoint
-    )
-    plain = tcp(reactor, config["port"], backlog=LISTEN_BACKLOG, interface=interface)
+def _endpoint(reactor, config, metrics: Metrics):
+    fd = config["inherited-socket"]
+    if fd is not None:
+        # Socket activation: systemd bound the port; TLS is still ours.
+        with socket.socket(fileno=os.dup(fd)) as inherited:
+            family = inherited.family
+        plain = endpoints.AdoptedStreamServerEndpoint(reactor, fd, family)
+    else:
+        interface = config["interface"]
+        tcp = (
+            endpoints.TCP6ServerEndpoint
+            if ":" in interface
+            else endpoints.TCP4ServerEndpoint
+        )
+        plain = tcp(
+            reactor, config["port"], backlog=LISTEN_BACKLOG, interface=interface
+        )
     if config["tls"] is None:
         return plain
-    return TLSServerEndpoint(plain, config["tls"])
+    return TLSServerEndpoint(plain, config["tls"], metrics.tls_handshake_failures.inc)
+
+
+def _listener(endpoint, factory) -> StreamServerEndpointService:
+    listener = StreamServerEndpointService(endpoint, factory)
+    # Fail start-up on a port that cannot be bound, as strports.service does.
+    listener._raiseSynchronously = True
+    return listener
+
+
+def _metrics_site(metrics: Metrics) -> Site:
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(registry=metrics.registry))
+    site = Site(root)
+    site.noisy = False
+    site.log = lambda request: None  # a scrape every few seconds is not news
+    return site
 
 
 def makeService(config: Options, reactor=None) -> service.MultiService:
     """The daemon: a TLS listener serving the webhook routes, and the store."""
     if reactor is None:
         from twisted.internet import reactor
-    top = service.MultiService()
+    metrics = Metrics()
     store = IncidentStore(config["db"], keep_samples=bool(config["store-samples"]))
-    StoreService(store).setServiceParent(top)
     routes = WebhookRoutes(
         store,
         config["credentials"],
         incident_type=config["incident-type"],
         max_body_bytes=config["max-body-bytes"],
+        metrics=metrics,
     )
     site = WebhookSite(
         routes.resource(),
         max_header_bytes=config["max-header-bytes"],
         max_body_bytes=config["max-body-bytes"],
+        metrics=metrics,
         timeout=IDLE_TIMEOUT_SECONDS,
     )
-    listener = StreamServerEndpointService(_endpoint(reactor, config), site)
-    # Fail start-up on a port that cannot be bound, as strports.service does.
-    listener._raiseSynchronously = True
-    listener.setServiceParent(top)
+    top = WebhookService(
+        site, store, config["tls"], config["shutdown-timeout"], reactor
+    )
+    _listener(_endpoint(reactor, config, metrics), site).setServiceParent(top)
+    if config["metrics-port"] is not None:
+        where = endpoints.TCP4ServerEndpoint(
+            reactor, config["metrics-port"], interface=config["metrics-interface"]
+        )
+        _listener(where, _metrics_site(metrics)).setServiceParent(top)
     return top

@@ -6,14 +6,22 @@ server cipher order, forward-secret AEAD suites only).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL import SSL, crypto
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IOpenSSLServerConnectionCreator,
+    IStreamServerEndpoint,
+)
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
+
+log = Logger()
 
 # TLS 1.2 suites, named: ECDHE for forward secrecy, AEAD only.  TLS 1.3 suites
 # are all forward-secret AEAD and are left to OpenSSL.
@@ -99,15 +107,81 @@ def certificate_options(cert_path: str, key_path: str) -> CertificateOptions:
     )
 
 
-@implementer(IStreamServerEndpoint)
-class TLSServerEndpoint:
-    """TLS over any stream endpoint (TCP on IPv4 or IPv6) with given options."""
+def describe(options: CertificateOptions) -> str:
+    """Subject, SHA-256 fingerprint and expiry of the served certificate, for logs."""
+    cert = options.certificate.to_cryptography()
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex(":")
+    return (
+        f"{cert.subject.rfc4514_string()} sha256={fingerprint} "
+        f"expires={cert.not_valid_after_utc.isoformat()}"
+    )
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableTLS:
+    """
+    The server's TLS options, re-read from the same files on demand (SIGHUP).
+    A new connection gets the options current when it opens; open
+    connections keep theirs.  A bad new pair leaves the old one serving.
+    """
+
+    def __init__(self, cert_path: str, key_path: str) -> None:
+        self.cert_path = cert_path
+        self.key_path = key_path
+        self.options = certificate_options(cert_path, key_path)
+
+    def serverConnectionForTLS(self, protocol):
+        return self.options.serverConnectionForTLS(protocol)
+
+    def reload(self) -> bool:
+        """Re-read the pair; True if the new one is now served."""
+        try:
+            options = certificate_options(self.cert_path, self.key_path)
+            options.getContext()
+        except (TLSConfigError, SSL.Error) as e:
+            log.error(
+                "certificate not reloaded, the old one stays in service: {why}", why=e
+            )
+            return False
+        self.options = options
+        log.info("certificate reloaded: {what}", what=describe(options))
+        return True
+
+
+class _ServerTLSProtocol(TLSMemoryBIOProtocol):
+    def connectionLost(self, reason):
+        if not self._handshakeDone and self.factory.onHandshakeFailure:
+            self.factory.onHandshakeFailure()
+        super().connectionLost(reason)
+
+
+class ServerTLSFactory(TLSMemoryBIOFactory):
+    """TLS over a wrapped factory, telling when a handshake never completes."""
+
+    protocol = _ServerTLSProtocol
 
     def __init__(
-        self, wrapped: IStreamServerEndpoint, options: CertificateOptions
+        self, creator, wrapped, onHandshakeFailure: Callable[[], None] | None = None
+    ):
+        super().__init__(creator, False, wrapped)
+        self.onHandshakeFailure = onHandshakeFailure
+
+
+@implementer(IStreamServerEndpoint)
+class TLSServerEndpoint:
+    """TLS over any stream endpoint (TCP on IPv4 or IPv6, an adopted socket)."""
+
+    def __init__(
+        self,
+        wrapped: IStreamServerEndpoint,
+        creator: IOpenSSLServerConnectionCreator,
+        onHandshakeFailure: Callable[[], None] | None = None,
     ) -> None:
         self.wrapped = wrapped
-        self.options = options
+        self.creator = creator
+        self.onHandshakeFailure = onHandshakeFailure
 
     def listen(self, factory):
-        return self.wrapped.listen(TLSMemoryBIOFactory(self.options, False, factory))
+        return self.wrapped.listen(
+            ServerTLSFactory(self.creator, factory, self.onHandshakeFailure)
+        )

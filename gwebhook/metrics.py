@@ -1,0 +1,81 @@
+"""
+What the daemon counts, for Prometheus (``--metrics-port``).  One registry per
+daemon, so tests and several daemons in one process never share counters.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+)
+_SIZE_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
+
+
+class Metrics:
+    """The daemon's counters, gauges and histograms."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "gwebhook_requests",
+            "HTTP requests answered, by method, route and status.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.incidents = Counter(
+            "gwebhook_incidents_created",
+            "Incidents committed to the store.",
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "gwebhook_request_duration_seconds",
+            "From the end of the headers to the answer.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "gwebhook_commit_duration_seconds",
+            "Time for a request's incidents to be committed.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.body_bytes = Histogram(
+            "gwebhook_request_body_bytes",
+            "Request body sizes as received.",
+            buckets=_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "gwebhook_auth_failures",
+            "Requests refused for missing or wrong credentials.",
+            registry=r,
+        )
+        self.refusals = Counter(
+            "gwebhook_channel_refusals",
+            "Requests refused by the HTTP channel's limits, by status.",
+            ["status"],
+            registry=r,
+        )
+        self.tls_handshake_failures = Counter(
+            "gwebhook_tls_handshake_failures",
+            "Connections closed before their TLS handshake completed.",
+            registry=r,
+        )
+        self.connections = Gauge(
+            "gwebhook_connections_open", "Client connections open now.", registry=r
+        )

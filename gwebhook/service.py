@@ -1,0 +1,90 @@
+"""
+The running daemon as a Twisted service: listens, reloads its certificate on
+SIGHUP, and on stop stops accepting, drains the requests in flight, and
+closes the store last.  Tells systemd each step when run under it.
+"""
+
+from __future__ import annotations
+
+import signal
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+
+from gwebhook import systemd
+from gwebhook.channel import WebhookSite
+from gwebhook.store import IncidentStore
+from gwebhook.tls import ReloadableTLS
+
+log = Logger()
+
+
+class WebhookService(service.MultiService):
+    """
+    The listener(s) are children; the site and store are sequenced here, as
+    MultiService would stop every child at once and close the store under
+    requests still being answered.
+    """
+
+    def __init__(
+        self,
+        site: WebhookSite,
+        store: IncidentStore,
+        tls: ReloadableTLS | None,
+        shutdown_timeout: float,
+        reactor,
+    ) -> None:
+        super().__init__()
+        self.site = site
+        self.store = store
+        self.tls = tls
+        self.shutdown_timeout = shutdown_timeout
+        self.reactor = reactor
+        self._previous_hup = None
+
+    def startService(self) -> None:
+        super().startService()
+        if self.tls is not None:
+            self._previous_hup = signal.signal(signal.SIGHUP, self._hup)
+        self.reactor.callWhenRunning(self._ready)
+
+    def _ready(self) -> None:
+        systemd.notify("READY=1\nSTATUS=accepting webhooks")
+        log.info("gwebhook ready")
+
+    def _hup(self, signum, frame) -> None:
+        # Signal handlers run between bytecodes; do the work in the reactor.
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> bool:
+        """Re-read the certificate and key (SIGHUP, ``systemctl reload``)."""
+        systemd.notify("RELOADING=1")
+        try:
+            return self.tls.reload()
+        finally:
+            systemd.notify("READY=1")
+
+    def stopService(self) -> Deferred[None]:
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if self._previous_hup is not None:
+            signal.signal(signal.SIGHUP, self._previous_hup)
+            self._previous_hup = None
+        systemd.notify("STOPPING=1")
+        # Stop accepting (and stop every other child: retention, metrics) ...
+        await super().stopService()
+        # ... let what is in flight finish, bounded ...
+        log.info(
+            "stopping: draining requests in flight (at most {t} s)",
+            t=self.shutdown_timeout,
+        )
+        cut = await self.site.drain(self.shutdown_timeout, self.reactor)
+        if cut:
+            log.warn(
+                "{n} requests were cut off unanswered at the shutdown timeout", n=cut
+            )
+        # ... and only then close the store.
+        self.store.close()
+        log.info("stopped: store closed")
