@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from http import HTTPStatus
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -26,13 +27,31 @@ DEFAULT_MAX_HEADER_BYTES = 65536
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 
 
-def raw_response(status: int, message: str) -> bytes:
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 30.0
+DEFAULT_IDLE_TIMEOUT = 60.0
+DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 100
+RETRY_AFTER_SECONDS = 5
+# A TLS close waits for the peer's close_notify; a peer that never sends it
+# does not get to keep the socket longer than this.
+CLOSE_GRACE_SECONDS = 5.0
+
+
+def reason_phrase(status: int) -> bytes:
+    """The standard reason phrase (Twisted's table lacks some, such as 429)."""
+    return HTTPStatus(status).phrase.encode("ascii")
+
+
+def raw_response(status: int, message: str, retry_after: int | None = None) -> bytes:
     """A complete HTTP/1.1 error response that closes the connection."""
     body = json.dumps({"error": message}).encode("utf-8")
-    reason = http.RESPONSES.get(status, b"Error")
+    reason = reason_phrase(status)
+    retry = b"Retry-After: %d\r\n" % retry_after if retry_after is not None else b""
     head = (
-        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (status, reason, len(body))
+        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n%s"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n"
+        % (status, reason, retry, len(body))
     )
     return head + body
 
@@ -73,21 +92,35 @@ class WebhookRequest(server.Request):
 
 
 class LimitedChannel(http.HTTPChannel):
-    """An HTTP/1.1 channel that refuses what is over its limits with a status."""
+    """
+    An HTTP/1.1 channel that refuses what is over its limits with a status.
+
+    Time is limited per phase, with deadlines that arriving bytes do not
+    push back (a client trickling one byte a second gets no more time):
+    ``idle`` from the connection's start or the last answer to the first
+    byte of a request (then a silent close), ``headers`` from that byte to
+    the end of the headers, ``body`` to the end of the body (then 408).
+    While a request is handled there is no deadline: shutdown bounds that.
+    """
 
     maxHeaderBytes = DEFAULT_MAX_HEADER_BYTES
     maxBodyBytes = DEFAULT_MAX_BODY_BYTES
     _refused = False
     _headerBytes = 0
+    _phase: str | None = None
+    _deadline = None
+    _aborting = None
+    _overLimit: str | None = None
 
     def bodyLimitMessage(self) -> str:
         return f"body is over the limit of {self.maxBodyBytes} bytes"
 
-    def refuse(self, status: int, message: str) -> None:
+    def refuse(self, status: int, message: str, retry_after: int | None = None) -> None:
         """Answer ``status`` with a JSON reason, close, and ignore the rest."""
         if self._refused:
             return
         self._refused = True
+        self._enter(None)
         self.site.metrics.refusals.labels(str(status)).inc()
         peer = self.transport.getPeer()
         log.info(
@@ -96,12 +129,47 @@ class LimitedChannel(http.HTTPChannel):
             status=status,
             reason=message,
         )
-        self.transport.write(raw_response(status, message))
+        self.transport.write(raw_response(status, message, retry_after))
+        self.closeFirmly()
+
+    def closeFirmly(self) -> None:
+        """Close politely; abort if the peer has not let go after a grace period."""
         self.loseConnection()
+        if self._aborting is None:
+            self._aborting = self.callLater(
+                CLOSE_GRACE_SECONDS, self.transport.abortConnection
+            )
+
+    def _enter(self, phase: str | None) -> None:
+        """Start ``phase`` and its deadline (None: no deadline)."""
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        self._phase = phase
+        seconds = {
+            "idle": self.site.idleTimeout,
+            "headers": self.site.headerTimeout,
+            "body": self.site.bodyTimeout,
+        }.get(phase)
+        if seconds:
+            self._deadline = self.callLater(seconds, self._expired, phase, seconds)
+
+    def _expired(self, phase: str, seconds: float) -> None:
+        self._deadline = None
+        if phase == "idle":
+            self.closeFirmly()
+        else:
+            self.refuse(408, f"request {phase} not received within {seconds:g} s")
 
     def dataReceived(self, data: bytes) -> None:
-        if not self._refused:
-            super().dataReceived(data)
+        if self._refused:
+            return
+        if self._overLimit:
+            self.refuse(503, self._overLimit, RETRY_AFTER_SECONDS)
+            return
+        if self._phase == "idle":
+            self._enter("headers")
+        super().dataReceived(data)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.refuse(431, self._headerLimitMessage())
@@ -109,6 +177,9 @@ class LimitedChannel(http.HTTPChannel):
     def lineReceived(self, line: bytes) -> None:
         if self._refused:
             return
+        if self._phase == "idle":
+            # A pipelined request replayed from the buffer.
+            self._enter("headers")
         first = self._headerBytes == 0
         self._headerBytes += len(line) + 2
         if self._headerBytes > self.maxHeaderBytes:
@@ -125,6 +196,7 @@ class LimitedChannel(http.HTTPChannel):
             # before any "100 Continue" invites the client to send it.
             self.refuse(413, self.bodyLimitMessage())
             return
+        self._enter("body")
         super().allHeadersReceived()
 
     def rawDataReceived(self, data: bytes) -> None:
@@ -135,13 +207,25 @@ class LimitedChannel(http.HTTPChannel):
         if self._refused:
             return
         self._headerBytes = 0
+        self._enter(None)
         super().allContentReceived()
+
+    def requestDone(self, request) -> None:
+        # Idle first: replaying a buffered next request moves it on to headers.
+        self._enter("idle")
+        super().requestDone(request)
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.site.connectionOpened(self)
+        self._enter("idle")
+        # Refused at its first bytes, not now: over TLS the handshake is not
+        # done yet, and the client would read a reset instead of the 503.
+        self._overLimit = self.site.connectionOpened(self)
 
     def connectionLost(self, reason) -> None:
+        self._enter(None)
+        if self._aborting is not None and self._aborting.active():
+            self._aborting.cancel()
         self.site.connectionClosed(self)
         super().connectionLost(reason)
 
@@ -182,23 +266,49 @@ class WebhookSite(server.Site):
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         metrics: Metrics | None = None,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
         **kwargs,
     ) -> None:
-        super().__init__(resource, parsePOSTFormSubmission=False, **kwargs)
+        # The channel's own deadlines replace Twisted's resettable timeout.
+        super().__init__(
+            resource, parsePOSTFormSubmission=False, timeout=None, **kwargs
+        )
         self.maxHeaderBytes = max_header_bytes
         self.maxBodyBytes = max_body_bytes
         self.metrics = metrics or Metrics()
+        self.headerTimeout = header_timeout
+        self.bodyTimeout = body_timeout
+        self.idleTimeout = idle_timeout
+        self.maxConnections = max_connections
+        self.maxConnectionsPerClient = max_connections_per_client
         self._channels: set[LimitedChannel] = set()
+        self._perClient: dict[str, int] = {}
         self._inFlight: set[WebhookRequest] = set()
         self._drained: Deferred[None] | None = None
 
-    def connectionOpened(self, channel: LimitedChannel) -> None:
+    def connectionOpened(self, channel: LimitedChannel) -> str | None:
+        """Admit a connection; the reason it is refused, if it is."""
+        client = getattr(channel.transport.getPeer(), "host", "-")
+        channel.client = client
         self._channels.add(channel)
+        self._perClient[client] = self._perClient.get(client, 0) + 1
         self.metrics.connections.inc()
+        if len(self._channels) > self.maxConnections:
+            return "too many connections; retry later"
+        if self._perClient[client] > self.maxConnectionsPerClient:
+            return "too many connections from this address; retry later"
+        return None
 
     def connectionClosed(self, channel: LimitedChannel) -> None:
         if channel in self._channels:
             self._channels.discard(channel)
+            count = self._perClient.pop(channel.client) - 1
+            if count:
+                self._perClient[channel.client] = count
             self.metrics.connections.dec()
 
     def track(self, request: WebhookRequest) -> None:
@@ -236,7 +346,7 @@ class WebhookSite(server.Site):
                 if channel._handlingRequest:
                     channel.transport.abortConnection()
                 else:
-                    channel.transport.loseConnection()
+                    channel.closeFirmly()
             return cut
 
         return waiting.addCallback(close)

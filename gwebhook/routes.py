@@ -13,6 +13,7 @@ from klein import Klein
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from gwebhook.channel import RETRY_AFTER_SECONDS, reason_phrase
 from gwebhook.credentials import Credentials
 from gwebhook.headers import headers_for_details
 from gwebhook.metrics import Metrics
@@ -25,17 +26,18 @@ from gwebhook.payload import (
     parse_json,
 )
 from gwebhook.store import IncidentStore, StoreUnavailable
+from gwebhook.throttle import AuthThrottle
 from gwebhook.timestamps import format_utc
 
 log = Logger()
 
 WEBHOOK_METHODS = ["POST", "PUT"]
-RETRY_AFTER_SECONDS = 5
+BASIC_CHALLENGE = b'Basic realm="gwebhook", charset="UTF-8"'
 
 
 def _json(request, status: int, value: object) -> bytes:
     body = json.dumps(value).encode("utf-8")
-    request.setResponseCode(status)
+    request.setResponseCode(status, reason_phrase(status))
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Content-Length", b"%d" % len(body))
     return body
@@ -57,12 +59,14 @@ class WebhookRoutes:
         incident_type: str | None = None,
         max_body_bytes: int = 10 * 1024 * 1024,
         metrics: Metrics | None = None,
+        throttle: AuthThrottle | None = None,
     ) -> None:
         self.store = store
         self.credentials = credentials
         self.incident_type = incident_type or DEFAULT_TYPE
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics or Metrics()
+        self.throttle = throttle
         self.store_down = False
 
     def resource(self):
@@ -82,10 +86,22 @@ class WebhookRoutes:
 
         # Who sent it, before anything of the body is looked at.
         creds = self.credentials
+        client = request.getClientAddress().host or ""
+        if self.throttle and (wait := self.throttle.retry_after(client)):
+            request.setHeader(b"Retry-After", str(wait).encode("ascii"))
+            return _error(request, 429, "too many failed authentications; retry later")
         if creds and not creds.accepts(
             request.requestHeaders.getRawHeaders(creds.field)
         ):
             self.metrics.auth_failures.inc()
+            if self.throttle and self.throttle.failed(client):
+                log.warn(
+                    "{client} refused for {window} s "
+                    "after {limit} failed authentications",
+                    client=client,
+                    window=self.throttle.window,
+                    limit=self.throttle.limit,
+                )
             if creds.basic:
                 request.setHeader(
                     b"WWW-Authenticate", b'Basic realm="gwebhook", charset="UTF-8"'
@@ -112,7 +128,7 @@ class WebhookRoutes:
         # Keep it, durably, before saying so.
         kept = ReceivedRequest(
             received=received,
-            client=request.getClientAddress().host or "",
+            client=client,
             method=request.method.decode("ascii"),
             path=request.path.decode("ascii"),
             headers=headers,

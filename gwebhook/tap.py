@@ -17,7 +17,12 @@ from twisted.web.server import Site
 
 from gwebhook import systemd
 from gwebhook.channel import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
     DEFAULT_MAX_HEADER_BYTES,
     WebhookSite,
 )
@@ -27,14 +32,12 @@ from gwebhook.routes import WebhookRoutes
 from gwebhook.schema import StoreError, prepare
 from gwebhook.service import WebhookService
 from gwebhook.store import IncidentStore
+from gwebhook.throttle import AuthThrottle
 from gwebhook.tls import ReloadableTLS, TLSConfigError, TLSServerEndpoint
 
 PASSWORD_ENV = "GWEBHOOK_PASSWORD"  # noqa: S105 (a variable name, not a secret)
 # Twisted's default of 50 overflows under a burst of new connections.
 LISTEN_BACKLOG = 1024
-# A connection with nothing in flight is closed after this long (Twisted's
-# default is 12 hours).
-IDLE_TIMEOUT_SECONDS = 60
 
 
 def _whole(option: str, low: int, high: int | None, what: str):
@@ -50,6 +53,22 @@ def _whole(option: str, low: int, high: int | None, what: str):
         return number
 
     coerce.coerceDoc = f"{what[0].upper()}{what[1:]}."
+    return coerce
+
+
+def _seconds(option: str):
+    """A coerce function for a positive duration in seconds."""
+
+    def coerce(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if number is None or not 0 < number < 86400 * 365:
+            raise ValueError(f"--{option} {value} is not a positive number of seconds")
+        return number
+
+    coerce.coerceDoc = "A positive number of seconds."
     return coerce
 
 
@@ -133,6 +152,56 @@ class Options(usage.Options):
             _whole("metrics-port", 0, 65535, "a TCP port (0-65535)"),
         ],
         ["metrics-interface", None, "127.0.0.1", "Address the metrics listener binds."],
+        [
+            "header-timeout",
+            None,
+            DEFAULT_HEADER_TIMEOUT,
+            "Seconds from a request's first byte to the end of its headers (then 408).",
+            _seconds("header-timeout"),
+        ],
+        [
+            "body-timeout",
+            None,
+            DEFAULT_BODY_TIMEOUT,
+            "Seconds from the end of the headers to the end of the body (then 408).",
+            _seconds("body-timeout"),
+        ],
+        [
+            "idle-timeout",
+            None,
+            DEFAULT_IDLE_TIMEOUT,
+            "Seconds a connection may wait for its next request (then closed).",
+            _seconds("idle-timeout"),
+        ],
+        [
+            "max-connections",
+            None,
+            DEFAULT_MAX_CONNECTIONS,
+            "Open connections at most; more are answered 503.",
+            _whole("max-connections", 1, None, "a positive number"),
+        ],
+        [
+            "max-connections-per-client",
+            None,
+            DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            "Open connections from one address at most; more are answered 503.",
+            _whole("max-connections-per-client", 1, None, "a positive number"),
+        ],
+        [
+            "auth-fail-limit",
+            None,
+            10,
+            "Failed authentications from one address within the window before it "
+            "gets 429 (0: never).",
+            _whole("auth-fail-limit", 0, None, "a number, 0 or more"),
+        ],
+        [
+            "auth-fail-window",
+            None,
+            60,
+            "The window, in seconds, for --auth-fail-limit.",
+            _whole("auth-fail-window", 1, None, "a positive number of seconds"),
+        ],
     ]
 
     optFlags = [
@@ -276,6 +345,14 @@ def _endpoint(reactor, config, metrics: Metrics):
     return TLSServerEndpoint(plain, config["tls"], metrics.tls_handshake_failures.inc)
 
 
+def _throttle(config, reactor) -> AuthThrottle | None:
+    if config["credentials"] is None or not config["auth-fail-limit"]:
+        return None
+    return AuthThrottle(
+        config["auth-fail-limit"], config["auth-fail-window"], reactor.seconds
+    )
+
+
 def _listener(endpoint, factory) -> StreamServerEndpointService:
     listener = StreamServerEndpointService(endpoint, factory)
     # Fail start-up on a port that cannot be bound, as strports.service does.
@@ -304,13 +381,18 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
         incident_type=config["incident-type"],
         max_body_bytes=config["max-body-bytes"],
         metrics=metrics,
+        throttle=_throttle(config, reactor),
     )
     site = WebhookSite(
         routes.resource(),
         max_header_bytes=config["max-header-bytes"],
         max_body_bytes=config["max-body-bytes"],
         metrics=metrics,
-        timeout=IDLE_TIMEOUT_SECONDS,
+        header_timeout=config["header-timeout"],
+        body_timeout=config["body-timeout"],
+        idle_timeout=config["idle-timeout"],
+        max_connections=config["max-connections"],
+        max_connections_per_client=config["max-connections-per-client"],
     )
     top = WebhookService(
         site, store, config["tls"], config["shutdown-timeout"], reactor
