@@ -10,6 +10,7 @@ its interface.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -35,6 +36,7 @@ class IncidentStore:
         schema.prepare(path)
         self.path = path
         self.keep_samples = keep_samples
+        self._inode: int | None = None
         self._pool = adbapi.ConnectionPool(
             "sqlite3",
             path,
@@ -42,8 +44,27 @@ class IncidentStore:
             isolation_level="",
             cp_min=1,
             cp_max=1,
-            cp_openfun=schema.configure,
+            cp_openfun=self._opened,
         )
+
+    def _opened(self, connection: sqlite3.Connection) -> None:
+        schema.configure(connection)
+        self._inode = os.stat(self.path).st_ino
+
+    def _check_file(self) -> None:
+        """
+        Refuse to commit into a store file that was removed or replaced: the
+        open connection would write to a file nobody will ever read again.
+        """
+        try:
+            inode = os.stat(self.path).st_ino
+        except OSError:
+            inode = None
+        if inode != self._inode:
+            raise sqlite3.OperationalError(
+                f"the store file {self.path} was removed or replaced; "
+                "put it back, or restart gwebhook to start a new one"
+            )
 
     def add(
         self, request: ReceivedRequest, drafts: Sequence[IncidentDraft]
@@ -68,6 +89,7 @@ class IncidentStore:
         request: ReceivedRequest,
         drafts: Sequence[IncidentDraft],
     ) -> list[StoredIncident]:
+        self._check_file()
         created = format_utc(datetime.now(timezone.utc))
         cursor.execute(
             "INSERT INTO requests (received, client, method, path, headers, body)"
