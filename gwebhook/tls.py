@@ -98,13 +98,17 @@ def certificate_options(cert_path: str, key_path: str) -> CertificateOptions:
             f"--key: {key_path} is not the private key of the first certificate in "
             f"{cert_path}; give the matching pair (the leaf certificate comes first)"
         ) from None
-    return CertificateOptions(
+    options = CertificateOptions(
         privateKey=key,
         certificate=chain[0],
         extraCertChain=chain[1:],
         raiseMinimumTo=TLSVersion.TLSv1_2,
         acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(TLS12_CIPHERS),
     )
+    # TLS 1.2 renegotiation started by a client is a cheap way to make the
+    # server do handshakes; nothing gwebhook serves needs it.
+    options._options |= SSL.OP_NO_RENEGOTIATION
+    return options
 
 
 def describe(options: CertificateOptions) -> str:
