@@ -2,9 +2,11 @@
 The incident store: the only place the request path touches SQL.
 
 Writes go through ``twisted.enterprise.adbapi`` on one connection (SQLite has
-one writer anyway); each request's incidents commit in one transaction before
-its answer is sent.  Another DB-API database replaces this module's SQL, not
-its interface.
+one writer anyway).  Group commit: requests that arrive while a commit is
+under way wait and are committed together in the next transaction, so one
+fsync serves many requests; each request is answered only after the
+transaction holding it commits, and a failed transaction fails every request
+in it.  Another DB-API database replaces this module's SQL, not its interface.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from datetime import datetime, timezone
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from gwebhook import schema
 from gwebhook.model import IncidentDraft, ReceivedRequest, StoredIncident
 from gwebhook.timestamps import format_utc
 
 SAMPLE_COUNT = 20
+# Requests per transaction at most, so one commit's latency stays bounded.
+MAX_BATCH = 512
 
 
 class StoreUnavailable(Exception):
@@ -37,6 +42,10 @@ class IncidentStore:
         self.path = path
         self.keep_samples = keep_samples
         self._inode: int | None = None
+        self._waiting: list[
+            tuple[ReceivedRequest, Sequence[IncidentDraft], Deferred]
+        ] = []
+        self._committing = False
         self._pool = adbapi.ConnectionPool(
             "sqlite3",
             path,
@@ -70,9 +79,31 @@ class IncidentStore:
         self, request: ReceivedRequest, drafts: Sequence[IncidentDraft]
     ) -> Deferred[list[StoredIncident]]:
         """Commit the request and its incidents together; fire with them."""
-        d = self._pool.runInteraction(self._insert, request, drafts)
-        d.addErrback(self._unavailable)
+        d: Deferred[list[StoredIncident]] = Deferred()
+        self._waiting.append((request, drafts, d))
+        if not self._committing:
+            self._commit_next()
         return d
+
+    def _commit_next(self) -> None:
+        batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+        self._committing = True
+        done = self._pool.runInteraction(
+            self._insert_batch, [(r, i) for r, i, _ in batch]
+        )
+        done.addErrback(self._unavailable)
+        done.addBoth(self._committed, [d for _, _, d in batch])
+
+    def _committed(self, result, waiters: list[Deferred]) -> None:
+        self._committing = False
+        if self._waiting:
+            self._commit_next()
+        if isinstance(result, Failure):
+            for d in waiters:
+                d.errback(result)
+        else:
+            for d, stored in zip(waiters, result, strict=True):
+                d.callback(stored)
 
     def ping(self) -> Deferred[bool]:
         """Fire with True when the store's file answers a trivial query."""
@@ -83,14 +114,28 @@ class IncidentStore:
     def close(self) -> None:
         self._pool.close()
 
+    def _insert_batch(
+        self,
+        cursor: sqlite3.Cursor,
+        batch: list[tuple[ReceivedRequest, Sequence[IncidentDraft]]],
+    ) -> list[list[StoredIncident]]:
+        """One transaction for every request of the batch (adbapi commits it)."""
+        self._check_file()
+        created = format_utc(datetime.now(timezone.utc))
+        results = [
+            self._insert(cursor, request, drafts, created) for request, drafts in batch
+        ]
+        if self.keep_samples:
+            self._keep_samples(cursor, [s for stored in results for s in stored])
+        return results
+
     def _insert(
         self,
         cursor: sqlite3.Cursor,
         request: ReceivedRequest,
         drafts: Sequence[IncidentDraft],
+        created: str,
     ) -> list[StoredIncident]:
-        self._check_file()
-        created = format_utc(datetime.now(timezone.utc))
         cursor.execute(
             "INSERT INTO requests (received, client, method, path, headers, body)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -128,17 +173,21 @@ class IncidentStore:
                     created=created,
                 )
             )
-        if self.keep_samples and stored:
-            cursor.executemany(
-                "INSERT INTO samples (incident_id) VALUES (?)",
-                [(int(s.id),) for s in stored[-SAMPLE_COUNT:]],
-            )
-            cursor.execute(
-                "DELETE FROM samples WHERE incident_id NOT IN"
-                " (SELECT incident_id FROM samples ORDER BY incident_id DESC LIMIT ?)",
-                (SAMPLE_COUNT,),
-            )
         return stored
+
+    @staticmethod
+    def _keep_samples(cursor: sqlite3.Cursor, stored: list[StoredIncident]) -> None:
+        if not stored:
+            return
+        cursor.executemany(
+            "INSERT INTO samples (incident_id) VALUES (?)",
+            [(int(s.id),) for s in stored[-SAMPLE_COUNT:]],
+        )
+        cursor.execute(
+            "DELETE FROM samples WHERE incident_id NOT IN"
+            " (SELECT incident_id FROM samples ORDER BY incident_id DESC LIMIT ?)",
+            (SAMPLE_COUNT,),
+        )
 
     @staticmethod
     def _unavailable(failure):
