@@ -85,32 +85,15 @@ class WebhookRoutes:
         received = format_utc(datetime.now(timezone.utc))
 
         # Who sent it, before anything of the body is looked at.
-        creds = self.credentials
         client = request.getClientAddress().host or ""
-        if self.throttle and (wait := self.throttle.retry_after(client)):
-            request.setHeader(b"Retry-After", str(wait).encode("ascii"))
-            return _error(request, 429, "too many failed authentications; retry later")
-        if creds and not creds.accepts(
-            request.requestHeaders.getRawHeaders(creds.field)
-        ):
-            self.metrics.auth_failures.inc()
-            if self.throttle and self.throttle.failed(client):
-                log.warn(
-                    "{client} refused for {window} s "
-                    "after {limit} failed authentications",
-                    client=client,
-                    window=self.throttle.window,
-                    limit=self.throttle.limit,
-                )
-            if creds.basic:
-                request.setHeader(
-                    b"WWW-Authenticate", b'Basic realm="gwebhook", charset="UTF-8"'
-                )
-            return _error(request, 401, "missing or wrong credentials")
+        refusal = self._authenticate(request, client)
+        if refusal is not None:
+            return refusal
 
         # What it says.
         headers = headers_for_details(
-            request.requestHeaders.getAllRawHeaders(), creds.header if creds else None
+            request.requestHeaders.getAllRawHeaders(),
+            self.credentials.header if self.credentials else None,
         )
         raw = request.content.read()
         try:
@@ -152,6 +135,28 @@ class WebhookRoutes:
 
         request.incidents = len(stored)
         return _json(request, 200, [s.summary() for s in stored])
+
+    def _authenticate(self, request, client: str) -> bytes | None:
+        """The refusal to answer if the request may not create incidents."""
+        if self.throttle and (wait := self.throttle.retry_after(client)):
+            request.setHeader(b"Retry-After", str(wait).encode("ascii"))
+            return _error(request, 429, "too many failed authentications; retry later")
+        creds = self.credentials
+        if creds is None or creds.accepts(
+            request.requestHeaders.getRawHeaders(creds.field)
+        ):
+            return None
+        self.metrics.auth_failures.inc()
+        if self.throttle and self.throttle.failed(client):
+            log.warn(
+                "{client} refused for {window} s after {limit} failed authentications",
+                client=client,
+                window=self.throttle.window,
+                limit=self.throttle.limit,
+            )
+        if creds.basic:
+            request.setHeader(b"WWW-Authenticate", BASIC_CHALLENGE)
+        return _error(request, 401, "missing or wrong credentials")
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     async def healthz(self, request) -> bytes:
