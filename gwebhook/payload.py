@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import zlib
 from typing import Any
 
@@ -58,8 +60,29 @@ def decode_body(raw: bytes, content_encoding: str | None, limit: int) -> bytes:
     return bytes(out)
 
 
+# A \uD800-\uDFFF escape: JSON allows it alone, UTF-8 (and so the store) does not.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:40]} is too large for a double")
+    return number
+
+
+def _reject_lone_surrogates(document: Any) -> None:
+    try:
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayloadError(
+            "body is not JSON that UTF-8 can hold: "
+            "an unpaired surrogate escape (\\udXXX)"
+        ) from None
 
 
 def parse_json(body: bytes) -> Any:
@@ -73,11 +96,20 @@ def parse_json(body: bytes) -> Any:
     except UnicodeDecodeError as e:
         raise PayloadError(f"body is not UTF-8 (byte {e.start})") from e
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        document = json.loads(
+            text, parse_constant=_reject_constant, parse_float=_finite_float
+        )
     except RecursionError as e:
         raise PayloadError("body is not JSON: nested too deeply") from e
-    except ValueError as e:
+    except json.JSONDecodeError as e:
         raise PayloadError(f"body is not JSON: {e}") from e
+    except ValueError as e:
+        # Ours (NaN, 1e400) or Python's cap on digits in an integer.
+        reason = "a number has too many digits" if "digits" in str(e) else str(e)
+        raise PayloadError(f"body is not JSON: {reason}") from e
+    if _SURROGATE_ESCAPE.search(text):
+        _reject_lone_surrogates(document)
+    return document
 
 
 def _draft(

@@ -103,7 +103,10 @@ class IncidentStore:
                 d.errback(result)
         else:
             for d, stored in zip(waiters, result, strict=True):
-                d.callback(stored)
+                if isinstance(stored, Failure):
+                    d.errback(stored)
+                else:
+                    d.callback(stored)
 
     def ping(self) -> Deferred[bool]:
         """Fire with True when the store's file answers a trivial query."""
@@ -118,15 +121,31 @@ class IncidentStore:
         self,
         cursor: sqlite3.Cursor,
         batch: list[tuple[ReceivedRequest, Sequence[IncidentDraft]]],
-    ) -> list[list[StoredIncident]]:
-        """One transaction for every request of the batch (adbapi commits it)."""
+    ) -> list[list[StoredIncident] | Failure]:
+        """
+        One transaction for every request of the batch (adbapi commits it).
+        Each request is inserted under its own savepoint: one that cannot be
+        stored fails alone; a fault of the store itself fails the batch.
+        """
         self._check_file()
+        # Explicit, so the savepoints below nest in it instead of each
+        # RELEASE committing on its own; IMMEDIATE takes the write lock now.
+        cursor.execute("BEGIN IMMEDIATE")
         created = format_utc(datetime.now(timezone.utc))
-        results = [
-            self._insert(cursor, request, drafts, created) for request, drafts in batch
-        ]
+        results: list[list[StoredIncident] | Failure] = []
+        for request, drafts in batch:
+            cursor.execute("SAVEPOINT request")
+            try:
+                results.append(self._insert(cursor, request, drafts, created))
+            except sqlite3.OperationalError:
+                raise
+            except Exception:
+                cursor.execute("ROLLBACK TO request")
+                results.append(Failure())
+            cursor.execute("RELEASE request")
         if self.keep_samples:
-            self._keep_samples(cursor, [s for stored in results for s in stored])
+            kept = [s for stored in results if isinstance(stored, list) for s in stored]
+            self._keep_samples(cursor, kept)
         return results
 
     def _insert(

@@ -29,8 +29,8 @@ def parse_occurred(value: object) -> str:
     if isinstance(value, bool):
         raise ValueError("a boolean is not a date")
     if isinstance(value, (int, float)):
-        seconds = value / 1000 if abs(value) >= _MILLISECONDS_FROM else value
         try:
+            seconds = value / 1000 if abs(value) >= _MILLISECONDS_FROM else value
             return from_epoch(seconds)
         except (OverflowError, OSError, ValueError) as e:
             raise ValueError("epoch time out of range") from e

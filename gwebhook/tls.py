@@ -86,18 +86,21 @@ def certificate_options(cert_path: str, key_path: str) -> CertificateOptions:
     Build the server's TLS options from PEM files, refusing a missing,
     unreadable or mismatched pair with a TLSConfigError.
     """
-    chain = [crypto.X509.from_cryptography(c) for c in load_chain(cert_path)]
-    key = crypto.PKey.from_cryptography_key(load_key(key_path))
+    certificates = load_chain(cert_path)
+    private_key = load_key(key_path)
     check = SSL.Context(SSL.TLS_SERVER_METHOD)
     try:
-        check.use_certificate(chain[0])
-        check.use_privatekey(key)
+        check.use_certificate(certificates[0])
+        check.use_privatekey(private_key)
         check.check_privatekey()
     except SSL.Error:
         raise TLSConfigError(
             f"--key: {key_path} is not the private key of the first certificate in "
             f"{cert_path}; give the matching pair (the leaf certificate comes first)"
         ) from None
+    # Twisted's CertificateOptions still takes pyOpenSSL's wrappers.
+    chain = [crypto.X509.from_cryptography(c) for c in certificates]
+    key = crypto.PKey.from_cryptography_key(private_key)
     options = CertificateOptions(
         privateKey=key,
         certificate=chain[0],

@@ -1,0 +1,108 @@
+"""The incident store on a real SQLite file: group commit and its failures."""
+
+import os
+import sqlite3
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import DeferredList
+
+from gwebhook.model import IncidentDraft, ReceivedRequest
+from gwebhook.store import IncidentStore, StoreUnavailable
+
+REQUEST = ReceivedRequest("2026-01-01T00:00:00Z", "127.0.0.1", "POST", "/", {}, b"{}")
+
+
+def draft(name, details=None):
+    return IncidentDraft(name, "Unclassified", "2026-01-01T00:00:00Z", details or {})
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = IncidentStore(str(tmp_path / "store.sqlite"), keep_samples=True)
+    yield s
+    s.close()
+
+
+def rows(store, sql):
+    with sqlite3.connect(store.path) as db:
+        return db.execute(sql).fetchall()
+
+
+def outcomes(results):
+    return [value if ok else value.value for ok, value in results]
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_requests_share_transactions(store):
+    """Requests added together are committed in fewer transactions than requests."""
+    transactions = []
+    run = store._pool.runInteraction
+
+    def counting(f, *args):
+        transactions.append(len(args[0]))
+        return run(f, *args)
+
+    store._pool.runInteraction = counting
+    adds = [store.add(REQUEST, [draft(f"n{i}")]) for i in range(50)]
+    results = outcomes(await DeferredList(adds, consumeErrors=True))
+    assert [r[0].name for r in results] == [f"n{i}" for i in range(50)]
+    assert sum(transactions) == 50 and len(transactions) < 50
+    ids = [int(r[0].id) for r in results]
+    assert ids == sorted(ids) and len(set(ids)) == 50
+    assert rows(store, "SELECT count(*) FROM samples") == [(20,)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_that_cannot_be_stored_fails_alone(store):
+    """A request the store cannot take fails alone; the others of its batch are kept."""
+    adds = [
+        store.add(REQUEST, [draft("first")]),
+        store.add(REQUEST, [draft("good")]),
+        store.add(REQUEST, [draft("ok"), draft("bad", {"x": {1, 2}})]),  # not JSON
+        store.add(REQUEST, [draft("also good")]),
+    ]
+    results = outcomes(await DeferredList(adds, consumeErrors=True))
+    assert isinstance(results[2], TypeError)
+    assert [r[0].name for i, r in enumerate(results) if i != 2] == [
+        "first",
+        "good",
+        "also good",
+    ]
+    names = rows(store, "SELECT name FROM incidents ORDER BY id")
+    assert names == [("first",), ("good",), ("also good",)]
+    assert rows(store, "SELECT count(*) FROM requests") == [(3,)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_store_fails_the_whole_batch_and_keeps_nothing(store):
+    """When the store cannot commit, every request of the batch is unavailable."""
+    await store.add(REQUEST, [draft("before")])
+    pages = rows(store, "PRAGMA page_count")[0][0]
+    # Full: the store may not grow past its current size.
+    await store._pool.runOperation(f"PRAGMA max_page_count = {pages}")
+    big = "x" * 100_000
+    adds = [store.add(REQUEST, [draft(f"big{i}", {"b": big})]) for i in range(5)]
+    results = outcomes(await DeferredList(adds, consumeErrors=True))
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    assert rows(store, "SELECT name FROM incidents") == [("before",)]
+    await store._pool.runOperation("PRAGMA max_page_count = 1073741823")
+    [stored] = await store.add(REQUEST, [draft("after")])
+    assert stored.name == "after"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_removed_store_file_is_refused_until_it_is_back(store, tmp_path):
+    """A store file moved away makes commits fail; putting it back makes them work."""
+    await store.add(REQUEST, [draft("before")])
+    aside = str(tmp_path / "aside.sqlite")
+    os.rename(store.path, aside)
+    with pytest.raises(StoreUnavailable, match="removed or replaced"):
+        await store.add(REQUEST, [draft("lost")])
+    os.rename(aside, store.path)
+    [stored] = await store.add(REQUEST, [draft("after")])
+    assert rows(store, "SELECT name FROM incidents ORDER BY id") == [
+        ("before",),
+        ("after",),
+    ]
+    assert int(stored.id) == 2
