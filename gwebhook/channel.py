@@ -36,6 +36,8 @@ RETRY_AFTER_SECONDS = 5
 # A TLS close waits for the peer's close_notify; a peer that never sends it
 # does not get to keep the socket longer than this.
 CLOSE_GRACE_SECONDS = 5.0
+# At shutdown, long enough to flush an answer already written, no longer.
+SHUTDOWN_GRACE_SECONDS = 0.5
 
 
 def reason_phrase(status: int) -> bytes:
@@ -43,17 +45,25 @@ def reason_phrase(status: int) -> bytes:
     return HTTPStatus(status).phrase.encode("ascii")
 
 
-def raw_response(status: int, message: str, retry_after: int | None = None) -> bytes:
+def raw_response(
+    status: int, message: str, request_id: str, retry_after: int | None = None
+) -> bytes:
     """A complete HTTP/1.1 error response that closes the connection."""
     body = json.dumps({"error": message}).encode("utf-8")
     reason = reason_phrase(status)
     retry = b"Retry-After: %d\r\n" % retry_after if retry_after is not None else b""
     head = (
-        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n%s"
+        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n%sX-Request-Id: %s\r\n"
         b"Content-Length: %d\r\nConnection: close\r\n\r\n"
-        % (status, reason, retry, len(body))
+        % (status, reason, retry, request_id.encode("ascii"), len(body))
     )
     return head + body
+
+
+_ACCESS_FORMAT = (
+    "{client} {method} {path} {status} incidents={incidents} "
+    "bytes={bytes} {duration_ms:.1f}ms id={request_id}"
+)
 
 
 class WebhookRequest(server.Request):
@@ -111,6 +121,8 @@ class LimitedChannel(http.HTTPChannel):
     _deadline = None
     _aborting = None
     _overLimit: str | None = None
+    client = "-"
+    requestStarted: float | None = None
 
     def bodyLimitMessage(self) -> str:
         return f"body is over the limit of {self.maxBodyBytes} bytes"
@@ -121,30 +133,25 @@ class LimitedChannel(http.HTTPChannel):
             return
         self._refused = True
         self._enter(None)
-        self.site.metrics.refusals.labels(str(status)).inc()
-        peer = self.transport.getPeer()
-        log.info(
-            "refused {client}: {status} {reason}",
-            client=getattr(peer, "host", "-"),
-            status=status,
-            reason=message,
-        )
-        self.transport.write(raw_response(status, message, retry_after))
+        request = self.requests[-1] if self.requests else None
+        request_id = getattr(request, "requestId", None) or secrets.token_hex(8)
+        self.site.refused(self, status, message, request, request_id)
+        self.transport.write(raw_response(status, message, request_id, retry_after))
         self.closeFirmly()
 
-    def closeFirmly(self) -> None:
-        """Close politely; abort if the peer has not let go after a grace period."""
+    def closeFirmly(self, grace: float = CLOSE_GRACE_SECONDS) -> None:
+        """Close politely; abort if the peer has not let go after ``grace`` s."""
         self.loseConnection()
         if self._aborting is None:
-            self._aborting = self.callLater(
-                CLOSE_GRACE_SECONDS, self.transport.abortConnection
-            )
+            self._aborting = self.callLater(grace, self.transport.abortConnection)
 
     def _enter(self, phase: str | None) -> None:
         """Start ``phase`` and its deadline (None: no deadline)."""
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
+        if phase == "headers":
+            self.requestStarted = time.monotonic()
         self._phase = phase
         seconds = {
             "idle": self.site.idleTimeout,
@@ -289,6 +296,7 @@ class WebhookSite(server.Site):
         self._perClient: dict[str, int] = {}
         self._inFlight: set[WebhookRequest] = set()
         self._drained: Deferred[None] | None = None
+        self._allClosed: Deferred[None] | None = None
 
     def connectionOpened(self, channel: LimitedChannel) -> str | None:
         """Admit a connection; the reason it is refused, if it is."""
@@ -310,6 +318,9 @@ class WebhookSite(server.Site):
             if count:
                 self._perClient[channel.client] = count
             self.metrics.connections.dec()
+        if self._allClosed is not None and not self._channels:
+            self._allClosed, gone = None, self._allClosed
+            gone.callback(None)
 
     def track(self, request: WebhookRequest) -> None:
         """Count ``request`` as in flight until it is answered or cut off."""
@@ -343,13 +354,27 @@ class WebhookSite(server.Site):
             self._drained = None
             cut = len(self._inFlight)
             for channel in list(self._channels):
-                if channel._handlingRequest:
+                if channel.requests:
+                    # Not answered yet: cut off, so it never gets a 200.
                     channel.transport.abortConnection()
                 else:
-                    channel.closeFirmly()
+                    channel.closeFirmly(SHUTDOWN_GRACE_SECONDS)
             return cut
 
-        return waiting.addCallback(close)
+        def closed(cut: int) -> Deferred[int] | int:
+            # Answers already written must reach their clients before the
+            # reactor stops and cuts whatever is still open.
+            if not self._channels:
+                return cut
+            gone: Deferred[None] = Deferred()
+            self._allClosed = gone
+            timer = clock.callLater(
+                SHUTDOWN_GRACE_SECONDS + 1, lambda: gone.called or gone.callback(None)
+            )
+            gone.addCallback(lambda _: timer.active() and timer.cancel())
+            return gone.addCallback(lambda _: cut)
+
+        return waiting.addCallback(close).addCallback(closed)
 
     def buildProtocol(self, addr):
         channel = super().buildProtocol(addr)
@@ -363,30 +388,80 @@ class WebhookSite(server.Site):
         return channel
 
     def log(self, request: WebhookRequest) -> None:
-        """
-        Count the request and write its access line: client, method, path,
-        status, incidents, body bytes, duration, request id — never a header
-        value, a credential or a body.
-        """
+        """Count a request a route answered, and write its access line."""
         started = getattr(request, "startedAt", None)
-        seconds = time.monotonic() - started if started else 0.0
-        body_bytes = getattr(request, "_bodyBytes", 0)
-        method = request.method.decode("ascii", "replace")
-        m = self.metrics
-        m.requests.labels(method, request.route, str(request.code)).inc()
-        m.request_seconds.observe(seconds)
-        m.body_bytes.observe(body_bytes)
-        if request.incidents:
-            m.incidents.inc(request.incidents)
-        log.info(
-            "{client} {method} {path} {status} incidents={incidents} "
-            "bytes={bytes} {duration_ms:.1f}ms id={request_id}",
+        self._access(
             client=request.getClientAddress().host or "-",
-            method=method,
-            path=request.path.decode("ascii", "replace"),
+            method=request.method,
+            path=request.path,
             status=request.code,
             incidents=request.incidents,
+            body_bytes=getattr(request, "_bodyBytes", 0),
+            seconds=time.monotonic() - started if started else 0.0,
+            request_id=getattr(request, "requestId", "-"),
+            route=request.route,
+        )
+
+    def refused(
+        self,
+        channel: LimitedChannel,
+        status: int,
+        reason: str,
+        request: WebhookRequest | None,
+        request_id: str,
+    ) -> None:
+        """Count a request the channel refused, and write its access line."""
+        self.metrics.refusals.labels(str(status)).inc()
+        started = channel.requestStarted
+        self._access(
+            client=channel.client,
+            # The request line, when it was read before the refusal.
+            method=getattr(channel, "_command", b"-"),
+            path=getattr(channel, "_path", b"-").split(b"?", 1)[0],
+            status=status,
+            incidents=0,
+            body_bytes=getattr(request, "_bodyBytes", 0),
+            seconds=time.monotonic() - started if started else 0.0,
+            request_id=request_id,
+            route="channel",
+            reason=reason,
+        )
+
+    def _access(
+        self,
+        *,
+        client: str,
+        method: bytes,
+        path: bytes,
+        status: int,
+        incidents: int,
+        body_bytes: int,
+        seconds: float,
+        request_id: str,
+        route: str,
+        reason: str | None = None,
+    ) -> None:
+        """
+        One access line per request: client, method, path, status, incidents,
+        body bytes, duration, request id (and why the channel refused it) —
+        never a header value, a credential or a body.
+        """
+        method_text = method.decode("ascii", "replace")
+        m = self.metrics
+        m.requests.labels(method_text, route, str(status)).inc()
+        m.request_seconds.observe(seconds)
+        m.body_bytes.observe(body_bytes)
+        if incidents:
+            m.incidents.inc(incidents)
+        log.info(
+            _ACCESS_FORMAT + (" refused: {reason}" if reason else ""),
+            client=client,
+            method=method_text,
+            path=path.decode("ascii", "replace"),
+            status=status,
+            incidents=incidents,
             bytes=body_bytes,
             duration_ms=seconds * 1000,
-            request_id=getattr(request, "requestId", "-"),
+            request_id=request_id,
+            reason=reason,
         )

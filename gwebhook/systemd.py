@@ -28,7 +28,15 @@ def notify(state: str, environ: dict[str, str] | None = None) -> bool:
 
 
 def inherited_socket(environ: dict[str, str] | None = None) -> int | None:
-    """The listening socket systemd passed to this process, if any."""
+    """The first listening socket systemd passed to this process, if any."""
+    # Importing twisted.internet.endpoints (twistd does, loading its plugins)
+    # parses LISTEN_PID/LISTEN_FDS and removes them from the environment, so
+    # ask what Twisted found first; the environment is the fallback.
+    from twisted.internet import endpoints
+
+    found = getattr(getattr(endpoints, "_SystemdParser", None), "_sddaemon", None)
+    if environ is None and found is not None and found.inheritedDescriptors():
+        return found.inheritedDescriptors()[0]
     environ = os.environ if environ is None else environ
     if environ.get("LISTEN_PID") != str(os.getpid()):
         return None

@@ -47,7 +47,11 @@ def make_pki(directory: Path) -> PKI:
     intermediate = root.create_child_ca()
     leaf = intermediate.issue_cert("localhost", "127.0.0.1")
     directory.mkdir(parents=True, exist_ok=True)
-    ca, cert, key = directory / "ca.pem", directory / "server.crt", directory / "server.key"
+    ca, cert, key = (
+        directory / "ca.pem",
+        directory / "server.crt",
+        directory / "server.key",
+    )
     root.cert_pem.write_to_path(str(ca))
     cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
     leaf.private_key_pem.write_to_path(str(key))
@@ -94,7 +98,11 @@ class Daemon:
         return self.directory / "twistd.log"
 
     def command(self) -> list[str]:
-        tls = ["--cert", str(self.pki.cert), "--key", str(self.pki.key)] if self.pki else []
+        tls = (
+            ["--cert", str(self.pki.cert), "--key", str(self.pki.key)]
+            if self.pki
+            else []
+        )
         return [
             TWISTD, "-n", "--pidfile=", "--logfile", str(self.log), "gwebhook",
             "--interface", "127.0.0.1", "--port", str(self.port), "--db", str(self.db),
@@ -148,15 +156,22 @@ class Daemon:
         """One request on a new connection, verifying the server through the root CA."""
         if self.pki:
             connection = http.client.HTTPSConnection(
-                "127.0.0.1", self.port, timeout=timeout, context=self.pki.client_context()
+                "127.0.0.1",
+                self.port,
+                timeout=timeout,
+                context=self.pki.client_context(),
             )
         else:
-            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+            connection = http.client.HTTPConnection(
+                "127.0.0.1", self.port, timeout=timeout
+            )
         try:
             connection.request(method, path, body=body, headers=headers or {})
             reply = connection.getresponse()
             return Response(
-                reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read()
+                reply.status,
+                {k.lower(): v for k, v in reply.getheaders()},
+                reply.read(),
             )
         finally:
             connection.close()
@@ -177,7 +192,9 @@ def daemon(tmp_path, pki):
         d.kill()
 
 
-def run_twistd(args: list[str], cwd: Path, timeout: float = 30) -> subprocess.CompletedProcess:
+def run_twistd(
+    args: list[str], cwd: Path, timeout: float = 30
+) -> subprocess.CompletedProcess:
     """Run ``twistd -n gwebhook ARGS`` to completion (for start-up refusals)."""
     env = {k: v for k, v in os.environ.items() if k != "GWEBHOOK_PASSWORD"}
     return subprocess.run(

@@ -6,7 +6,9 @@ import sqlite3
 def test_basic_auth_post_is_stored(daemon):
     """A POST with Basic credentials is answered 200 with its incident, and stored."""
     d = daemon("--username", "admin", "--password", "pw")
-    reply = d.request(body=b'{"name": "x"}', headers={"Authorization": "Basic YWRtaW46cHc="})
+    reply = d.request(
+        body=b'{"name": "x"}', headers={"Authorization": "Basic YWRtaW46cHc="}
+    )
     assert reply.status == 200, reply.body
     [incident] = reply.json()
     assert incident["name"] == "x"
