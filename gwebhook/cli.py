@@ -1,9 +1,13 @@
-"""The ``gwebhook`` console command: read incidents back, make a test certificate."""
+"""
+The ``gwebhook`` console command: read incidents back, prune old ones, send a
+test webhook, make a test certificate.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -51,6 +55,67 @@ def _make_cert(args) -> None:
     )
 
 
+class UsageProblem(Exception):
+    """A command-line value that cannot be used: one line, exit status 2."""
+
+
+class CommandFailed(Exception):
+    """The command could not do its work: one line, exit status 1."""
+
+
+# prune and send import their modules when run, so that the other commands
+# start without loading Twisted's web client and TLS.
+
+
+def _prune(args) -> None:
+    from gwebhook import retention
+
+    try:
+        before = retention.cutoff(args.before)
+    except ValueError as e:
+        raise UsageProblem(str(e)) from None
+    try:
+        incidents, requests, reclaimed = retention.prune_store(args.db, before)
+    except retention.PruneError as e:
+        raise CommandFailed(str(e)) from None
+    print(retention.summary(incidents, requests, before))
+    if not reclaimed:
+        raise CommandFailed(
+            "the store was busy, so its file did not shrink yet; run the same "
+            "prune again later to give the space back"
+        )
+
+
+def _send(args) -> int:
+    from gwebhook import sender
+
+    try:
+        outgoing = sender.prepare(
+            args.url,
+            method=args.method,
+            data=args.data,
+            headers=args.header,
+            user=args.user,
+            cacert=args.cacert,
+            insecure=args.insecure,
+            timeout=args.timeout,
+            connect_timeout=args.connect_timeout,
+        )
+    except sender.ArgumentError as e:
+        raise UsageProblem(str(e)) from None
+    return sender.run(outgoing)
+
+
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (number > 0 and math.isfinite(number)):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number")
+    return number
+
+
 def _non_negative(value: str) -> int:
     number = int(value)
     if number < 0:
@@ -65,7 +130,9 @@ def parser() -> argparse.ArgumentParser:
         "--db", default=argparse.SUPPRESS, help=f"the store (default {DEFAULT_DB})"
     )
     top = argparse.ArgumentParser(
-        prog="gwebhook", description="Read gwebhook's incidents back.", parents=[db]
+        prog="gwebhook",
+        description="Read gwebhook's incidents back, prune them, send a test webhook.",
+        parents=[db],
     )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -97,6 +164,64 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("dir", metavar="DIR")
     c.add_argument("--hostname", action="append", metavar="NAME", help="repeatable")
     c.set_defaults(run=_make_cert)
+
+    c = commands.add_parser(
+        "prune",
+        parents=[db],
+        help="delete incidents received before a date, and reclaim the space",
+    )
+    c.add_argument(
+        "--before",
+        required=True,
+        metavar="DATE",
+        help="ISO-8601 date or date-time; UTC unless it names a zone",
+    )
+    c.set_defaults(run=_prune)
+
+    c = commands.add_parser(
+        "send",
+        help="post a test webhook (a test incident unless --data) and print the answer",
+    )
+    c.add_argument("url", metavar="URL")
+    c.add_argument(
+        "--data",
+        "-d",
+        metavar="JSON",
+        help="the body: JSON text, or @FILE, or @- for standard input",
+    )
+    c.add_argument(
+        "--method", "-X", default="POST", type=str.upper, choices=("POST", "PUT")
+    )
+    c.add_argument(
+        "--header",
+        "-H",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="repeatable",
+    )
+    c.add_argument("--user", "-u", metavar="USER:PASSWORD", help="HTTP Basic")
+    c.add_argument(
+        "--cacert", metavar="FILE", help="trust only the CA certificate(s) in FILE"
+    )
+    c.add_argument(
+        "--insecure", "-k", action="store_true", help="do not verify the certificate"
+    )
+    c.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=15.0,  # Wallarm's "Request timeout"
+        metavar="SECONDS",
+        help="for the whole request, connecting included (default %(default)g)",
+    )
+    c.add_argument(
+        "--connect-timeout",
+        type=_seconds,
+        default=20.0,  # Wallarm's "Connection timeout"
+        metavar="SECONDS",
+        help="for the TCP connection (default %(default)g)",
+    )
+    c.set_defaults(run=_send)
     return top
 
 
@@ -106,14 +231,17 @@ def main(argv: list[str] | None = None) -> int:
     # command's --db silently override one given before the command.
     args.db = getattr(args, "db", DEFAULT_DB)
     try:
-        args.run(args)
-    except readback.ReadError as e:
+        status = args.run(args)
+    except UsageProblem as e:
+        print(f"gwebhook {args.command}: {e}", file=sys.stderr)
+        return 2
+    except (readback.ReadError, CommandFailed) as e:
         print(f"gwebhook: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         # `gwebhook export | head` is normal use, not an error.
         sys.stderr.close()
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import IO, Any
 
 import hyperlink
 import treq
+from cryptography import x509
 from OpenSSL import SSL, crypto
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import (
@@ -35,7 +36,7 @@ from twisted.internet.ssl import (
 )
 from twisted.python.failure import Failure
 from twisted.web import client
-from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.iweb import IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 DEFAULT_TIMEOUT = 15.0  # Wallarm's "Request timeout"
@@ -166,7 +167,7 @@ def json_body(raw: bytes, source: str = "--data") -> bytes:
     return raw
 
 
-def test_body() -> bytes:
+def default_body() -> bytes:
     """The default body: ``TEST_INCIDENTS`` as JSON."""
     return json.dumps(TEST_INCIDENTS, indent=2).encode() + b"\n"
 
@@ -202,6 +203,25 @@ def verify_problem(code: int, subject: str, issuer: str, trusted: str) -> str:
     return f"{words} ('{subject}')"
 
 
+def certificate_names(certificate: x509.Certificate) -> list[str]:
+    """The DNS names and IP addresses a certificate is valid for."""
+    try:
+        names = certificate.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        ).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*names.get_values_for_type(x509.DNSName)] + [
+        str(address) for address in names.get_values_for_type(x509.IPAddress)
+    ]
+
+
+def name_problem(host: str, names: list[str]) -> str:
+    """Why a certificate for ``names`` does not do for ``host``."""
+    valid = ", ".join(names) if names else "no host name at all"
+    return f"the certificate is not valid for {host} (it is for {valid})"
+
+
 def status_line(version: tuple[bytes, int, int], code: int, phrase: bytes) -> str:
     """``HTTP/1.1 200 OK`` from the parts of a response."""
     protocol, major, minor = version
@@ -214,8 +234,11 @@ def _host_port(url: str) -> tuple[str, int]:
     return parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80)
 
 
-def describe_failure(reason: Failure, outgoing: Outgoing, tls: _Trust | None) -> str:
-    """One line saying why ``outgoing`` got no answer."""
+def describe_failure(reason: Failure, outgoing: Outgoing, problem: str | None) -> str:
+    """
+    One line saying why ``outgoing`` got no answer; ``problem`` is why the
+    server's certificate did not verify, if that is known.
+    """
     host, port = _host_port(outgoing.url)
     where = f"{host}:{port}"
     if reason.check(_TimedOut):
@@ -237,8 +260,8 @@ def describe_failure(reason: Failure, outgoing: Outgoing, tls: _Trust | None) ->
     inner = getattr(reason.value, "reasons", None) or [reason]
     for each in inner:
         if each.check(SSL.Error):
-            if tls is not None and tls.problem:
-                return f"certificate verification failed for {where}: {tls.problem}"
+            if problem:
+                return f"certificate verification failed for {where}: {problem}"
             return f"TLS with {where} failed: {_openssl_reason(each.value)}"
     for each in inner:
         if each.check(error.ConnectionLost, error.ConnectionDone):
@@ -264,7 +287,7 @@ def read_data(argument: str | None, stdin: IO[bytes] | None = None) -> bytes:
     refused unless it is JSON.
     """
     if argument is None:
-        return test_body()
+        return default_body()
     if not argument.startswith("@"):
         return json_body(argument.encode("utf-8", "surrogateescape"))
     path = argument[1:]
@@ -415,14 +438,14 @@ class _Connections:
             return False
         if depth != 0:
             return True
+        leaf = certificate.to_cryptography()
         try:
-            leaf = certificate.to_cryptography()
             if _is_ip(self.host):
                 verify_certificate_ip_address(leaf, self.host)
             else:
                 verify_certificate_hostname(leaf, self.host)
         except (VerificationError, CertificateError, ValueError):
-            self.policy.problem = f"the certificate is not valid for {self.host}"
+            self.policy.problem = name_problem(self.host, certificate_names(leaf))
             return False
         return True
 
@@ -432,10 +455,12 @@ def _name(name: crypto.X509Name) -> str:
     return ", ".join(f"{k.decode()}={v.decode(errors='replace')}" for k, v in parts)
 
 
-async def _exchange(reactor, outgoing: Outgoing, policy: _Trust | None):
+async def _exchange(
+    reactor, outgoing: Outgoing, policy: _Trust
+) -> tuple[IResponse, bytes]:
     agent = client.Agent(
         reactor,
-        contextFactory=policy or client.BrowserLikePolicyForHTTPS(),
+        contextFactory=policy,
         connectTimeout=outgoing.connect_timeout,
         pool=client.HTTPConnectionPool(reactor, persistent=False),
     )
@@ -455,15 +480,15 @@ async def _exchange(reactor, outgoing: Outgoing, policy: _Trust | None):
     return response, body
 
 
-def deliver(reactor, outgoing: Outgoing, stdout: IO[bytes], stderr: IO[str]):
+def deliver(
+    reactor, outgoing: Outgoing, stdout: IO[bytes], stderr: IO[str]
+) -> defer.Deferred[int]:
     """
     Send the request; print the status line and the answer's body to
     ``stdout``, or one line to ``stderr`` if there is no answer.  The
     Deferred fires with the exit status: 0 for a 2xx answer, else 1.
     """
-    policy = None
-    if outgoing.https:
-        policy = _Trust(outgoing.trust, outgoing.cacert, verify=not outgoing.insecure)
+    policy = _Trust(outgoing.trust, outgoing.cacert, verify=not outgoing.insecure)
     if outgoing.insecure:
         stderr.write(
             "gwebhook: warning: --insecure: the server's certificate is not verified\n"
@@ -485,7 +510,9 @@ def deliver(reactor, outgoing: Outgoing, stdout: IO[bytes], stderr: IO[str]):
         return 0 if 200 <= response.code < 300 else 1
 
     def failed(reason: Failure) -> int:
-        stderr.write(f"gwebhook: {describe_failure(reason, outgoing, policy)}\n")
+        stderr.write(
+            f"gwebhook: {describe_failure(reason, outgoing, policy.problem)}\n"
+        )
         return 1
 
     return d.addCallbacks(answered, failed)

@@ -46,7 +46,8 @@ class IncidentStore:
             tuple[ReceivedRequest, Sequence[IncidentDraft], Deferred]
         ] = []
         self._committing = False
-        self._pool = adbapi.ConnectionPool(
+        # Public for the other writers of the same file (retention).
+        self.pool = adbapi.ConnectionPool(
             "sqlite3",
             path,
             check_same_thread=False,
@@ -88,7 +89,7 @@ class IncidentStore:
     def _commit_next(self) -> None:
         batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
         self._committing = True
-        done = self._pool.runInteraction(
+        done = self.pool.runInteraction(
             self._insert_batch, [(r, i) for r, i, _ in batch]
         )
         done.addErrback(self._unavailable)
@@ -110,12 +111,12 @@ class IncidentStore:
 
     def ping(self) -> Deferred[bool]:
         """Fire with True when the store's file answers a trivial query."""
-        d = self._pool.runQuery("SELECT count(*) FROM sqlite_master")
+        d = self.pool.runQuery("SELECT count(*) FROM sqlite_master")
         d.addCallback(lambda rows: len(rows) == 1)
         return d
 
     def close(self) -> None:
-        self._pool.close()
+        self.pool.close()
 
     def _insert_batch(
         self,

@@ -28,6 +28,7 @@ from gwebhook.channel import (
 )
 from gwebhook.credentials import HEADER_PREFIX, Credentials
 from gwebhook.metrics import Metrics
+from gwebhook.retention import RetentionService
 from gwebhook.routes import WebhookRoutes
 from gwebhook.schema import StoreError, prepare
 from gwebhook.service import WebhookService
@@ -123,6 +124,14 @@ class Options(usage.Options):
             "Type of incidents that name none (default Unclassified).",
         ],
         ["db", "d", "gwebhook.sqlite", "The incident store (SQLite file)."],
+        [
+            "retain-days",
+            None,
+            None,
+            "Delete incidents received more than N days ago, checked hourly "
+            "(default: keep them all).",
+            _whole("retain-days", 1, None, "a whole number of days, 1 or more"),
+        ],
         [
             "max-header-bytes",
             None,
@@ -398,6 +407,10 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
         site, store, config["tls"], config["shutdown-timeout"], reactor
     )
     _listener(_endpoint(reactor, config, metrics), site).setServiceParent(top)
+    if config["retain-days"] is not None:
+        RetentionService(
+            store.pool, config["retain-days"], clock=reactor
+        ).setServiceParent(top)
     if config["metrics-port"] is not None:
         where = endpoints.TCP4ServerEndpoint(
             reactor, config["metrics-port"], interface=config["metrics-interface"]

@@ -37,13 +37,13 @@ def outcomes(results):
 async def test_concurrent_requests_share_transactions(store):
     """Requests added together are committed in fewer transactions than requests."""
     transactions = []
-    run = store._pool.runInteraction
+    run = store.pool.runInteraction
 
     def counting(f, *args):
         transactions.append(len(args[0]))
         return run(f, *args)
 
-    store._pool.runInteraction = counting
+    store.pool.runInteraction = counting
     adds = [store.add(REQUEST, [draft(f"n{i}")]) for i in range(50)]
     results = outcomes(await DeferredList(adds, consumeErrors=True))
     assert [r[0].name for r in results] == [f"n{i}" for i in range(50)]
@@ -80,13 +80,13 @@ async def test_a_full_store_fails_the_whole_batch_and_keeps_nothing(store):
     await store.add(REQUEST, [draft("before")])
     pages = rows(store, "PRAGMA page_count")[0][0]
     # Full: the store may not grow past its current size.
-    await store._pool.runOperation(f"PRAGMA max_page_count = {pages}")
+    await store.pool.runOperation(f"PRAGMA max_page_count = {pages}")
     big = "x" * 100_000
     adds = [store.add(REQUEST, [draft(f"big{i}", {"b": big})]) for i in range(5)]
     results = outcomes(await DeferredList(adds, consumeErrors=True))
     assert all(isinstance(r, StoreUnavailable) for r in results), results
     assert rows(store, "SELECT name FROM incidents") == [("before",)]
-    await store._pool.runOperation("PRAGMA max_page_count = 1073741823")
+    await store.pool.runOperation("PRAGMA max_page_count = 1073741823")
     [stored] = await store.add(REQUEST, [draft("after")])
     assert stored.name == "after"
 

@@ -1,0 +1,299 @@
+"""
+Retention: delete incidents received before a date, with the requests that
+carried them and the samples that point at them.
+
+``prune`` is the SQL, for any DB-API cursor inside a transaction the caller
+owns.  ``prune_store`` is ``gwebhook prune``: one transaction on the SQLite
+file, then the space given back to the file system.  ``RetentionService``
+runs ``prune`` in the daemon on a schedule.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from twisted.application import service
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gwebhook import schema
+from gwebhook.timestamps import from_epoch, parse_occurred
+
+log = Logger()
+
+DEFAULT_INTERVAL = 3600.0  # seconds between two prunes in the daemon
+START_DELAY = 10.0  # seconds from start-up to the daemon's first prune
+SECONDS_PER_DAY = 86400
+
+# Whole statements, no string building: what runs is what you read here.
+# Stored times are format_utc's: "...T10:00:00Z" on a whole second, else
+# "...T10:00:00.250000Z".  As strings "." sorts before "Z", so 10:00:00.25
+# would sort before 10:00:00; without the "Z" the whole second is a prefix of
+# every time inside it and string order is time order.  The age of an
+# incident is the time its request was received.
+_DELETE_SAMPLES = (
+    "DELETE FROM samples WHERE incident_id IN (SELECT i.id FROM incidents i"
+    " JOIN requests r ON r.id = i.request_id WHERE rtrim(r.received, 'Z') < ?)"
+)
+_DELETE_INCIDENTS = (
+    "DELETE FROM incidents WHERE request_id IN"
+    " (SELECT id FROM requests WHERE rtrim(received, 'Z') < ?)"
+)
+_DELETE_REQUESTS = "DELETE FROM requests WHERE rtrim(received, 'Z') < ?"
+
+
+class PruneError(Exception):
+    """``gwebhook prune`` could not do its work; the message says why."""
+
+
+class StoreBusy(PruneError):
+    """Another writer held the store longer than the busy timeout."""
+
+
+def cutoff(text: str) -> str:
+    """
+    Normalise ``--before`` (an ISO-8601 date or date-time, UTC when it names
+    no zone) to a stored time; raise ValueError for anything else.
+    """
+    try:
+        return parse_occurred(text)
+    except ValueError:
+        raise ValueError(
+            f"--before {text!r} is not an ISO-8601 date or date-time "
+            "(e.g. 2024-05-01 or 2024-05-01T10:00:00+02:00)"
+        ) from None
+
+
+def summary(incidents: int, requests: int, before: str) -> str:
+    """What a prune did, in words: ``deleted 3 incidents and 1 request ...``."""
+
+    def count(number: int, noun: str) -> str:
+        return f"{number} {noun}{'' if number == 1 else 's'}"
+
+    return (
+        f"deleted {count(incidents, 'incident')} and {count(requests, 'request')}"
+        f" received before {before}"
+    )
+
+
+def prune(db, before: str) -> tuple[int, int]:
+    """
+    Delete the requests received before ``before`` (a stored UTC time, see
+    ``cutoff``), their incidents and the samples rows pointing at those;
+    return how many incidents and requests went.
+
+    Runs inside the caller's transaction, on a DB-API connection or cursor:
+    what adbapi's ``runInteraction`` passes, or a sqlite3 connection after
+    ``BEGIN``.
+    """
+    cursor = db.cursor() if hasattr(db, "cursor") else db
+    key = (before.rstrip("Z"),)
+    cursor.execute(_DELETE_SAMPLES, key)
+    cursor.execute(_DELETE_INCIDENTS, key)
+    incidents = cursor.rowcount
+    cursor.execute(_DELETE_REQUESTS, key)
+    return incidents, cursor.rowcount
+
+
+# gwebhook prune -------------------------------------------------------------
+
+
+def _is_busy(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(e)
+
+
+def open_store(
+    path: str, busy_timeout_ms: int = schema.BUSY_TIMEOUT_MS
+) -> sqlite3.Connection:
+    """
+    Open an existing gwebhook store for writing, never creating one, and
+    configure it as the daemon does (WAL, full sync, a bounded wait for
+    another writer's lock).
+    """
+    if not os.path.exists(path):
+        raise PruneError(
+            f"no store at {path}; give --db PATH (the daemon's default is "
+            "gwebhook.sqlite in its working directory)"
+        )
+    uri = Path(path).resolve().as_uri() + "?mode=rw"
+    try:
+        connection = sqlite3.connect(uri, uri=True, isolation_level=None)
+    except sqlite3.Error as e:
+        raise PruneError(f"cannot open {path}: {e}") from None
+    try:
+        # Read the version before configure() changes anything in the file.
+        connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version != schema.SCHEMA_VERSION:
+            raise PruneError(
+                f"{path} is not a gwebhook store (no schema)"
+                if version == 0
+                else f"{path} has schema version {version}, this gwebhook knows "
+                f"{schema.SCHEMA_VERSION}; prune it with the gwebhook that runs it"
+            )
+        schema.configure(connection)
+        connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    except sqlite3.Error as e:
+        connection.close()
+        if _is_busy(e):
+            raise StoreBusy(f"store {path} busy, try again") from None
+        raise PruneError(f"cannot use {path} as a gwebhook store: {e}") from None
+    except PruneError:
+        connection.close()
+        raise
+    return connection
+
+
+def prune_store(
+    path: str, before: str, busy_timeout_ms: int = schema.BUSY_TIMEOUT_MS
+) -> tuple[int, int, bool]:
+    """
+    ``gwebhook prune``: ``prune`` in one transaction on the SQLite store at
+    ``path``, then give the freed space back (VACUUM, then truncate the WAL).
+    Returns the incidents and requests deleted and whether the space was
+    given back (not while another process kept the store busy).  Raises
+    StoreBusy, with nothing deleted, when another writer holds the store
+    longer than ``busy_timeout_ms``.
+    """
+    connection = open_store(path, busy_timeout_ms)
+    try:
+        try:
+            # IMMEDIATE: take the write lock now, waiting up to the busy
+            # timeout, rather than fail halfway when the daemon writes.
+            connection.execute("BEGIN IMMEDIATE")
+            incidents, requests = prune(connection, before)
+            connection.execute("COMMIT")
+        except sqlite3.Error as e:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            if _is_busy(e):
+                raise StoreBusy(
+                    f"store {path} busy (another writer held it for "
+                    f"{busy_timeout_ms / 1000:g} s), nothing deleted; try again"
+                ) from None
+            raise PruneError(f"cannot prune {path}: {e}; nothing deleted") from None
+        return incidents, requests, _reclaim(connection)
+    finally:
+        connection.close()
+
+
+def _reclaim(connection: sqlite3.Connection) -> bool:
+    # The schema has auto_vacuum off, so only VACUUM shrinks the file; it
+    # rewrites the whole store through the WAL, which the checkpoint then
+    # copies back and truncates.  Freed pages would be reused anyway: a
+    # failure here loses no data, only disk space until the next prune.
+    try:
+        if connection.execute("PRAGMA freelist_count").fetchone()[0]:
+            connection.execute("VACUUM")
+        busy = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    except sqlite3.Error as e:
+        if _is_busy(e):
+            return False
+        raise PruneError(f"deleted, but cannot reclaim the space: {e}") from None
+    return busy == 0
+
+
+# In the daemon ---------------------------------------------------------------
+
+
+class RetentionService(service.Service):
+    """
+    Deletes incidents received more than ``retain_days`` ago: first
+    ``start_delay`` seconds after start-up, then every ``interval`` seconds,
+    through ``pool.runInteraction`` (the store's adbapi ConnectionPool, whose
+    one connection serialises the prune with the webhook writes).  A store
+    error is logged and the prune tried again next time; the freed pages are
+    reused by new incidents, so the file stops growing without a VACUUM.
+    """
+
+    def __init__(
+        self,
+        pool: adbapi.ConnectionPool,
+        retain_days: float,
+        interval: float = DEFAULT_INTERVAL,
+        clock: IReactorTime | None = None,
+        start_delay: float = START_DELAY,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.pool = pool
+        self.retain_days = retain_days
+        self.interval = interval
+        self.clock = clock
+        self.start_delay = start_delay
+        self._first = None
+        self._loop: LoopingCall | None = None
+        self._looping: Deferred | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._first = self.clock.callLater(self.start_delay, self._begin)
+
+    def _begin(self) -> None:
+        self._first = None
+        self._loop = LoopingCall(self.prune_once)
+        self._loop.clock = self.clock
+        self._looping = self._loop.start(self.interval, now=True)
+        self._looping.addErrback(
+            lambda failure: log.failure("retention stopped", failure)
+        )
+
+    def stopService(self) -> Deferred:
+        """Stop scheduling; the Deferred fires once a prune under way is done."""
+        super().stopService()
+        if self._first is not None:
+            self._first.cancel()
+            self._first = None
+        done, self._looping = self._looping, None
+        if self._loop is not None:
+            self._loop.stop()  # fires `done` now, or when the prune under way ends
+            self._loop = None
+        return done if done is not None else succeed(None)
+
+    def prune_once(self) -> Deferred:
+        """
+        Prune what is older than ``retain_days`` now; fires with the counts
+        (incidents, requests), or None after logging a failure.
+        """
+        before = from_epoch(self.clock.seconds() - self.retain_days * SECONDS_PER_DAY)
+        d = maybeDeferred(self.pool.runInteraction, prune, before)
+        d.addCallbacks(
+            self._pruned, self._failed, callbackArgs=(before,), errbackArgs=(before,)
+        )
+        return d
+
+    def _pruned(self, counts: tuple[int, int], before: str) -> tuple[int, int]:
+        incidents, requests = counts
+        log.info(
+            "retention: {summary}",
+            summary=summary(incidents, requests, before),
+            incidents=incidents,
+            requests=requests,
+            before=before,
+        )
+        return counts
+
+    def _failed(self, failure: Failure, before: str) -> None:
+        if failure.check(self.pool.dbapi.Error):
+            log.error(
+                "retention: cannot delete incidents received before {before}: "
+                "{error}; trying again in {interval:g} s",
+                before=before,
+                error=failure.getErrorMessage(),
+                interval=self.interval,
+            )
+        else:
+            log.failure(
+                "retention: pruning failed; trying again in {interval:g} s",
+                failure,
+                interval=self.interval,
+            )
