@@ -16,6 +16,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from gwebhook import systemd
+from gwebhook.benchswitch import store_class
 from gwebhook.channel import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -32,7 +33,6 @@ from gwebhook.retention import RetentionService
 from gwebhook.routes import WebhookRoutes
 from gwebhook.schema import StoreError, prepare
 from gwebhook.service import WebhookService
-from gwebhook.store import IncidentStore
 from gwebhook.throttle import AuthThrottle
 from gwebhook.tls import ReloadableTLS, TLSConfigError, TLSServerEndpoint
 
@@ -383,7 +383,7 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
     metrics = Metrics()
-    store = IncidentStore(config["db"], keep_samples=bool(config["store-samples"]))
+    store = store_class()(config["db"], keep_samples=bool(config["store-samples"]))
     routes = WebhookRoutes(
         store,
         config["credentials"],
