@@ -41,6 +41,7 @@ class WebhookService(service.MultiService):
         self.tls = tls
         self.shutdown_timeout = shutdown_timeout
         self.reactor = reactor
+        self.workers = None  # a WorkerPool with --workers N
         self._previous_hup = None
 
     def startService(self) -> None:
@@ -60,6 +61,8 @@ class WebhookService(service.MultiService):
     def reload(self) -> bool:
         """Re-read the certificate and key (SIGHUP, ``systemctl reload``)."""
         systemd.notify("RELOADING=1")
+        if self.workers is not None:
+            self.workers.signal("HUP")
         try:
             return self.tls.reload()
         finally:

@@ -9,7 +9,6 @@ import socket
 
 from prometheus_client.twisted import MetricsResource
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
 from twisted.python import usage
 from twisted.web.resource import Resource
@@ -35,6 +34,7 @@ from gwebhook.schema import StoreError, prepare
 from gwebhook.service import WebhookService
 from gwebhook.throttle import AuthThrottle
 from gwebhook.tls import ReloadableTLS, TLSConfigError, TLSServerEndpoint
+from gwebhook.workers import WorkerPool
 
 PASSWORD_ENV = "GWEBHOOK_PASSWORD"  # noqa: S105 (a variable name, not a secret)
 # Twisted's default of 50 overflows under a burst of new connections.
@@ -162,6 +162,13 @@ class Options(usage.Options):
         ],
         ["metrics-interface", None, "127.0.0.1", "Address the metrics listener binds."],
         [
+            "workers",
+            None,
+            1,
+            "Processes serving the port (one per core, say); all write the same store.",
+            _whole("workers", 1, 64, "a number of processes, 1 to 64"),
+        ],
+        [
             "header-timeout",
             None,
             DEFAULT_HEADER_TIMEOUT,
@@ -219,11 +226,24 @@ class Options(usage.Options):
         ["store-samples", None, "Keep the 20 most recent incidents as samples."],
     ]
 
-    def __init__(self, environ: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, environ: dict[str, str] | None = None, worker: bool = False
+    ) -> None:
         super().__init__()
         self.environ = os.environ if environ is None else environ
+        # A worker of --workers N: serves only; the main process prunes and
+        # serves metrics.
+        self.worker = worker
+        self.argv: list[str] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        # Kept for the workers of --workers N, which parse the same options.
+        self.argv = list(options or [])
+        super().parseOptions(options)
 
     def postOptions(self) -> None:
+        if self.worker:
+            self["workers"], self["metrics-port"], self["retain-days"] = 1, None, None
         self["credentials"] = self._credentials()
         self["tls"] = self._tls()
         self["inherited-socket"] = systemd.inherited_socket()
@@ -362,11 +382,37 @@ def _throttle(config, reactor) -> AuthThrottle | None:
     )
 
 
-def _listener(endpoint, factory) -> StreamServerEndpointService:
-    listener = StreamServerEndpointService(endpoint, factory)
-    # Fail start-up on a port that cannot be bound, as strports.service does.
-    listener._raiseSynchronously = True
-    return listener
+class Listener(service.Service):
+    """
+    Listens on an endpoint when the daemon starts (before privileges are
+    dropped), failing start-up if it cannot; keeps the port for the workers.
+    """
+
+    def __init__(self, endpoint, factory) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        failed: list = []
+        self.endpoint.listen(self.factory).addCallbacks(self._listening, failed.append)
+        if failed:
+            failed[0].raiseException()
+
+    def _listening(self, port) -> None:
+        self.port = port
+
+    def startService(self) -> None:
+        super().startService()
+        if self.port is None:
+            self.privilegedStartService()
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
 
 
 def _metrics_site(metrics: Metrics) -> Site:
@@ -406,7 +452,17 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
     top = WebhookService(
         site, store, config["tls"], config["shutdown-timeout"], reactor
     )
-    _listener(_endpoint(reactor, config, metrics), site).setServiceParent(top)
+    listener = Listener(_endpoint(reactor, config, metrics), site)
+    listener.setServiceParent(top)
+    if config["workers"] > 1:
+        top.workers = WorkerPool(
+            config["workers"] - 1,
+            config.argv,
+            listener,
+            config["shutdown-timeout"],
+            reactor,
+        )
+        top.workers.setServiceParent(top)
     if config["retain-days"] is not None:
         RetentionService(
             store.pool, config["retain-days"], clock=reactor
@@ -415,5 +471,5 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
         where = endpoints.TCP4ServerEndpoint(
             reactor, config["metrics-port"], interface=config["metrics-interface"]
         )
-        _listener(where, _metrics_site(metrics)).setServiceParent(top)
+        Listener(where, _metrics_site(metrics)).setServiceParent(top)
     return top
