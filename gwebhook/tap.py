@@ -34,7 +34,7 @@ from gwebhook.schema import StoreError, prepare
 from gwebhook.service import WebhookService
 from gwebhook.throttle import AuthThrottle
 from gwebhook.tls import ReloadableTLS, TLSConfigError, TLSServerEndpoint
-from gwebhook.workers import WorkerPool
+from gwebhook.workers import ReusePortEndpoint, WorkerPool
 
 PASSWORD_ENV = "GWEBHOOK_PASSWORD"  # noqa: S105 (a variable name, not a secret)
 # Twisted's default of 50 overflows under a burst of new connections.
@@ -247,7 +247,8 @@ class Options(usage.Options):
         self["credentials"] = self._credentials()
         self["tls"] = self._tls()
         self["inherited-socket"] = systemd.inherited_socket()
-        if self["inherited-socket"] is None:
+        # A worker binds beside the main process (SO_REUSEPORT): no probe.
+        if self["inherited-socket"] is None and not self.worker:
             _check_bindable("--port", self["interface"], self["port"])
         if self["metrics-port"] is not None:
             _check_bindable(
@@ -354,13 +355,16 @@ def _check_bindable(option: str, interface: str, port: int) -> None:
 
 def _endpoint(reactor, config, metrics: Metrics):
     fd = config["inherited-socket"]
+    interface = config["interface"]
     if fd is not None:
-        # Socket activation: systemd bound the port; TLS is still ours.
+        # Socket activation (or a worker of such a daemon): the port is bound
+        # already and shared; TLS is still ours.
         with socket.socket(fileno=os.dup(fd)) as inherited:
             family = inherited.family
         plain = endpoints.AdoptedStreamServerEndpoint(reactor, fd, family)
+    elif config["workers"] > 1 or config.worker:
+        plain = ReusePortEndpoint(reactor, config["port"], interface, LISTEN_BACKLOG)
     else:
-        interface = config["interface"]
         tcp = (
             endpoints.TCP6ServerEndpoint
             if ":" in interface
@@ -458,7 +462,7 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
         top.workers = WorkerPool(
             config["workers"] - 1,
             config.argv,
-            listener,
+            config["inherited-socket"],
             config["shutdown-timeout"],
             reactor,
         )

@@ -12,12 +12,13 @@ import os
 import signal
 import sys
 
-# Before anything imports Twisted's endpoints: they read the inherited socket
-# from these, as from systemd (which sets all three; Twisted ignores the
-# count without names).
-os.environ["LISTEN_PID"] = str(os.getpid())
-os.environ["LISTEN_FDS"] = "1"
-os.environ["LISTEN_FDNAMES"] = "gwebhook"
+# Serving systemd's socket, passed on as fd 3?  Say so before anything imports
+# Twisted's endpoints, which read it as from systemd (which sets all three;
+# Twisted ignores the count without names).
+if os.environ.pop("GWEBHOOK_WORKER_INHERITS", None) == "1":
+    os.environ["LISTEN_PID"] = str(os.getpid())
+    os.environ["LISTEN_FDS"] = "1"
+    os.environ["LISTEN_FDNAMES"] = "gwebhook"
 
 _PR_SET_PDEATHSIG = 1
 

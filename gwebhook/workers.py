@@ -1,9 +1,10 @@
 """
-``--workers N``: serve from N processes on one port.  The main process binds
-the port and serves; it spawns N - 1 workers that inherit the listening
-socket (as systemd socket activation hands one over), each with its own
-reactor and its own connection to the same store (WAL; writers take turns).
-Their log events come back to the main process's log.  SIGHUP and SIGTERM
+``--workers N``: serve from N processes on one port.  The main process serves
+and spawns N - 1 workers, each with its own reactor and its own connection to
+the same store (WAL; writers take turns).  Each process binds its own socket
+with SO_REUSEPORT, and the kernel spreads new connections across them; under
+socket activation the workers share the socket systemd passed instead.
+Worker log events come back to the main process's log.  SIGHUP and SIGTERM
 are forwarded; a worker that dies is replaced.
 """
 
@@ -12,19 +13,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import sys
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import CannotListenError, ProcessExitedAlready
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, LogLevel
+from zope.interface import implementer
 
 log = Logger()
 
 # How a worker learns its configuration: the environment, never its command
 # line, where the password would be visible to everyone in `ps`.
 ARGV_ENVIRONMENT = "GWEBHOOK_WORKER_ARGV"
+# Set when the worker is to serve the socket systemd passed, as its fd 3.
+INHERIT_ENVIRONMENT = "GWEBHOOK_WORKER_INHERITS"
 RESPAWN_DELAY_SECONDS = 1.0
 # Extra time, after the shutdown timeout, before workers are killed outright.
 KILL_AFTER_SECONDS = 5.0
@@ -38,6 +44,31 @@ _RECORD_KEYS = (
     "worker",
     "log_format",
 )
+
+
+@implementer(IStreamServerEndpoint)
+class ReusePortEndpoint:
+    """A TCP listening socket that other processes may bind too (SO_REUSEPORT)."""
+
+    def __init__(self, reactor, port: int, interface: str, backlog: int) -> None:
+        self.reactor = reactor
+        self.port = port
+        self.interface = interface
+        self.backlog = backlog
+
+    def listen(self, factory):
+        family = socket.AF_INET6 if ":" in self.interface else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                s.bind((self.interface, self.port))
+            except OSError as e:
+                return fail(CannotListenError(self.interface, self.port, e))
+            s.listen(self.backlog)
+            s.setblocking(False)
+            # Twisted takes a duplicate; this one closes on leaving.
+            return succeed(self.reactor.adoptStreamPort(s.fileno(), family, factory))
 
 
 class _Worker(ProcessProtocol):
@@ -88,11 +119,16 @@ class WorkerPool(service.Service):
     """The N - 1 worker processes beside the main one."""
 
     def __init__(
-        self, count: int, argv: list[str], listener, shutdown_timeout: float, reactor
-    ):
+        self,
+        count: int,
+        argv: list[str],
+        inherited_socket: int | None,
+        shutdown_timeout: float,
+        reactor,
+    ) -> None:
         self.count = count
         self.argv = argv
-        self.listener = listener
+        self.inherited_socket = inherited_socket
         self.shutdown_timeout = shutdown_timeout
         self.reactor = reactor
         self.processes: dict[int, object] = {}
@@ -108,12 +144,16 @@ class WorkerPool(service.Service):
             return
         env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
         env[ARGV_ENVIRONMENT] = json.dumps(self.argv)
+        fds = {0: "w", 1: "r", 2: "r"}
+        if self.inherited_socket is not None:
+            env[INHERIT_ENVIRONMENT] = "1"
+            fds[3] = self.inherited_socket
         self.processes[index] = self.reactor.spawnProcess(
             _Worker(self, index),
             sys.executable,
             [sys.executable, "-m", "gwebhook.worker", str(index)],
             env=env,
-            childFDs={0: "w", 1: "r", 2: "r", 3: self.listener.port.fileno()},
+            childFDs=fds,
         )
         log.info(
             "worker {worker} started (pid {pid})",

@@ -108,7 +108,8 @@ def test_notify_ready_reloading_stopping(spawn, notify_socket):
 # ----------------------------------------------------------- socket activation
 
 
-def test_socket_activation_serves_tls_on_the_inherited_socket(spawn, pki):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_socket_activation_serves_tls_on_the_inherited_socket(spawn, pki, workers):
     """A socket passed at fd 3 (LISTEN_FDS, LISTEN_PID) is served with TLS."""
     activated = socket.socket()
     activated.bind(("127.0.0.1", 0))
@@ -121,6 +122,8 @@ def test_socket_activation_serves_tls_on_the_inherited_socket(spawn, pki):
     try:
         d = spawn(
             *AUTH,
+            "--workers",
+            workers,
             port=occupied.getsockname()[1],
             wrapper=[sys.executable, "-c", ACTIVATE, str(activated.fileno())],
             pass_fds=(activated.fileno(),),
@@ -128,25 +131,31 @@ def test_socket_activation_serves_tls_on_the_inherited_socket(spawn, pki):
         )
         activated.close()  # the daemon holds the only copy now
 
-        connection = http.client.HTTPSConnection(
-            "127.0.0.1", port, timeout=15, context=pki.client_context()
-        )
-        try:
-            connection.request(
-                "POST", "/", body=b'{"name": "activated"}', headers=HEADERS
+        # With workers, they serve the same inherited socket: several requests
+        # on new connections, each answered whichever process takes it.
+        for _ in range(int(workers) * 4):
+            connection = http.client.HTTPSConnection(
+                "127.0.0.1", port, timeout=15, context=pki.client_context()
             )
-            reply = connection.getresponse()
-            body = reply.read()
-            assert reply.status == 200, (body, d.output())
-            assert sha256(connection.sock.getpeercert(True)) == leaf_fingerprint(pki)
-        finally:
-            connection.close()
+            try:
+                connection.request(
+                    "POST", "/", body=b'{"name": "activated"}', headers=HEADERS
+                )
+                reply = connection.getresponse()
+                body = reply.read()
+                assert reply.status == 200, (body, d.output())
+                assert sha256(connection.sock.getpeercert(True)) == leaf_fingerprint(
+                    pki
+                )
+            finally:
+                connection.close()
         assert listening_sockets(d.process.pid) == {("127.0.0.1", port)}
     finally:
         activated.close()
         occupied.close()
     with sqlite3.connect(d.db) as db:
-        assert db.execute("SELECT name FROM incidents").fetchall() == [("activated",)]
+        names = db.execute("SELECT name FROM incidents").fetchall()
+    assert names == [("activated",)] * (int(workers) * 4)
 
 
 # ------------------------------------------------------------------ unit files

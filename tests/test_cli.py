@@ -1,0 +1,243 @@
+"""
+The ``gwebhook`` console command (SPEC section 5), run as a subprocess against
+a store that a running daemon writes.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+
+import pytest
+from cryptography import x509
+from processes import SelfSigned, basic, json_lines, run_cli, run_senders, start_daemon
+
+AUTH = ["--username", "admin", "--password", "pw"]
+HEADERS = {**basic("admin", "pw"), "X-Sender": "cli-test"}
+SUMMARY = {"id", "name", "type", "occurred", "created"}
+
+
+@pytest.fixture(autouse=True)
+def _no_password_in_environment(monkeypatch):
+    """A GWEBHOOK_PASSWORD exported in the shell must not reach these daemons."""
+    monkeypatch.delenv("GWEBHOOK_PASSWORD", raising=False)
+
+
+def post(d, document) -> list[dict]:
+    reply = d.request(body=json.dumps(document).encode(), headers=HEADERS)
+    assert reply.status == 200, reply.body
+    return reply.json()
+
+
+def cli(*args: str, **kwargs) -> str:
+    """Run ``gwebhook ARGS``, which must succeed; return its stdout."""
+    result = run_cli(*args, **kwargs)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return result.stdout
+
+
+def assert_one_line_error(result) -> None:
+    assert result.returncode == 1, result
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def written(daemon):
+    """A running daemon and the incidents it answered for four posts."""
+    d = daemon(*AUTH)
+    answered = [
+        *post(
+            d,
+            {
+                "name": "first",
+                "type": "Phishing",
+                "occurred": "2024-01-02T03:04:05Z",
+                "rawJson": {"k": "v"},
+            },
+        ),
+        *post(d, [{"name": "second"}, {"name": "third", "severity": 3}]),
+        *post(d, {"name": "fourth", "raw_json": {"old": True}}),
+    ]
+    return d, answered
+
+
+def test_list_prints_summaries_oldest_first(written):
+    """'list' prints one summary per line, oldest first, as the daemon answered them."""
+    d, answered = written
+    lines = json_lines(cli("--db", str(d.db), "list"))
+    assert lines == answered
+    assert all(set(line) == SUMMARY for line in lines)
+    assert [int(line["id"]) for line in lines] == sorted(int(a["id"]) for a in answered)
+
+
+def test_list_after_and_limit(written):
+    """'list --after ID --limit N' prints at most N summaries with ids above ID."""
+    d, answered = written
+    after = answered[0]["id"]
+    lines = json_lines(cli("--db", str(d.db), "list", "--after", after, "--limit", "2"))
+    assert lines == answered[1:3]
+    assert (
+        json_lines(cli("--db", str(d.db), "list", "--after", answered[-1]["id"])) == []
+    )
+
+
+def test_db_before_or_after_the_command_or_default(written):
+    """--db works before or after the command, and defaults to ./gwebhook.sqlite."""
+    d, answered = written
+    before = cli("--db", str(d.db), "list")
+    assert cli("list", "--db", str(d.db)) == before
+    assert cli("list", cwd=d.directory) == before
+
+
+def test_show_prints_details_and_request(written):
+    """'show ID' prints the summary, rawJson with the headers, and the request."""
+    d, answered = written
+    shown = json.loads(cli("--db", str(d.db), "show", answered[0]["id"]))
+    assert {k: shown[k] for k in SUMMARY} == answered[0]
+    assert shown["type"] == "Phishing"
+    assert shown["occurred"].startswith("2024-01-02T03:04:05")
+    headers = shown["rawJson"].pop("headers")
+    assert shown["rawJson"] == {"k": "v"}
+    assert headers["x-sender"] == "cli-test"
+    assert "authorization" not in headers
+    request = shown["request"]
+    assert request["client"] == "127.0.0.1"
+    assert (request["method"], request["path"]) == ("POST", "/")
+    assert request["received"]
+
+    whole = json.loads(cli("--db", str(d.db), "show", answered[2]["id"]))
+    assert whole["rawJson"]["severity"] == 3
+    old = json.loads(cli("--db", str(d.db), "show", answered[3]["id"]))
+    assert old["rawJson"]["old"] is True
+
+
+def test_export_is_show_per_line(written):
+    """'export [--after ID]' prints what 'show' prints, one incident per line."""
+    d, answered = written
+    shown = [json.loads(cli("--db", str(d.db), "show", a["id"])) for a in answered]
+    assert json_lines(cli("--db", str(d.db), "export")) == shown
+    after = answered[1]["id"]
+    assert json_lines(cli("export", "--after", after, "--db", str(d.db))) == shown[2:]
+
+
+def test_unknown_id_is_one_line_and_status_1(written):
+    """'show' of an id that is not stored is one line on stderr and exit status 1."""
+    d, _ = written
+    assert_one_line_error(run_cli("--db", str(d.db), "show", "999999"))
+    assert_one_line_error(run_cli("--db", str(d.db), "show", "not-an-id"))
+
+
+@pytest.mark.parametrize("command", [["list"], ["show", "1"], ["export"], ["samples"]])
+def test_missing_store_is_one_line_and_not_created(tmp_path, command):
+    """Reading a store that does not exist is one line, status 1, creating nothing."""
+    db = tmp_path / "absent.sqlite"
+    assert_one_line_error(run_cli("--db", str(db), *command))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_samples_are_the_last_20(daemon):
+    """'samples' prints the 20 most recent incidents with details, oldest first."""
+    d = daemon(*AUTH, "--store-samples")
+    answered = post(d, [{"name": f"n{i}", "rawJson": {"i": i}} for i in range(5)])
+    for i in range(5, 25):
+        answered += post(d, {"name": f"n{i}", "rawJson": {"i": i}})
+    samples = json.loads(cli("--db", str(d.db), "samples"))
+    assert isinstance(samples, list)
+    assert [s["id"] for s in samples] == [a["id"] for a in answered[-20:]]
+    assert [s["name"] for s in samples] == [f"n{i}" for i in range(5, 25)]
+    assert [s["rawJson"]["i"] for s in samples] == list(range(5, 25))
+    assert all(s["rawJson"]["headers"]["x-sender"] == "cli-test" for s in samples)
+
+
+def test_no_samples_without_store_samples(written):
+    """'samples' prints an empty array when the daemon runs without --store-samples."""
+    d, _ = written
+    assert json.loads(cli("--db", str(d.db), "samples")) == []
+
+
+def test_reads_while_the_daemon_writes(daemon):
+    """'list' and 'export' run while connections post, and see whole requests."""
+    d = daemon(*AUTH)
+    outputs = []
+
+    def read() -> None:
+        for command in ("list", "export", "list"):
+            outputs.append(json_lines(cli("--db", str(d.db), command)))
+
+    senders = run_senders(d, HEADERS, 4, then=read, after=0.3)
+    assert all(s.failure is None for s in senders), [s.failure for s in senders]
+    for lines in outputs:
+        ids = [int(line["id"]) for line in lines]
+        assert ids == sorted(set(ids))
+    # An export never shows part of a request: each of its names has all siblings.
+    exported = {line["name"] for line in outputs[1]}
+    for name in exported:
+        sender, request = name.split("-")[:2]
+        siblings = {n for n in exported if n.startswith(f"{sender}-{request}-")}
+        size = int(request[1:]) % 4 or 1
+        assert len(siblings) == size, name
+    acknowledged = {str(i) for s in senders for i, _ in s.acknowledged}
+    assert acknowledged <= {
+        line["id"] for line in json_lines(cli("list", cwd=d.directory))
+    }
+
+
+def _served_certificate(port: int, ca, hostname: str) -> dict:
+    """Handshake with 127.0.0.1:port as ``hostname``, verifying against ``ca``."""
+    context = ssl.create_default_context(cafile=str(ca))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=hostname) as tls,
+    ):
+        return tls.getpeercert()
+
+
+def test_make_cert_is_served(tmp_path):
+    """'make-cert DIR' writes a key of mode 0600 and a certificate twistd serves."""
+    out = cli("make-cert", str(tmp_path / "certs"))
+    cert, key = tmp_path / "certs" / "server.crt", tmp_path / "certs" / "server.key"
+    assert str(cert) in out and str(key) in out
+    assert key.stat().st_mode & 0o777 == 0o600
+    pair = SelfSigned(cert, key)
+    started = []
+    try:
+        d = start_daemon(AUTH, tmp_path, pair, started)
+        peer = _served_certificate(d.port, cert, "localhost")
+        assert ("DNS", "localhost") in peer["subjectAltName"]
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", d.port, timeout=10, context=pair.client_context()
+        )
+        try:
+            connection.request(
+                "POST", "/", body=b'{"name": "self-signed"}', headers=HEADERS
+            )
+            assert connection.getresponse().status == 200
+        finally:
+            connection.close()
+    finally:
+        for started_daemon in started:
+            started_daemon.kill()
+
+
+def test_make_cert_hostnames(tmp_path):
+    """'make-cert --hostname NAME ...' names exactly those hosts in the certificate."""
+    cli(
+        "make-cert", str(tmp_path), "--hostname", "gw.example", "--hostname", "10.1.2.3"
+    )
+    cert = x509.load_pem_x509_certificate((tmp_path / "server.crt").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["gw.example"]
+    assert [str(a) for a in names.get_values_for_type(x509.IPAddress)] == ["10.1.2.3"]
+
+
+def test_make_cert_keeps_an_existing_key(tmp_path):
+    """'make-cert' where a key exists is one line, status 1, and keeps the key."""
+    cli("make-cert", str(tmp_path))
+    key = (tmp_path / "server.key").read_bytes()
+    assert_one_line_error(run_cli("make-cert", str(tmp_path)))
+    assert (tmp_path / "server.key").read_bytes() == key
