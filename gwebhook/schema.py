@@ -5,6 +5,7 @@ date synchronously at start-up, so a bad path fails before the reactor runs.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 # Each entry upgrades the schema from version N to N + 1.  Append, never edit.
@@ -60,10 +61,19 @@ def configure(connection: sqlite3.Connection) -> None:
 
 def prepare(path: str) -> int:
     """Create or upgrade the store at ``path``; return the schema version."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise StoreError(
+            f"the directory {directory} of the store {path} does not exist; "
+            "create it or give another --db"
+        )
     try:
         connection = sqlite3.connect(path, isolation_level=None)
     except sqlite3.Error as e:
-        raise StoreError(f"cannot open the store {path}: {e}; check --db") from e
+        raise StoreError(
+            f"cannot open the store {path}: {e}; check that the daemon may "
+            "write the file and its directory, or give another --db"
+        ) from e
     try:
         configure(connection)
         version = connection.execute("PRAGMA user_version").fetchone()[0]

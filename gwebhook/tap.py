@@ -270,7 +270,8 @@ class Options(usage.Options):
                     text = f.read()
             except OSError as e:
                 raise usage.UsageError(
-                    f"--password-file: cannot read {path}: {e.strerror}"
+                    f"--password-file: cannot read {path}: {e.strerror}; "
+                    "give a file the daemon can read, holding just the password"
                 ) from None
             return text[:-1] if text.endswith("\n") else text
         if self["password"] is not None:
@@ -320,7 +321,10 @@ class Options(usage.Options):
         cert, key = self["cert"], self["key"]
         if self["no-tls"]:
             if cert or key:
-                raise usage.UsageError("--no-tls cannot be combined with --cert/--key")
+                raise usage.UsageError(
+                    "--no-tls cannot be combined with --cert/--key; drop --no-tls "
+                    "to serve TLS, or drop --cert and --key behind a TLS proxy"
+                )
             return None
         if not cert or not key:
             raise usage.UsageError(

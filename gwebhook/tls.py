@@ -42,14 +42,17 @@ class TLSConfigError(Exception):
 
 
 def _read(path: str, what: str, option: str) -> bytes:
+    fix = f"give {option} the path of the PEM {what} file"
     try:
         with open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
-        raise TLSConfigError(f"{option}: {what} file {path} does not exist") from None
+        raise TLSConfigError(
+            f"{option}: {what} file {path} does not exist; {fix}"
+        ) from None
     except OSError as e:
         raise TLSConfigError(
-            f"{option}: cannot read {what} file {path}: {e.strerror}"
+            f"{option}: cannot read {what} file {path}: {e.strerror}; {fix}"
         ) from None
 
 
@@ -61,7 +64,10 @@ def load_chain(path: str) -> list[x509.Certificate]:
     except ValueError:
         chain = []
     if not chain:
-        raise TLSConfigError(f"--cert: {path} holds no PEM certificate")
+        raise TLSConfigError(
+            f"--cert: {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----); "
+            "give it in PEM (convert DER with 'openssl x509 -inform der')"
+        )
     return chain
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import signal
 import socket
 import ssl
@@ -56,6 +55,12 @@ def make_pki(directory: Path) -> PKI:
     cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
     leaf.private_key_pem.write_to_path(str(key))
     return PKI(root, intermediate, leaf, ca, cert, key)
+
+
+@pytest.fixture(autouse=True)
+def no_password_from_the_shell(monkeypatch):
+    """A GWEBHOOK_PASSWORD exported in the shell must not reach test daemons."""
+    monkeypatch.delenv("GWEBHOOK_PASSWORD", raising=False)
 
 
 @pytest.fixture(scope="session")
@@ -196,12 +201,10 @@ def run_twistd(
     args: list[str], cwd: Path, timeout: float = 30
 ) -> subprocess.CompletedProcess:
     """Run ``twistd -n gwebhook ARGS`` to completion (for start-up refusals)."""
-    env = {k: v for k, v in os.environ.items() if k != "GWEBHOOK_PASSWORD"}
     return subprocess.run(
         [TWISTD, "-n", "--pidfile=", "gwebhook", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
     )

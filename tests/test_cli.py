@@ -19,12 +19,6 @@ HEADERS = {**basic("admin", "pw"), "X-Sender": "cli-test"}
 SUMMARY = {"id", "name", "type", "occurred", "created"}
 
 
-@pytest.fixture(autouse=True)
-def _no_password_in_environment(monkeypatch):
-    """A GWEBHOOK_PASSWORD exported in the shell must not reach these daemons."""
-    monkeypatch.delenv("GWEBHOOK_PASSWORD", raising=False)
-
-
 def post(d, document) -> list[dict]:
     reply = d.request(body=json.dumps(document).encode(), headers=HEADERS)
     assert reply.status == 200, reply.body

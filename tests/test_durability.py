@@ -12,18 +12,11 @@ import sqlite3
 import time
 from pathlib import Path
 
-import pytest
 from processes import SlowRequest, basic, run_senders, wait_until_not_listening
 
 AUTH = ["--username", "admin", "--password", "pw"]
 HEADERS = {**basic("admin", "pw"), "Content-Type": "application/json"}
 SENDERS = 8
-
-
-@pytest.fixture(autouse=True)
-def _no_password_in_environment(monkeypatch):
-    """A GWEBHOOK_PASSWORD exported in the shell must not reach these daemons."""
-    monkeypatch.delenv("GWEBHOOK_PASSWORD", raising=False)
 
 
 def read_store(db: Path) -> tuple[list[tuple], dict[int, tuple[bytes, list[tuple]]]]:

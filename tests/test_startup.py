@@ -20,12 +20,6 @@ from processes import basic, last_line, occupied_port
 CREDENTIALS = ["--username", "admin", "--password", "pw"]
 
 
-@pytest.fixture(autouse=True)
-def _no_password_in_environment(monkeypatch):
-    """A GWEBHOOK_PASSWORD exported in the shell must not reach these daemons."""
-    monkeypatch.delenv("GWEBHOOK_PASSWORD", raising=False)
-
-
 @dataclass
 class Refusal:
     """Arguments that must be refused, and words the last line must hold."""
