@@ -10,6 +10,7 @@ import signal
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gwebhook import systemd
@@ -18,6 +19,9 @@ from gwebhook.store import IncidentStore
 from gwebhook.tls import ReloadableTLS
 
 log = Logger()
+
+# Session tickets are encrypted with a key that is replaced this often.
+TICKET_KEY_LIFETIME_SECONDS = 3600
 
 
 class WebhookService(service.MultiService):
@@ -43,11 +47,15 @@ class WebhookService(service.MultiService):
         self.reactor = reactor
         self.workers = None  # a WorkerPool with --workers N
         self._previous_hup = None
+        self._rotation: LoopingCall | None = None
 
     def startService(self) -> None:
         super().startService()
         if self.tls is not None:
             self._previous_hup = signal.signal(signal.SIGHUP, self._hup)
+            self._rotation = LoopingCall(self.tls.rotate_ticket_key)
+            self._rotation.clock = self.reactor
+            self._rotation.start(TICKET_KEY_LIFETIME_SECONDS, now=False)
         self.reactor.callWhenRunning(self._ready)
 
     def _ready(self) -> None:
@@ -75,6 +83,8 @@ class WebhookService(service.MultiService):
         if self._previous_hup is not None:
             signal.signal(signal.SIGHUP, self._previous_hup)
             self._previous_hup = None
+        if self._rotation is not None and self._rotation.running:
+            self._rotation.stop()
         systemd.notify("STOPPING=1")
         # Stop accepting (and stop every other child: retention, metrics) ...
         await super().stopService()

@@ -87,10 +87,10 @@ def load_key(path: str):
         ) from None
 
 
-def certificate_options(cert_path: str, key_path: str) -> CertificateOptions:
+def load_pair(cert_path: str, key_path: str) -> tuple[list[crypto.X509], crypto.PKey]:
     """
-    Build the server's TLS options from PEM files, refusing a missing,
-    unreadable or mismatched pair with a TLSConfigError.
+    The chain and key from PEM files, refusing a missing, unreadable or
+    mismatched pair with a TLSConfigError.
     """
     certificates = load_chain(cert_path)
     private_key = load_key(key_path)
@@ -106,18 +106,34 @@ def certificate_options(cert_path: str, key_path: str) -> CertificateOptions:
         ) from None
     # Twisted's CertificateOptions still takes pyOpenSSL's wrappers.
     chain = [crypto.X509.from_cryptography(c) for c in certificates]
-    key = crypto.PKey.from_cryptography_key(private_key)
+    return chain, crypto.PKey.from_cryptography_key(private_key)
+
+
+def options_for(chain: list[crypto.X509], key: crypto.PKey) -> CertificateOptions:
+    """
+    The TLS policy for this chain and key.  Each call makes a new context
+    and so a new random session-ticket key.
+    """
     options = CertificateOptions(
         privateKey=key,
         certificate=chain[0],
         extraCertChain=chain[1:],
         raiseMinimumTo=TLSVersion.TLSv1_2,
         acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(TLS12_CIPHERS),
+        # A sender that reconnects resumes (TLS 1.2 session cache and
+        # tickets, TLS 1.3 tickets) instead of a full handshake.
+        enableSessions=True,
+        enableSessionTickets=True,
     )
     # TLS 1.2 renegotiation started by a client is a cheap way to make the
     # server do handshakes; nothing gwebhook serves needs it.
     options._options |= SSL.OP_NO_RENEGOTIATION
     return options
+
+
+def certificate_options(cert_path: str, key_path: str) -> CertificateOptions:
+    """The server's TLS options from PEM files (see load_pair)."""
+    return options_for(*load_pair(cert_path, key_path))
 
 
 def describe(options: CertificateOptions) -> str:
@@ -136,12 +152,15 @@ class ReloadableTLS:
     The server's TLS options, re-read from the same files on demand (SIGHUP).
     A new connection gets the options current when it opens; open
     connections keep theirs.  A bad new pair leaves the old one serving.
+    The session-ticket key is replaced by ``rotate_ticket_key`` (hourly):
+    a stolen key then opens at most an hour of resumed sessions.
     """
 
     def __init__(self, cert_path: str, key_path: str) -> None:
         self.cert_path = cert_path
         self.key_path = key_path
-        self.options = certificate_options(cert_path, key_path)
+        self._pair = load_pair(cert_path, key_path)
+        self.options = options_for(*self._pair)
 
     def serverConnectionForTLS(self, protocol):
         return self.options.serverConnectionForTLS(protocol)
@@ -149,16 +168,21 @@ class ReloadableTLS:
     def reload(self) -> bool:
         """Re-read the pair; True if the new one is now served."""
         try:
-            options = certificate_options(self.cert_path, self.key_path)
+            pair = load_pair(self.cert_path, self.key_path)
+            options = options_for(*pair)
             options.getContext()
         except (TLSConfigError, SSL.Error) as e:
             log.error(
                 "certificate not reloaded, the old one stays in service: {why}", why=e
             )
             return False
-        self.options = options
+        self._pair, self.options = pair, options
         log.info("certificate reloaded: {what}", what=describe(options))
         return True
+
+    def rotate_ticket_key(self) -> None:
+        """A new context for the same pair: new session-ticket key, empty cache."""
+        self.options = options_for(*self._pair)
 
 
 class _ServerTLSProtocol(TLSMemoryBIOProtocol):
