@@ -60,6 +60,7 @@ def raw_response(
     return head + body
 
 
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 _ACCESS_FORMAT = (
     "{client} {method} {path} {status} incidents={incidents} "
     "bytes={bytes} {duration_ms:.1f}ms id={request_id}"
@@ -448,7 +449,10 @@ class WebhookSite(server.Site):
         """
         method_text = method.decode("ascii", "replace")
         m = self.metrics
-        m.requests.labels(method_text, route, str(status)).inc()
+        # A label from a fixed set: a client choosing methods must not be able
+        # to grow the metrics without end.
+        label = method_text if method_text in _KNOWN_METHODS else "other"
+        m.requests.labels(label, route, str(status)).inc()
         m.request_seconds.observe(seconds)
         m.body_bytes.observe(body_bytes)
         if incidents:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+import hashlib
 import hmac
 from base64 import b64decode
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ class Credentials:
             return False
         value = values[0]
         if not self.basic:
-            return hmac.compare_digest(value, self.secret)
+            return _same(value, self.secret)
         scheme, _, encoded = value.partition(b" ")
         if scheme.lower() != b"basic":
             return False
@@ -63,6 +64,16 @@ class Credentials:
         user, colon, password = decoded.partition(b":")
         # Both halves are always compared, so timing says nothing about which
         # one was wrong.
-        user_ok = hmac.compare_digest(user, self.username)
-        password_ok = hmac.compare_digest(password, self.secret)
+        user_ok = _same(user, self.username)
+        password_ok = _same(password, self.secret)
         return bool(colon) and user_ok and password_ok
+
+
+def _same(given: bytes, expected: bytes) -> bool:
+    """
+    Constant-time equality that also hides the expected length:
+    compare_digest returns early when lengths differ, digests never do.
+    """
+    return hmac.compare_digest(
+        hashlib.sha256(given).digest(), hashlib.sha256(expected).digest()
+    )

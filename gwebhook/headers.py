@@ -9,6 +9,17 @@ from collections.abc import Iterable
 _ALLOWED = bytes(range(0x20, 0x7F)) + b"\t"
 
 
+# RFC 9110 5.6.2: the characters of a header name.
+_TOKEN = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+def is_token(name: str) -> bool:
+    """Whether ``name`` can be a header name."""
+    return bool(name) and all(c in _TOKEN for c in name)
+
+
 def is_printable_ascii(line: bytes) -> bool:
     """Whether a request or header line holds only printable ASCII."""
     return not line.translate(None, _ALLOWED)

@@ -13,6 +13,7 @@ from gwebhook.timestamps import parse_occurred
 
 DEFAULT_NAME = "Generic webhook triggered incident"
 DEFAULT_TYPE = "Unclassified"
+MAX_GZIP_MEMBERS = 16
 
 
 class PayloadError(Exception):
@@ -43,8 +44,16 @@ def decode_body(raw: bytes, content_encoding: str | None, limit: int) -> bytes:
         )
     out = bytearray()
     rest = raw
+    members = 0
     try:
         while rest:
+            members += 1
+            if members > MAX_GZIP_MEMBERS:
+                # Each member costs a copy of the rest: many tiny ones are
+                # quadratic work for the reactor.
+                raise PayloadError(
+                    f"gzip body has more than {MAX_GZIP_MEMBERS} members"
+                )
             inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
             out += inflater.decompress(rest, limit + 1 - len(out))
             if len(out) > limit:
@@ -78,6 +87,8 @@ def _finite_float(text: str) -> float:
 def _reject_lone_surrogates(document: Any) -> None:
     try:
         json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise PayloadError("body is not JSON: nested too deeply") from None
     except UnicodeEncodeError:
         raise PayloadError(
             "body is not JSON that UTF-8 can hold: "

@@ -68,7 +68,14 @@ def prepare(path: str) -> int:
             "create it or give another --db"
         )
     try:
+        # Bodies and headers are secrets of the senders': only the daemon's
+        # user reads them (SQLite gives -wal and -shm the file's mode).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         connection = sqlite3.connect(path, isolation_level=None)
+    except OSError as e:
+        raise StoreError(
+            f"cannot create the store {path}: {e.strerror}; give another --db"
+        ) from e
     except sqlite3.Error as e:
         raise StoreError(
             f"cannot open the store {path}: {e}; check that the daemon may "

@@ -51,8 +51,9 @@ class WebhookService(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
+        # Always ours: SIGHUP's default action would kill the daemon unflushed.
+        self._previous_hup = signal.signal(signal.SIGHUP, self._hup)
         if self.tls is not None:
-            self._previous_hup = signal.signal(signal.SIGHUP, self._hup)
             self._rotation = LoopingCall(self.tls.rotate_ticket_key)
             self._rotation.clock = self.reactor
             self._rotation.start(TICKET_KEY_LIFETIME_SECONDS, now=False)
@@ -71,6 +72,10 @@ class WebhookService(service.MultiService):
         systemd.notify("RELOADING=1")
         if self.workers is not None:
             self.workers.signal("HUP")
+        if self.tls is None:
+            log.info("SIGHUP: nothing to reload without TLS")
+            systemd.notify("READY=1")
+            return False
         try:
             return self.tls.reload()
         finally:

@@ -27,6 +27,7 @@ from gwebhook.channel import (
     WebhookSite,
 )
 from gwebhook.credentials import HEADER_PREFIX, Credentials
+from gwebhook.headers import is_token
 from gwebhook.metrics import Metrics
 from gwebhook.retention import RetentionService
 from gwebhook.routes import WebhookRoutes
@@ -306,10 +307,10 @@ class Options(usage.Options):
                 f"(or --password-file, or ${PASSWORD_ENV})"
             )
         if username.startswith(HEADER_PREFIX):
-            if not username[len(HEADER_PREFIX) :].strip():
+            if not is_token(username[len(HEADER_PREFIX) :].strip()):
                 raise usage.UsageError(
-                    "--username _header: needs a header name, "
-                    "e.g. _header:Authorization"
+                    "--username _header:NAME needs a header name (letters, digits "
+                    "and !#$%&'*+-.^_`|~), e.g. _header:Authorization"
                 )
         elif ":" in username:
             raise usage.UsageError(
@@ -365,7 +366,9 @@ def _endpoint(reactor, config, metrics: Metrics):
         # already and shared; TLS is still ours.
         with socket.socket(fileno=os.dup(fd)) as inherited:
             family = inherited.family
-        plain = endpoints.AdoptedStreamServerEndpoint(reactor, fd, family)
+        # Twisted closes the descriptor it adopts; fd itself stays open for
+        # the workers, which are handed it as their fd 3.
+        plain = endpoints.AdoptedStreamServerEndpoint(reactor, os.dup(fd), family)
     elif config["workers"] > 1 or config.worker:
         plain = ReusePortEndpoint(reactor, config["port"], interface, LISTEN_BACKLOG)
     else:

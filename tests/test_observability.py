@@ -153,6 +153,31 @@ def test_metrics_count_what_happened(spawn):
     assert ("gwebhook_connections_open", frozenset()) in after
 
 
+def test_client_chosen_methods_do_not_grow_the_metrics(spawn):
+    """Made-up methods are counted under one label, not one series each."""
+    metrics_port = free_port()
+    d = spawn(*AUTH, "--metrics-port", str(metrics_port))
+    for n in range(5):
+        d.request(f"FOO{n}X", "/", body=b"{}", headers=HEADERS)
+    after = scrape(metrics_port)
+    methods = {
+        dict(labels)["method"]
+        for name, labels in after
+        if name == "gwebhook_requests_total"
+    }
+    assert methods == {"other"}, methods
+    assert (
+        sample(
+            after,
+            "gwebhook_requests_total",
+            method="other",
+            route="other",
+            status="405",
+        )
+        == 5
+    )
+
+
 def test_metrics_listener_binds_loopback_only_when_asked(spawn):
     """--metrics-port listens on 127.0.0.1 by default; without it no port is added."""
     metrics_port = free_port()

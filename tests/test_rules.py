@@ -18,6 +18,7 @@ from gwebhook.headers import headers_for_details, is_printable_ascii
 from gwebhook.payload import (
     DEFAULT_NAME,
     DEFAULT_TYPE,
+    MAX_GZIP_MEMBERS,
     BodyTooLarge,
     PayloadError,
     UnsupportedEncoding,
@@ -738,3 +739,24 @@ def test_gzip_round_trip_or_too_large(data, limit):
     else:
         with pytest.raises(BodyTooLarge):
             decode_body(body, "gzip", limit)
+
+
+def test_gzip_body_of_too_many_members_is_refused():
+    """A gzip body made of more members than a sender ever needs is refused."""
+    members = b"".join(
+        gzip.compress(b"") for _ in range(MAX_GZIP_MEMBERS)
+    ) + gzip.compress(b"{}")
+    with pytest.raises(PayloadError, match="members"):
+        decode_body(members, "gzip", 1 << 20)
+    few = b"".join(gzip.compress(part) for part in (b'{"a"', b": 1}"))
+    assert decode_body(few, "gzip", 1 << 20) == b'{"a": 1}'
+
+
+def test_deep_nesting_around_an_escaped_character_is_refused_not_crashed():
+    """Nesting deep enough to exhaust the stack while checking escapes is a 400."""
+    for depth in (900, 947, 1000, 5000):
+        body = b"[" * depth + b'"\\ud83d\\ude00"' + b"]" * depth
+        try:
+            parse_json(body)
+        except PayloadError as e:
+            assert "nested too deeply" in str(e)

@@ -203,3 +203,12 @@ def test_idle_connections_do_not_delay_shutdown(spawn):
     finally:
         used.close()
         fresh.close()
+
+
+def test_sighup_without_tls_keeps_the_daemon_serving(spawn):
+    """SIGHUP to a --no-tls daemon is logged and changes nothing; it keeps serving."""
+    d = spawn("--no-tls", "--allow-anonymous", pki=None)
+    d.signal(signal.SIGHUP)
+    wait_for_log(d, "nothing to reload")
+    assert d.process.poll() is None
+    assert d.request(body=b'{"name": "after"}').status == 200

@@ -127,6 +127,13 @@ def no_tls_with_cert(tmp_path: Path, pki: PKI) -> Refusal:
     )
 
 
+def header_name_not_a_token(tmp_path: Path, pki: PKI) -> Refusal:
+    return Refusal(
+        [*_tls(pki), "--username", "_header:X Tök", "--password", "secret"],
+        ["--username", "_header:NAME", "_header:Authorization"],
+    )
+
+
 REFUSALS: list[Callable[[Path, PKI], Refusal]] = [
     no_cert_nor_key,
     cert_missing,
@@ -141,6 +148,7 @@ REFUSALS: list[Callable[[Path, PKI], Refusal]] = [
     port_not_a_number,
     db_in_missing_directory,
     no_tls_with_cert,
+    header_name_not_a_token,
 ]
 
 

@@ -106,3 +106,11 @@ async def test_a_removed_store_file_is_refused_until_it_is_back(store, tmp_path)
         ("after",),
     ]
     assert int(stored.id) == 2
+
+
+def test_the_store_file_is_readable_by_its_owner_only(tmp_path):
+    """The store holds senders' bodies and headers: it is created mode 0600."""
+    path = tmp_path / "private.sqlite"
+    store = IncidentStore(str(path))
+    store.close()
+    assert path.stat().st_mode & 0o777 == 0o600

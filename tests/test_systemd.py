@@ -150,6 +150,12 @@ def test_socket_activation_serves_tls_on_the_inherited_socket(spawn, pki, worker
             finally:
                 connection.close()
         assert listening_sockets(d.process.pid) == {("127.0.0.1", port)}
+        if workers == "2":
+            # The worker serves the very socket systemd passed, and stays up.
+            with open(f"/proc/{d.process.pid}/task/{d.process.pid}/children") as f:
+                [worker] = [int(pid) for pid in f.read().split()]
+            assert listening_sockets(worker) == {("127.0.0.1", port)}
+            assert "exited" not in d.output()
     finally:
         activated.close()
         occupied.close()
