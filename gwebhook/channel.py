@@ -36,6 +36,9 @@ RETRY_AFTER_SECONDS = 5
 # A TLS close waits for the peer's close_notify; a peer that never sends it
 # does not get to keep the socket longer than this.
 CLOSE_GRACE_SECONDS = 5.0
+# A connection over a cap gets this long to send its first bytes (and read
+# its 503); then it is dropped, so it cannot hold a descriptor for long.
+OVER_LIMIT_SECONDS = 2.0
 # At shutdown, long enough to flush an answer already written, no longer.
 SHUTDOWN_GRACE_SECONDS = 0.5
 
@@ -123,6 +126,7 @@ class LimitedChannel(http.HTTPChannel):
     _aborting = None
     _overLimit: str | None = None
     client = "-"
+    admitted = False
     requestStarted: float | None = None
 
     def bodyLimitMessage(self) -> str:
@@ -158,6 +162,7 @@ class LimitedChannel(http.HTTPChannel):
             "idle": self.site.idleTimeout,
             "headers": self.site.headerTimeout,
             "body": self.site.bodyTimeout,
+            "refusing": OVER_LIMIT_SECONDS,
         }.get(phase)
         if seconds:
             self._deadline = self.callLater(seconds, self._expired, phase, seconds)
@@ -166,6 +171,8 @@ class LimitedChannel(http.HTTPChannel):
         self._deadline = None
         if phase == "idle":
             self.closeFirmly()
+        elif phase == "refusing":
+            self.transport.abortConnection()
         else:
             self.refuse(408, f"request {phase} not received within {seconds:g} s")
 
@@ -225,10 +232,11 @@ class LimitedChannel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self._enter("idle")
         # Refused at its first bytes, not now: over TLS the handshake is not
-        # done yet, and the client would read a reset instead of the 503.
+        # done yet, and the client would read a reset instead of the 503.  A
+        # refused connection that says nothing is dropped soon.
         self._overLimit = self.site.connectionOpened(self)
+        self._enter("refusing" if self._overLimit else "idle")
 
     def connectionLost(self, reason) -> None:
         self._enter(None)
@@ -295,26 +303,34 @@ class WebhookSite(server.Site):
         self.maxConnectionsPerClient = max_connections_per_client
         self._channels: set[LimitedChannel] = set()
         self._perClient: dict[str, int] = {}
+        self._admitted = 0
         self._inFlight: set[WebhookRequest] = set()
         self._drained: Deferred[None] | None = None
         self._allClosed: Deferred[None] | None = None
 
     def connectionOpened(self, channel: LimitedChannel) -> str | None:
-        """Admit a connection; the reason it is refused, if it is."""
+        """
+        Admit a connection, or say why it is refused.  Only admitted ones
+        count against the caps: refused ones cannot crowd out other clients.
+        """
         client = getattr(channel.transport.getPeer(), "host", "-")
         channel.client = client
         self._channels.add(channel)
+        if self._admitted >= self.maxConnections:
+            return "too many connections; retry later"
+        if self._perClient.get(client, 0) >= self.maxConnectionsPerClient:
+            return "too many connections from this address; retry later"
+        channel.admitted = True
+        self._admitted += 1
         self._perClient[client] = self._perClient.get(client, 0) + 1
         self.metrics.connections.inc()
-        if len(self._channels) > self.maxConnections:
-            return "too many connections; retry later"
-        if self._perClient[client] > self.maxConnectionsPerClient:
-            return "too many connections from this address; retry later"
         return None
 
     def connectionClosed(self, channel: LimitedChannel) -> None:
-        if channel in self._channels:
-            self._channels.discard(channel)
+        self._channels.discard(channel)
+        if channel.admitted:
+            channel.admitted = False
+            self._admitted -= 1
             count = self._perClient.pop(channel.client) - 1
             if count:
                 self._perClient[channel.client] = count

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import socket
 
 from prometheus_client.twisted import MetricsResource
@@ -251,6 +252,7 @@ class Options(usage.Options):
         # A worker binds beside the main process (SO_REUSEPORT): no probe.
         if self["inherited-socket"] is None and not self.worker:
             _check_bindable("--port", self["interface"], self["port"])
+        _ensure_descriptors(self["max-connections"])
         if self["metrics-port"] is not None:
             _check_bindable(
                 "--metrics-port", self["metrics-interface"], self["metrics-port"]
@@ -336,6 +338,28 @@ class Options(usage.Options):
             return ReloadableTLS(cert, key)
         except TLSConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+
+# Descriptors beyond the connections: the store, logs, listeners, temp files.
+DESCRIPTOR_MARGIN = 64
+
+
+def _ensure_descriptors(max_connections: int) -> None:
+    """
+    Raise the soft limit on open files to what --max-connections needs, or
+    refuse to start: past it, accept() fails for everyone.
+    """
+    needed = max_connections * 2 + DESCRIPTOR_MARGIN  # a refused one may wait too
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed or soft == resource.RLIM_INFINITY:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise usage.UsageError(
+            f"--max-connections {max_connections} needs {needed} open files, but "
+            f"the limit is {hard}; lower --max-connections or raise the limit "
+            "(ulimit -n, or LimitNOFILE= in the systemd unit)"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 def _check_bindable(option: str, interface: str, port: int) -> None:

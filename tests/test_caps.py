@@ -1,0 +1,70 @@
+"""Connection caps protect other clients and the daemon's descriptors."""
+
+import http.client
+import os
+import socket
+import time
+
+from processes import basic
+
+AUTH = ("--username", "admin", "--password", "pw")
+
+
+def idle_connections(
+    port: int, count: int, source: str = "127.0.0.1"
+) -> list[socket.socket]:
+    sockets = []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        sockets.append(s)
+    return sockets
+
+
+def open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_one_address_over_its_cap_does_not_shut_out_others(daemon):
+    """Connections refused for one address do not count against everyone's cap."""
+    d = daemon(*AUTH, "--max-connections", "50", "--max-connections-per-client", "5")
+    hogs = idle_connections(d.port, 60)
+    try:
+        time.sleep(0.3)
+        # Another address of the loopback range, as another sender would be.
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1",
+            d.port,
+            timeout=10,
+            context=d.pki.client_context(),
+            source_address=("127.0.0.2", 0),
+        )
+        connection.request(
+            "POST", "/", body=b'{"name": "other"}', headers=basic("admin", "pw")
+        )
+        assert connection.getresponse().status == 200
+        connection.close()
+    finally:
+        for s in hogs:
+            s.close()
+
+
+def test_refused_connections_that_say_nothing_are_dropped_soon(daemon):
+    """Connections over a cap that send nothing are closed within a few seconds."""
+    d = daemon(*AUTH, "--max-connections-per-client", "5")
+    before = open_descriptors(d.process.pid)
+    hogs = idle_connections(d.port, 40)
+    try:
+        time.sleep(0.5)
+        assert open_descriptors(d.process.pid) >= before + 40
+        deadline = time.monotonic() + 6
+        while (
+            open_descriptors(d.process.pid) > before + 5 and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        # Only the five admitted ones are still held (until their idle timeout).
+        assert open_descriptors(d.process.pid) <= before + 5
+    finally:
+        for s in hogs:
+            s.close()
