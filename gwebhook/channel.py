@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web import http, server
 
+from gwebhook.gate import Gate
 from gwebhook.headers import is_printable_ascii
 from gwebhook.metrics import Metrics
 
@@ -49,16 +50,23 @@ def reason_phrase(status: int) -> bytes:
 
 
 def raw_response(
-    status: int, message: str, request_id: str, retry_after: int | None = None
+    status: int,
+    message: str,
+    request_id: str,
+    retry_after: int | None = None,
+    challenge: bytes | None = None,
 ) -> bytes:
     """A complete HTTP/1.1 error response that closes the connection."""
     body = json.dumps({"error": message}).encode("utf-8")
-    reason = reason_phrase(status)
-    retry = b"Retry-After: %d\r\n" % retry_after if retry_after is not None else b""
+    extra = b""
+    if retry_after is not None:
+        extra += b"Retry-After: %d\r\n" % retry_after
+    if challenge is not None:
+        extra += b"WWW-Authenticate: %s\r\n" % challenge
     head = (
-        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n%sX-Request-Id: %s\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\n\r\n"
-        % (status, reason, retry, request_id.encode("ascii"), len(body))
+        b"HTTP/1.1 %d %s\r\nServer: gwebhook\r\nContent-Type: application/json\r\n"
+        b"%sX-Request-Id: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        % (status, reason_phrase(status), extra, request_id.encode("ascii"), len(body))
     )
     return head + body
 
@@ -79,6 +87,7 @@ class WebhookRequest(server.Request):
 
     incidents = 0
     route = "other"
+    admitted = False
 
     def render(self, resource) -> None:
         # Twisted names itself and its version; a probe learns nothing here.
@@ -132,7 +141,13 @@ class LimitedChannel(http.HTTPChannel):
     def bodyLimitMessage(self) -> str:
         return f"body is over the limit of {self.maxBodyBytes} bytes"
 
-    def refuse(self, status: int, message: str, retry_after: int | None = None) -> None:
+    def refuse(
+        self,
+        status: int,
+        message: str,
+        retry_after: int | None = None,
+        challenge: bytes | None = None,
+    ) -> None:
         """Answer ``status`` with a JSON reason, close, and ignore the rest."""
         if self._refused:
             return
@@ -141,7 +156,9 @@ class LimitedChannel(http.HTTPChannel):
         request = self.requests[-1] if self.requests else None
         request_id = getattr(request, "requestId", None) or secrets.token_hex(8)
         self.site.refused(self, status, message, request, request_id)
-        self.transport.write(raw_response(status, message, request_id, retry_after))
+        self.transport.write(
+            raw_response(status, message, request_id, retry_after, challenge)
+        )
         self.closeFirmly()
 
     def closeFirmly(self, grace: float = CLOSE_GRACE_SECONDS) -> None:
@@ -211,6 +228,26 @@ class LimitedChannel(http.HTTPChannel):
             # before any "100 Continue" invites the client to send it.
             self.refuse(413, self.bodyLimitMessage())
             return
+        gate = self.site.gate
+        if (
+            gate is not None
+            and self.length != 0
+            and not gate.exempt(self._command, self._path)
+        ):
+            # Credentials before a byte of a body is read (or invited by a
+            # "100 Continue"): a stranger's body costs us nothing.  Requests
+            # without a body go on to routing (404, 405), and the webhook
+            # route asks the gate itself.
+            refusal = gate.check(self.client, self.requests[-1].requestHeaders)
+            if refusal is not None:
+                self.refuse(
+                    refusal.status,
+                    refusal.message,
+                    refusal.retry_after,
+                    refusal.challenge,
+                )
+                return
+            self.requests[-1].admitted = True
         self._enter("body")
         super().allHeadersReceived()
 
@@ -282,6 +319,7 @@ class WebhookSite(server.Site):
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         metrics: Metrics | None = None,
+        gate: Gate | None = None,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
         body_timeout: float = DEFAULT_BODY_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
@@ -296,6 +334,7 @@ class WebhookSite(server.Site):
         self.maxHeaderBytes = max_header_bytes
         self.maxBodyBytes = max_body_bytes
         self.metrics = metrics or Metrics()
+        self.gate = gate
         self.headerTimeout = header_timeout
         self.bodyTimeout = body_timeout
         self.idleTimeout = idle_timeout

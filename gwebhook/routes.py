@@ -15,6 +15,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from gwebhook.channel import RETRY_AFTER_SECONDS, reason_phrase
 from gwebhook.credentials import Credentials
+from gwebhook.gate import Gate
 from gwebhook.headers import headers_for_details
 from gwebhook.metrics import Metrics
 from gwebhook.model import ReceivedRequest
@@ -32,7 +33,6 @@ from gwebhook.timestamps import format_utc
 log = Logger()
 
 WEBHOOK_METHODS = ["POST", "PUT"]
-BASIC_CHALLENGE = b'Basic realm="gwebhook", charset="UTF-8"'
 
 
 def _json(request, status: int, value: object) -> bytes:
@@ -66,7 +66,7 @@ class WebhookRoutes:
         self.incident_type = incident_type or DEFAULT_TYPE
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics or Metrics()
-        self.throttle = throttle
+        self.gate = Gate(credentials, throttle, self.metrics)
         self.store_down = False
 
     def resource(self):
@@ -137,26 +137,21 @@ class WebhookRoutes:
         return _json(request, 200, [s.summary() for s in stored])
 
     def _authenticate(self, request, client: str) -> bytes | None:
-        """The refusal to answer if the request may not create incidents."""
-        if self.throttle and (wait := self.throttle.retry_after(client)):
-            request.setHeader(b"Retry-After", str(wait).encode("ascii"))
-            return _error(request, 429, "too many failed authentications; retry later")
-        creds = self.credentials
-        if creds is None or creds.accepts(
-            request.requestHeaders.getRawHeaders(creds.field)
-        ):
+        """
+        The refusal to answer if the request may not create incidents.  The
+        channel has asked the gate already, before reading the body; this is
+        for a request that reached the route another way.
+        """
+        if getattr(request, "admitted", False):
             return None
-        self.metrics.auth_failures.inc()
-        if self.throttle and self.throttle.failed(client):
-            log.warn(
-                "{client} refused for {window} s after {limit} failed authentications",
-                client=client,
-                window=self.throttle.window,
-                limit=self.throttle.limit,
-            )
-        if creds.basic:
-            request.setHeader(b"WWW-Authenticate", BASIC_CHALLENGE)
-        return _error(request, 401, "missing or wrong credentials")
+        refusal = self.gate.check(client, request.requestHeaders)
+        if refusal is None:
+            return None
+        if refusal.retry_after is not None:
+            request.setHeader(b"Retry-After", str(refusal.retry_after).encode("ascii"))
+        if refusal.challenge is not None:
+            request.setHeader(b"WWW-Authenticate", refusal.challenge)
+        return _error(request, refusal.status, refusal.message)
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     async def healthz(self, request) -> bytes:

@@ -478,6 +478,7 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
         max_header_bytes=config["max-header-bytes"],
         max_body_bytes=config["max-body-bytes"],
         metrics=metrics,
+        gate=routes.gate,
         header_timeout=config["header-timeout"],
         body_timeout=config["body-timeout"],
         idle_timeout=config["idle-timeout"],

@@ -79,6 +79,7 @@ def make_site(
         routes.resource(),
         max_header_bytes=max_header_bytes,
         max_body_bytes=max_body_bytes,
+        gate=routes.gate,  # as the daemon wires it
     )
     return site, store
 

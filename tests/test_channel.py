@@ -270,8 +270,14 @@ async def test_body_sent_after_413_is_ignored(open_wire):
 
 
 def test_declared_length_within_limit_gets_100_continue(wire):
-    """With Expect: 100-continue, a body within the limit is invited with a 100."""
-    wire.send(head(b"Content-Length: 2", b"Expect: 100-continue"))
+    """With Expect: 100-continue, a sender's body within the limit is invited."""
+    wire.send(
+        head(
+            b"Content-Length: 2",
+            b"Expect: 100-continue",
+            b"Authorization: " + BASIC_HEADER.encode(),
+        )
+    )
     assert wire.written() == b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -392,3 +398,18 @@ async def test_bad_request_does_not_fail_another_in_the_same_commit(site):
     finally:
         for w in wires:
             w.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stranger_is_refused_before_the_body_is_read(wire):
+    """Wrong credentials get 401 at the end of the headers: no 100, no body read."""
+    wire.send(
+        head(
+            b"Content-Length: 900",
+            b"Expect: 100-continue",
+            b"Authorization: Basic Zm9vOmJhcg==",
+        )
+    )
+    assert b"100 Continue" not in wire.written()
+    assert wire.reply().headers["www-authenticate"].startswith("Basic")
+    await assert_refused(wire, 401, "missing or wrong credentials")

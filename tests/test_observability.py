@@ -138,8 +138,9 @@ def test_metrics_count_what_happened(spawn):
     def moved(name: str, **labels: str) -> float:
         return sample(after, name, **labels) - sample(before, name, **labels)
 
-    for status in ("200", "401", "400"):
-        labels = {"method": "POST", "route": "webhook", "status": status}
+    # A stranger's request with a body is refused by the channel, unread.
+    for route, status in (("webhook", "200"), ("channel", "401"), ("webhook", "400")):
+        labels = {"method": "POST", "route": route, "status": status}
         assert moved("gwebhook_requests_total", **labels) == 1, status
     requests = [k for k in after if k[0] == "gwebhook_requests_total"]
     assert sum(moved(name, **dict(labels)) for name, labels in requests) == 3
@@ -148,7 +149,8 @@ def test_metrics_count_what_happened(spawn):
     assert moved("gwebhook_tls_handshake_failures_total") >= 1
     assert moved("gwebhook_request_duration_seconds_count") == 3
     assert moved("gwebhook_request_body_bytes_count") == 3
-    assert moved("gwebhook_request_body_bytes_sum") == len(three) + 13 + 8
+    # The 401 was refused before its 13-byte body was read.
+    assert moved("gwebhook_request_body_bytes_sum") == len(three) + 8
     assert moved("gwebhook_commit_duration_seconds_count") == 1
     assert ("gwebhook_connections_open", frozenset()) in after
 
@@ -226,7 +228,8 @@ def test_every_response_has_a_request_id_and_one_access_line(spawn):
         assert (line["method"], line["path"]) == (method, path)
         assert int(line["status"]) == status
         assert int(line["incidents"]) == incidents
-        assert int(line["bytes"]) == len(body or b"")
+        # A stranger's body is never read: none of its bytes were received.
+        assert int(line["bytes"]) == (0 if status == 401 else len(body or b""))
         assert float(line["duration"]) >= 0
 
 
