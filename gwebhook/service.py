@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -91,14 +91,16 @@ class WebhookService(service.MultiService):
         if self._rotation is not None and self._rotation.running:
             self._rotation.stop()
         systemd.notify("STOPPING=1")
-        # Stop accepting (and stop every other child: retention, metrics) ...
-        await super().stopService()
-        # ... let what is in flight finish, bounded ...
         log.info(
             "stopping: draining requests in flight (at most {t} s)",
             t=self.shutdown_timeout,
         )
-        cut = await self.site.drain(self.shutdown_timeout, self.reactor)
+        # Stop accepting and stop the other children (workers drain too,
+        # retention, metrics) at the same moment as this process drains, so
+        # the whole stop stays within one shutdown timeout ...
+        children = super().stopService()
+        drained = self.site.drain(self.shutdown_timeout, self.reactor)
+        _, cut = await gatherResults([children, drained])
         if cut:
             log.warn(
                 "{n} requests were cut off unanswered at the shutdown timeout", n=cut
