@@ -156,15 +156,21 @@ class WebhookRoutes:
     @app.route("/healthz", methods=["GET", "HEAD"])
     async def healthz(self, request) -> bytes:
         """
-        Without credentials: 200 while the store answers and its last commit
-        succeeded, else 503.  Says nothing more, so it helps no attacker.
+        Without credentials: 200 while the store answers, else 503.  After a
+        failed commit the check makes a durable commit of its own, and its
+        success ends the fault.  Says nothing more, so it helps no attacker.
         """
         request.route = "healthz"
         request.setHeader(b"Cache-Control", b"no-store")
         try:
-            healthy = await self.store.ping() and not self.store_down
-        except Exception:
+            await self.store.ping(write=self.store_down)
+        except StoreUnavailable:
             healthy = False
+        else:
+            healthy = True
+            if self.store_down:
+                self.store_down = False
+                log.info("store available again")
         if healthy:
             return _json(request, 200, {"status": "ok"})
         request.setHeader(b"Retry-After", str(RETRY_AFTER_SECONDS).encode("ascii"))

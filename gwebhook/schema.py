@@ -35,6 +35,13 @@ MIGRATIONS: list[str] = [
         incident_id INTEGER PRIMARY KEY REFERENCES incidents (id)
     );
     """,
+    # 2: one row the health check rewrites to prove the store takes commits.
+    """
+    CREATE TABLE health (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        checked TEXT NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

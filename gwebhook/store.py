@@ -109,11 +109,25 @@ class IncidentStore:
                 else:
                     d.callback(stored)
 
-    def ping(self) -> Deferred[bool]:
-        """Fire with True when the store's file answers a trivial query."""
-        d = self.pool.runQuery("SELECT count(*) FROM sqlite_master")
-        d.addCallback(lambda rows: len(rows) == 1)
+    def ping(self, write: bool = False) -> Deferred[None]:
+        """
+        Succeed when the store answers; with ``write``, when it takes a
+        durable commit (a fault such as a full disk shows only then).  Fails
+        with StoreUnavailable otherwise.
+        """
+        d = self.pool.runInteraction(self._probe, write)
+        d.addErrback(self._unavailable)
         return d
+
+    def _probe(self, cursor: sqlite3.Cursor, write: bool) -> None:
+        self._check_file()
+        if write:
+            cursor.execute(
+                "INSERT OR REPLACE INTO health (id, checked) VALUES (1, ?)",
+                (format_utc(datetime.now(timezone.utc)),),
+            )
+        else:
+            cursor.execute("SELECT count(*) FROM sqlite_master").fetchall()
 
     def close(self) -> None:
         self.pool.close()

@@ -82,7 +82,7 @@ def test_healthz_refuses_other_methods(spawn):
 
 
 def test_healthz_is_503_while_the_store_cannot_commit(spawn):
-    """/healthz is 503 once a commit has failed, and 200 after one succeeds again."""
+    """/healthz is 503 while the store cannot commit, and 200 once it can again."""
     # The store is made unable to grow its files the way a full disk does:
     # RLIMIT_FSIZE of the running daemon is lowered to one byte, so SQLite's
     # next write fails with EFBIG (reported as "database or disk is full").
@@ -100,12 +100,16 @@ def test_healthz_is_503_while_the_store_cannot_commit(spawn):
         assert health.status == 503, health.body
         assert health.json() == {"status": "unavailable"}
         assert health.headers["retry-after"].isdigit()
+        # Still full: the health check's own durable commit fails too.
+        assert d.request("GET", "/healthz", body=None).status == 503
     finally:
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))
 
-    assert d.request(body=b'{"name": "after"}', headers=HEADERS).status == 200
+    # Recovered: health says so by itself, before any webhook succeeds (a
+    # load balancer that took the node out would never send it one).
     health = d.request("GET", "/healthz", body=None)
     assert (health.status, health.json()) == (200, {"status": "ok"})
+    assert d.request(body=b'{"name": "after"}', headers=HEADERS).status == 200
     with sqlite3.connect(d.db) as connection:
         names = [r[0] for r in connection.execute("SELECT name FROM incidents")]
     assert names == ["before", "after"]

@@ -114,3 +114,16 @@ def test_the_store_file_is_readable_by_its_owner_only(tmp_path):
     store = IncidentStore(str(path))
     store.close()
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_health_probe_sees_a_removed_store_file(store, tmp_path):
+    """The store's health probe fails while its file is away, and passes when back."""
+    await store.ping()
+    aside = str(tmp_path / "aside.sqlite")
+    os.rename(store.path, aside)
+    with pytest.raises(StoreUnavailable):
+        await store.ping()
+    os.rename(aside, store.path)
+    await store.ping(write=True)
+    assert rows(store, "SELECT id FROM health") == [(1,)]
