@@ -21,7 +21,7 @@ _LIST = (
 )
 _WHOLE = (
     "SELECT i.id, i.name, i.type, i.occurred, i.created, i.details,"
-    " r.received, r.client, r.method, r.path"
+    " r.received, r.client, r.method, r.path, r.headers"
     " FROM incidents i JOIN requests r ON r.id = i.request_id"
 )
 _EXPORT = _WHOLE + " WHERE i.id > ? ORDER BY i.id"
@@ -64,7 +64,8 @@ def _summary(row: tuple) -> dict[str, Any]:
 
 def _full(row: tuple) -> dict[str, Any]:
     incident = _summary(row)
-    incident["rawJson"] = json.loads(row[5])
+    # The headers are kept once, with the request (see store._stored_details).
+    incident["rawJson"] = {**json.loads(row[5]), "headers": json.loads(row[10])}
     incident["request"] = {
         "received": row[6],
         "client": row[7],

@@ -30,6 +30,17 @@ SAMPLE_COUNT = 20
 MAX_BATCH = 512
 
 
+def _stored_details(details: dict) -> str:
+    """
+    The details as stored: without ``headers``, which are the request's and
+    kept once with it (readback puts them back).  Copied into each incident,
+    a request of 10,000 incidents would store its headers 10,000 times.
+    """
+    return json.dumps(
+        {k: v for k, v in details.items() if k != "headers"}, ensure_ascii=False
+    )
+
+
 class StoreUnavailable(Exception):
     """The store could not commit (full, locked, read-only); retry later."""
 
@@ -195,7 +206,7 @@ class IncidentStore:
                     draft.type,
                     draft.occurred,
                     created,
-                    json.dumps(draft.details, ensure_ascii=False),
+                    _stored_details(draft.details),
                 ),
             )
             stored.append(

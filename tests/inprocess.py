@@ -57,8 +57,12 @@ def stored_incidents(db: Path) -> list[dict[str, Any]]:
     out = []
     for row in rows:
         item = dict(row)
-        item["details"] = json.loads(item["details"])
         item["request_headers"] = json.loads(item["request_headers"])
+        # As `gwebhook show` reads them: the request's headers, kept once.
+        item["details"] = {
+            **json.loads(item["details"]),
+            "headers": item["request_headers"],
+        }
         out.append(item)
     return out
 

@@ -127,3 +127,18 @@ async def test_the_health_probe_sees_a_removed_store_file(store, tmp_path):
     os.rename(aside, store.path)
     await store.ping(write=True)
     assert rows(store, "SELECT id FROM health") == [(1,)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_headers_are_stored_once_per_request(store):
+    """Many incidents of one request do not each store the request's headers."""
+    headers = {"x-big": "v" * 10_000}
+    request = ReceivedRequest(
+        "2026-01-01T00:00:00Z", "127.0.0.1", "POST", "/", headers, b"[]"
+    )
+    drafts = [draft(f"n{i}", {"i": i, "headers": headers}) for i in range(200)]
+    await store.add(request, drafts)
+    [(total,)] = rows(store, "SELECT sum(length(details)) FROM incidents")
+    assert total < 200 * 100
+    [(kept,)] = rows(store, "SELECT length(headers) FROM requests")
+    assert kept > 10_000
