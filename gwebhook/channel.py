@@ -9,15 +9,15 @@ its own status and a JSON reason, then the connection is closed.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
-from http import HTTPStatus
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web import http, server
 
+from gwebhook.answers import RETRY_AFTER_SECONDS, error_answer, raw_response
 from gwebhook.gate import Gate
 from gwebhook.headers import is_printable_ascii
 from gwebhook.metrics import Metrics
@@ -33,7 +33,6 @@ DEFAULT_BODY_TIMEOUT = 30.0
 DEFAULT_IDLE_TIMEOUT = 60.0
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 100
-RETRY_AFTER_SECONDS = 5
 # A TLS close waits for the peer's close_notify; a peer that never sends it
 # does not get to keep the socket longer than this.
 CLOSE_GRACE_SECONDS = 5.0
@@ -44,38 +43,19 @@ OVER_LIMIT_SECONDS = 2.0
 SHUTDOWN_GRACE_SECONDS = 0.5
 
 
-def reason_phrase(status: int) -> bytes:
-    """The standard reason phrase (Twisted's table lacks some, such as 429)."""
-    return HTTPStatus(status).phrase.encode("ascii")
-
-
-def raw_response(
-    status: int,
-    message: str,
-    request_id: str,
-    retry_after: int | None = None,
-    challenge: bytes | None = None,
-) -> bytes:
-    """A complete HTTP/1.1 error response that closes the connection."""
-    body = json.dumps({"error": message}).encode("utf-8")
-    extra = b""
-    if retry_after is not None:
-        extra += b"Retry-After: %d\r\n" % retry_after
-    if challenge is not None:
-        extra += b"WWW-Authenticate: %s\r\n" % challenge
-    head = (
-        b"HTTP/1.1 %d %s\r\nServer: gwebhook\r\nContent-Type: application/json\r\n"
-        b"%sX-Request-Id: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-        % (status, reason_phrase(status), extra, request_id.encode("ascii"), len(body))
-    )
-    return head + body
-
-
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 _ACCESS_FORMAT = (
     "{client} {method} {path} {status} incidents={incidents} "
     "bytes={bytes} {duration_ms:.1f}ms id={request_id}"
 )
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class WebhookRequest(server.Request):
@@ -89,10 +69,25 @@ class WebhookRequest(server.Request):
     route = "other"
     admitted = False
 
-    def render(self, resource) -> None:
+    def process(self) -> None:
+        # Twisted answers a path of "*" itself (in HTML) and Klein answers a
+        # path that is not UTF-8 with an HTML 400 and a logged traceback;
+        # neither is a webhook path, so answer them as any unknown path.
+        if self.path == b"*" or not _is_utf8(unquote_to_bytes(self.path)):
+            self.site = self.channel.site
+            self._identify()
+            self.write(error_answer(self, 404, "no such path; send webhooks to /"))
+            self.finish()
+            return
+        super().process()
+
+    def _identify(self) -> None:
         # Twisted names itself and its version; a probe learns nothing here.
         self.setHeader(b"Server", b"gwebhook")
         self.setHeader(b"X-Request-Id", self.requestId.encode("ascii"))
+
+    def render(self, resource) -> None:
+        self._identify()
         if self.channel.site.draining:
             # Shutting down: answer this one, then let the client reconnect elsewhere.
             self.channel.persistent = False

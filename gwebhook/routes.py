@@ -5,7 +5,6 @@ reads top to bottom: credentials, parse, store, answer.
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime, timezone
 
@@ -13,7 +12,7 @@ from klein import Klein
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from gwebhook.channel import RETRY_AFTER_SECONDS, reason_phrase
+from gwebhook.answers import RETRY_AFTER_SECONDS, error_answer, json_answer
 from gwebhook.credentials import Credentials
 from gwebhook.gate import Gate
 from gwebhook.headers import headers_for_details
@@ -33,18 +32,6 @@ from gwebhook.timestamps import format_utc
 log = Logger()
 
 WEBHOOK_METHODS = ["POST", "PUT"]
-
-
-def _json(request, status: int, value: object) -> bytes:
-    body = json.dumps(value).encode("utf-8")
-    request.setResponseCode(status, reason_phrase(status))
-    request.setHeader(b"Content-Type", b"application/json")
-    request.setHeader(b"Content-Length", b"%d" % len(body))
-    return body
-
-
-def _error(request, status: int, message: str) -> bytes:
-    return _json(request, status, {"error": message})
 
 
 class WebhookRoutes:
@@ -104,9 +91,9 @@ class WebhookRoutes:
                 parse_json(body), headers, self.incident_type, received
             )
         except PayloadError as e:
-            return _error(request, e.status, str(e))
+            return error_answer(request, e.status, str(e))
         if not drafts:
-            return _json(request, 200, [])
+            return json_answer(request, 200, [])
 
         # Keep it, durably, before saying so.
         kept = ReceivedRequest(
@@ -127,14 +114,14 @@ class WebhookRoutes:
                     "store unavailable, answering 503 until it recovers: {why}", why=e
                 )
             request.setHeader(b"Retry-After", str(RETRY_AFTER_SECONDS).encode("ascii"))
-            return _error(request, 503, "incident store unavailable; retry later")
+            return error_answer(request, 503, "incident store unavailable; retry later")
         self.metrics.commit_seconds.observe(time.monotonic() - started)
         if self.store_down:
             self.store_down = False
             log.info("store available again")
 
         request.incidents = len(stored)
-        return _json(request, 200, [s.summary() for s in stored])
+        return json_answer(request, 200, [s.summary() for s in stored])
 
     def _authenticate(self, request, client: str) -> bytes | None:
         """
@@ -151,7 +138,7 @@ class WebhookRoutes:
             request.setHeader(b"Retry-After", str(refusal.retry_after).encode("ascii"))
         if refusal.challenge is not None:
             request.setHeader(b"WWW-Authenticate", refusal.challenge)
-        return _error(request, refusal.status, refusal.message)
+        return error_answer(request, refusal.status, refusal.message)
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     async def healthz(self, request) -> bytes:
@@ -172,13 +159,13 @@ class WebhookRoutes:
                 self.store_down = False
                 log.info("store available again")
         if healthy:
-            return _json(request, 200, {"status": "ok"})
+            return json_answer(request, 200, {"status": "ok"})
         request.setHeader(b"Retry-After", str(RETRY_AFTER_SECONDS).encode("ascii"))
-        return _json(request, 503, {"status": "unavailable"})
+        return json_answer(request, 503, {"status": "unavailable"})
 
     @app.handle_errors(NotFound)
     def not_found(self, request, failure) -> bytes:
-        return _error(
+        return error_answer(
             request, 404, "no such path; send webhooks to / or /instance/execute/<name>"
         )
 
@@ -186,9 +173,11 @@ class WebhookRoutes:
     def method_not_allowed(self, request, failure) -> bytes:
         allowed = sorted(failure.value.valid_methods or WEBHOOK_METHODS)
         request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
-        return _error(request, 405, f"method not allowed; use {' or '.join(allowed)}")
+        return error_answer(
+            request, 405, f"method not allowed; use {' or '.join(allowed)}"
+        )
 
     @app.handle_errors(Exception)
     def internal_error(self, request, failure) -> bytes:
         log.failure("unexpected error handling {path}", failure, path=request.path)
-        return _error(request, 500, "internal error; the incident was not stored")
+        return error_answer(request, 500, "internal error; the incident was not stored")

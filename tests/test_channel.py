@@ -413,3 +413,25 @@ async def test_a_stranger_is_refused_before_the_body_is_read(wire):
     assert b"100 Continue" not in wire.written()
     assert wire.reply().headers["www-authenticate"].startswith("Basic")
     await assert_refused(wire, 401, "missing or wrong credentials")
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        b"POST * HTTP/1.1",
+        b"OPTIONS * HTTP/1.1",
+        b"POST /%ff HTTP/1.1",
+        b"GET /a%c3 HTTP/1.1",
+    ],
+)
+def test_odd_paths_are_answered_like_any_unknown_path(wire, request_line):
+    """A path of "*" or one that is not UTF-8 is a JSON 404, as any unknown path."""
+    wire.send(
+        head(b"Authorization: " + BASIC_HEADER.encode(), request_line=request_line)
+    )
+    reply = wire.reply()
+    assert reply.status == 404
+    assert reply.headers["content-type"] == "application/json"
+    assert reply.headers["server"] == "gwebhook"
+    assert "x-request-id" in reply.headers
+    assert reply.json() == {"error": "no such path; send webhooks to /"}

@@ -1,0 +1,52 @@
+"""
+The shapes of gwebhook's answers: every error is JSON ``{"error": ...}``,
+whether the channel writes it raw or a route returns it.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+
+RETRY_AFTER_SECONDS = 5
+
+
+def reason_phrase(status: int) -> bytes:
+    """The standard reason phrase (Twisted's table lacks some, such as 429)."""
+    return HTTPStatus(status).phrase.encode("ascii")
+
+
+def raw_response(
+    status: int,
+    message: str,
+    request_id: str,
+    retry_after: int | None = None,
+    challenge: bytes | None = None,
+) -> bytes:
+    """A complete HTTP/1.1 error response that closes the connection."""
+    body = json.dumps({"error": message}).encode("utf-8")
+    extra = b""
+    if retry_after is not None:
+        extra += b"Retry-After: %d\r\n" % retry_after
+    if challenge is not None:
+        extra += b"WWW-Authenticate: %s\r\n" % challenge
+    head = (
+        b"HTTP/1.1 %d %s\r\nServer: gwebhook\r\nContent-Type: application/json\r\n"
+        b"%sX-Request-Id: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        % (status, reason_phrase(status), extra, request_id.encode("ascii"), len(body))
+    )
+    return head + body
+
+
+def json_answer(request, status: int, value: object) -> bytes:
+    """Set ``request``'s status and JSON headers; the body to write."""
+    body = json.dumps(value).encode("utf-8")
+    request.setResponseCode(status, reason_phrase(status))
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
+
+
+def error_answer(request, status: int, message: str) -> bytes:
+    """An error answer: ``{"error": message}``."""
+    return json_answer(request, status, {"error": message})
