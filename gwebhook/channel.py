@@ -36,6 +36,8 @@ DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 100
 # A TLS close waits for the peer's close_notify; a peer that never sends it
 # does not get to keep the socket longer than this.
 CLOSE_GRACE_SECONDS = 5.0
+# As nginx logs it: the client closed the connection before the answer.
+CLIENT_CLOSED_REQUEST = 499
 # A connection over a cap gets this long to send its first bytes (and read
 # its 503); then it is dropped, so it cannot hold a descriptor for long.
 OVER_LIMIT_SECONDS = 2.0
@@ -376,7 +378,27 @@ class WebhookSite(server.Site):
     def track(self, request: WebhookRequest) -> None:
         """Count ``request`` as in flight until it is answered or cut off."""
         self._inFlight.add(request)
-        request.notifyFinish().addBoth(lambda _: self._settled(request))
+        request.notifyFinish().addCallbacks(
+            lambda _: self._settled(request), lambda _: self._cutOff(request)
+        )
+
+    def _cutOff(self, request: WebhookRequest) -> None:
+        # The client went away before its answer; what was committed for it
+        # stays (a 200 was never sent), so say so in the access log.
+        started = getattr(request, "startedAt", None)
+        self._access(
+            client=request.channel.client if request.channel else "-",
+            method=request.method,
+            path=getattr(request, "path", b"-"),
+            status=CLIENT_CLOSED_REQUEST,
+            incidents=request.incidents,
+            body_bytes=getattr(request, "_bodyBytes", 0),
+            seconds=time.monotonic() - started if started else 0.0,
+            request_id=getattr(request, "requestId", "-"),
+            route=request.route,
+            reason="cut off: the client went away before its answer",
+        )
+        self._settled(request)
 
     def _settled(self, request: WebhookRequest) -> None:
         self._inFlight.discard(request)
@@ -475,7 +497,7 @@ class WebhookSite(server.Site):
             seconds=time.monotonic() - started if started else 0.0,
             request_id=request_id,
             route="channel",
-            reason=reason,
+            reason=f"refused: {reason}",
         )
 
     def _access(
@@ -508,7 +530,7 @@ class WebhookSite(server.Site):
         if incidents:
             m.incidents.inc(incidents)
         log.info(
-            _ACCESS_FORMAT + (" refused: {reason}" if reason else ""),
+            _ACCESS_FORMAT + (" {reason}" if reason else ""),
             client=client,
             method=method_text,
             path=path.decode("ascii", "replace"),

@@ -18,6 +18,7 @@ from inprocess import (
     stored_incidents,
 )
 from twisted.internet.defer import gatherResults
+from twisted.logger import globalLogPublisher
 
 MAX_HEADER = 4096
 MAX_BODY = 1000
@@ -435,3 +436,21 @@ def test_odd_paths_are_answered_like_any_unknown_path(wire, request_line):
     assert reply.headers["server"] == "gwebhook"
     assert "x-request-id" in reply.headers
     assert reply.json() == {"error": "no such path; send webhooks to /"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_cut_off_before_its_answer_has_an_access_line(wire):
+    """A client that goes away while its request is handled still gets a log line."""
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        wire.send(post(b'{"name": "gone"}', b"Authorization: " + BASIC_HEADER.encode()))
+        request = wire.protocol.requests[-1]
+        wire.close()  # before the commit answers
+        await wire.site.store.ping()
+        lines = [e for e in events if e.get("request_id") == request.requestId]
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [line] = lines
+    assert line["status"] == 499
+    assert "cut off" in line["reason"]
