@@ -196,7 +196,7 @@ def test_service_unit_is_hardened_and_reloadable():
     assert one["Type"] == "notify"
     assert shlex.split(one["ExecReload"])[-2:] == ["-HUP", "$MAINPID"]
     credentials = {value.split(":", 1)[0] for value in unit["LoadCredential"]}
-    assert {"password", "server.key"} <= credentials
+    assert {"password", "server.crt", "server.key"} <= credentials
     assert one["NoNewPrivileges"] == "yes"
     assert one["ProtectSystem"] == "strict"
     assert one["CapabilityBoundingSet"] == "CAP_NET_BIND_SERVICE"
@@ -228,13 +228,13 @@ def test_unit_exec_start_runs_as_written(tmp_path, pki, spawn, notify_socket):
     credentials.mkdir()
     (credentials / "password").write_text("unit-secret\n")  # as an editor saves it
     shutil.copyfile(pki.key, credentials / "server.key")
+    shutil.copyfile(pki.cert, credentials / "server.crt")
     port = free_port()
 
     exec_start = unit_settings(UNITS / "gwebhook.service")["ExecStart"][-1]
     for unit_path, here in [
         (UNIT_TWISTD, TWISTD),
         ("${CREDENTIALS_DIRECTORY}", str(credentials)),
-        ("/etc/gwebhook/server.crt", str(pki.cert)),
         ("/var/lib/gwebhook", str(state)),
     ]:
         exec_start = exec_start.replace(unit_path, here)
