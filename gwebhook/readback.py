@@ -6,13 +6,11 @@ safe while the daemon writes (WAL readers never block the writer).
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-from gwebhook.schema import BUSY_TIMEOUT_MS
+from gwebhook.schema import StoreError, open_existing
 
 # Whole statements, no string building: what runs is what you read here.
 _LIST = (
@@ -35,21 +33,12 @@ class ReadError(Exception):
 
 def open_store(path: str) -> sqlite3.Connection:
     """Open an existing store read-only; never create one."""
-    if not os.path.exists(path):
-        raise ReadError(
-            f"no store at {path}; give --db PATH (the daemon's default is "
-            "gwebhook.sqlite in its working directory)"
-        )
-    uri = Path(path).resolve().as_uri() + "?mode=ro"
     try:
-        connection = sqlite3.connect(uri, uri=True)
-        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        return open_existing(path)
+    except StoreError as e:
+        raise ReadError(str(e)) from None
     except sqlite3.DatabaseError as e:
         raise ReadError(f"cannot read {path} as a gwebhook store: {e}") from None
-    if version == 0:
-        raise ReadError(f"{path} is not a gwebhook store (no schema)")
-    return connection
 
 
 def _summary(row: tuple) -> dict[str, Any]:

@@ -10,9 +10,7 @@ runs ``prune`` in the daemon on a schedule.
 
 from __future__ import annotations
 
-import os
 import sqlite3
-from pathlib import Path
 
 from twisted.application import service
 from twisted.enterprise import adbapi
@@ -119,25 +117,21 @@ def open_store(
     configure it as the daemon does (WAL, full sync, a bounded wait for
     another writer's lock).
     """
-    if not os.path.exists(path):
-        raise PruneError(
-            f"no store at {path}; give --db PATH (the daemon's default is "
-            "gwebhook.sqlite in its working directory)"
+    try:
+        connection = schema.open_existing(
+            path, write=True, busy_timeout_ms=busy_timeout_ms
         )
-    uri = Path(path).resolve().as_uri() + "?mode=rw"
-    try:
-        connection = sqlite3.connect(uri, uri=True, isolation_level=None)
+    except schema.StoreError as e:
+        raise PruneError(str(e)) from None
     except sqlite3.Error as e:
-        raise PruneError(f"cannot open {path}: {e}") from None
+        if _is_busy(e):
+            raise StoreBusy(f"store {path} busy, try again") from None
+        raise PruneError(f"cannot use {path} as a gwebhook store: {e}") from None
     try:
-        # Read the version before configure() changes anything in the file.
-        connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         version = connection.execute("PRAGMA user_version").fetchone()[0]
         if version != schema.SCHEMA_VERSION:
             raise PruneError(
-                f"{path} is not a gwebhook store (no schema)"
-                if version == 0
-                else f"{path} has schema version {version}, this gwebhook knows "
+                f"{path} has schema version {version}, this gwebhook knows "
                 f"{schema.SCHEMA_VERSION}; prune it with the gwebhook that runs it"
             )
         schema.configure(connection)

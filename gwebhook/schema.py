@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from pathlib import Path
 
 # Each entry upgrades the schema from version N to N + 1.  Append, never edit.
 MIGRATIONS: list[str] = [
@@ -64,6 +65,35 @@ def configure(connection: sqlite3.Connection) -> None:
     connection.execute("PRAGMA journal_mode = WAL")
     connection.execute("PRAGMA synchronous = FULL")
     connection.execute("PRAGMA foreign_keys = ON")
+
+
+def open_existing(
+    path: str, write: bool = False, busy_timeout_ms: int = BUSY_TIMEOUT_MS
+) -> sqlite3.Connection:
+    """
+    Open a store that exists, for reading (or writing), never creating one;
+    refuse a file that is not a store.  SQLite's own errors (a damaged file, a
+    lock held too long) are left to the caller.
+    """
+    if not os.path.exists(path):
+        raise StoreError(
+            f"no store at {path}; give --db PATH (the daemon's default is "
+            "gwebhook.sqlite in its working directory)"
+        )
+    mode = "rw" if write else "ro"
+    connection = sqlite3.connect(
+        f"{Path(path).resolve().as_uri()}?mode={mode}", uri=True, isolation_level=None
+    )
+    try:
+        connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.Error:
+        connection.close()
+        raise
+    if version == 0:
+        connection.close()
+        raise StoreError(f"{path} is not a gwebhook store (no schema)")
+    return connection
 
 
 def prepare(path: str) -> int:
