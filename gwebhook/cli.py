@@ -42,17 +42,26 @@ def _samples(args) -> None:
 
 def _make_cert(args) -> None:
     hostnames = args.hostname or list(DEFAULT_HOSTNAMES)
+    directory = Path(args.dir)
     try:
-        cert, key = make_self_signed(Path(args.dir), hostnames)
+        cert, key = make_self_signed(directory, hostnames)
     except FileExistsError:
-        existing = Path(args.dir) / "server.key"
-        raise readback.ReadError(
+        if not directory.is_dir():
+            raise CommandFailed(_cannot_write(args.dir, "not a directory")) from None
+        existing = directory / "server.key"
+        raise CommandFailed(
             f"{existing} exists already; remove it or choose another DIR"
         ) from None
+    except OSError as e:
+        raise CommandFailed(_cannot_write(args.dir, e.strerror or str(e))) from None
     print(
         f"wrote {cert} and {key} (self-signed, for {', '.join(hostnames)}); "
         "for trying gwebhook out only, see certs/README.md for production"
     )
+
+
+def _cannot_write(directory: str, reason: str) -> str:
+    return f"cannot write {directory}: {reason}; choose a directory you can write"
 
 
 class UsageProblem(Exception):

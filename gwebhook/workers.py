@@ -5,7 +5,8 @@ the same store (WAL; writers take turns).  Each process binds its own socket
 with SO_REUSEPORT, and the kernel spreads new connections across them; under
 socket activation the workers share the socket systemd passed instead.
 Worker log events come back to the main process's log.  SIGHUP and SIGTERM
-are forwarded; a worker that dies is replaced.
+are forwarded; a worker that dies is replaced, after a delay that doubles
+while its replacements keep dying young.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import sys
 from twisted.application import service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import CannotListenError, ProcessExitedAlready
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import IDelayedCall, IStreamServerEndpoint
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger, LogLevel
+from twisted.logger import InvalidLogLevelError, Logger, LogLevel
 from zope.interface import implementer
 
 log = Logger()
@@ -32,18 +33,78 @@ ARGV_ENVIRONMENT = "GWEBHOOK_WORKER_ARGV"
 # Set when the worker is to serve the socket systemd passed, as its fd 3.
 INHERIT_ENVIRONMENT = "GWEBHOOK_WORKER_INHERITS"
 RESPAWN_DELAY_SECONDS = 1.0
+MAX_RESPAWN_DELAY_SECONDS = 60.0
+# A worker that stayed up this long was healthy: its replacement starts after
+# RESPAWN_DELAY_SECONDS again.
+STABLE_AFTER_SECONDS = 30.0
+# A worker's output line longer than this is relayed in pieces rather than
+# held in memory whole.
+MAX_LINE_BYTES = 1 << 20
 # Extra time, after the shutdown timeout, before workers are killed outright.
 KILL_AFTER_SECONDS = 5.0
 _NOT_INHERITED = ("NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
-_RECORD_KEYS = (
-    "time",
-    "level",
-    "namespace",
-    "message",
-    "traceback",
-    "worker",
-    "log_format",
+# Keys of a worker's record that are not passed on as fields: those the main
+# process sets itself, and Logger.emit's own parameters.
+_RECORD_KEYS = frozenset(
+    {
+        "time",
+        "level",
+        "namespace",
+        "message",
+        "traceback",
+        "worker",
+        "worker_message",
+        "worker_traceback",
+        "format",
+    }
 )
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def respawn_delay(previous: float | None, uptime: float) -> float:
+    """
+    Seconds to wait before replacing a worker that ran for ``uptime`` seconds,
+    when the wait before it was started was ``previous`` (None: none yet).
+    """
+    if previous is None or uptime >= STABLE_AFTER_SECONDS:
+        return RESPAWN_DELAY_SECONDS
+    return min(previous * 2, MAX_RESPAWN_DELAY_SECONDS)
+
+
+def _complete_lines(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """The complete lines in ``buffer``, and the rest to keep for later."""
+    *lines, rest = buffer.split(b"\n")
+    if len(rest) > MAX_LINE_BYTES:
+        lines.append(rest)
+        rest = b""
+    return lines, rest
+
+
+def _parse_record(line: bytes) -> tuple[LogLevel, dict] | None:
+    """A worker's JSON log line as its level and a record; None if it is not one."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    level = record.get("level", "info") if isinstance(record, dict) else None
+    if not isinstance(level, str):
+        return None
+    try:
+        return LogLevel.levelWithName(level), record
+    except InvalidLogLevelError:
+        return None
+
+
+def _safe_fields(record: dict) -> dict:
+    """The scalar fields of ``record`` that can be passed on to Logger.emit."""
+    return {
+        key: value
+        for key, value in record.items()
+        if key.isidentifier()
+        and not key.startswith("log_")
+        and key not in _RECORD_KEYS
+        and isinstance(value, _SCALARS)
+    }
 
 
 @implementer(IStreamServerEndpoint)
@@ -72,46 +133,59 @@ class ReusePortEndpoint:
 
 
 class _Worker(ProcessProtocol):
-    """Relays one worker's JSON-lines log into the main process's log."""
+    """Relays one worker's JSON-lines log (and stderr) into the main process's log."""
 
     def __init__(self, pool: WorkerPool, index: int) -> None:
         self.pool = pool
         self.index = index
-        self._buffer = b""
+        self._out = b""
+        self._err = b""
 
     def outReceived(self, data: bytes) -> None:
-        self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
+        lines, self._out = _complete_lines(self._out + data)
         for line in lines:
             self._relay(line)
 
     def errReceived(self, data: bytes) -> None:
-        for line in data.decode("utf-8", "replace").splitlines():
-            log.warn("worker {worker}: {line}", worker=self.index, line=line)
+        # Whole lines only, so a traceback is not cut up mid-line.
+        lines, self._err = _complete_lines(self._err + data)
+        for line in lines:
+            self._warn(line)
+
+    def _warn(self, line: bytes) -> None:
+        log.warn(
+            "worker {worker}: {line}",
+            worker=self.index,
+            line=line.decode("utf-8", "replace"),
+        )
 
     def _relay(self, line: bytes) -> None:
-        try:
-            record = json.loads(line)
-            level = LogLevel.levelWithName(record.get("level", "info"))
-        except (ValueError, TypeError, AttributeError, KeyError):
+        parsed = _parse_record(line)
+        if parsed is None:
             log.info(
                 "worker {worker}: {line}",
                 worker=self.index,
                 line=line.decode("utf-8", "replace"),
             )
             return
-        fields = {k: v for k, v in record.items() if k not in _RECORD_KEYS}
-        if "traceback" in record:
+        level, record = parsed
+        fields = _safe_fields(record)
+        if isinstance(record.get("traceback"), str):
             fields["worker_traceback"] = record["traceback"]
         log.emit(
             level,
             "worker {worker}: {worker_message}",
             worker=self.index,
-            worker_message=record.get("message", ""),
+            worker_message=str(record.get("message", "")),
             **fields,
         )
 
     def processEnded(self, reason) -> None:
+        if self._out:
+            self._relay(self._out)
+        if self._err:
+            self._warn(self._err)
+        self._out = self._err = b""
         self.pool.ended(self.index, reason.value)
 
 
@@ -133,6 +207,11 @@ class WorkerPool(service.Service):
         self.reactor = reactor
         self.processes: dict[int, object] = {}
         self._all_ended: Deferred[None] | None = None
+        # Per worker index: when it was last started, the wait before that
+        # start (absent for the first), and its pending replacement.
+        self._started: dict[int, float] = {}
+        self._delays: dict[int, float] = {}
+        self._respawns: dict[int, IDelayedCall] = {}
 
     def startService(self) -> None:
         super().startService()
@@ -140,6 +219,7 @@ class WorkerPool(service.Service):
             self._spawn(index)
 
     def _spawn(self, index: int) -> None:
+        self._respawns.pop(index, None)
         if not self.running:
             return
         env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
@@ -155,6 +235,7 @@ class WorkerPool(service.Service):
             env=env,
             childFDs=fds,
         )
+        self._started[index] = self.reactor.seconds()
         log.info(
             "worker {worker} started (pid {pid})",
             worker=index,
@@ -168,15 +249,19 @@ class WorkerPool(service.Service):
                 process.signalProcess(name)
 
     def ended(self, index: int, why) -> None:
+        """Worker ``index`` exited (``why``): replace it, or finish stopping."""
         self.processes.pop(index, None)
         if self.running:
+            uptime = self.reactor.seconds() - self._started.get(index, 0.0)
+            delay = respawn_delay(self._delays.get(index), uptime)
+            self._delays[index] = delay
             log.error(
-                "worker {worker} exited ({why}); starting another in {delay} s",
+                "worker {worker} exited ({why}); starting another in {delay:g} s",
                 worker=index,
                 why=why,
-                delay=RESPAWN_DELAY_SECONDS,
+                delay=delay,
             )
-            self.reactor.callLater(RESPAWN_DELAY_SECONDS, self._spawn, index)
+            self._respawns[index] = self.reactor.callLater(delay, self._spawn, index)
         elif not self.processes and self._all_ended is not None:
             self._all_ended, ended = None, self._all_ended
             ended.callback(None)
@@ -184,6 +269,9 @@ class WorkerPool(service.Service):
     def stopService(self) -> Deferred[None]:
         """Ask every worker to drain and stop; kill those that outstay the timeout."""
         super().stopService()
+        for pending in self._respawns.values():
+            pending.cancel()
+        self._respawns.clear()
         if not self.processes:
             return succeed(None)
         self._all_ended = ended = Deferred()

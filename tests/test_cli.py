@@ -235,3 +235,15 @@ def test_make_cert_keeps_an_existing_key(tmp_path):
     key = (tmp_path / "server.key").read_bytes()
     assert_one_line_error(run_cli("make-cert", str(tmp_path)))
     assert (tmp_path / "server.key").read_bytes() == key
+
+
+@pytest.mark.parametrize("where", ["/proc/nope", "a-file"])
+def test_make_cert_where_it_cannot_write_is_one_line(tmp_path, where):
+    """'make-cert' into a directory it cannot create or write is one line, status 1."""
+    (tmp_path / "a-file").write_text("kept")
+    directory = where if where.startswith("/") else str(tmp_path / where)
+    result = run_cli("make-cert", directory)
+    assert_one_line_error(result)
+    assert result.stderr.startswith(f"gwebhook: cannot write {directory}: ")
+    assert result.stderr.endswith("; choose a directory you can write\n")
+    assert (tmp_path / "a-file").read_text() == "kept"
