@@ -1,0 +1,134 @@
+"""
+Where the daemon listens: the endpoint for its options (TCP, TLS, a socket
+from systemd, SO_REUSEPORT for workers), the service that binds it at
+start-up, and the checks that refuse, in one line, what cannot be bound.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+
+from prometheus_client.twisted import MetricsResource
+from twisted.application import service
+from twisted.internet import endpoints
+from twisted.python import usage
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from gwebhook.metrics import Metrics
+from gwebhook.tls import TLSServerEndpoint
+from gwebhook.workers import ReusePortEndpoint
+
+# Twisted's default of 50 overflows under a burst of new connections.
+LISTEN_BACKLOG = 1024
+# Descriptors beyond the connections: the store, logs, listeners, temp files.
+DESCRIPTOR_MARGIN = 64
+
+
+def ensure_descriptors(max_connections: int) -> None:
+    """
+    Raise the soft limit on open files to what --max-connections needs, or
+    refuse to start: past it, accept() fails for everyone.
+    """
+    needed = max_connections * 2 + DESCRIPTOR_MARGIN  # a refused one may wait too
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed or soft == resource.RLIM_INFINITY:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise usage.UsageError(
+            f"--max-connections {max_connections} needs {needed} open files, but "
+            f"the limit is {hard}; lower --max-connections or raise the limit "
+            "(ulimit -n, or LimitNOFILE= in the systemd unit)"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+def check_bindable(option: str, interface: str, port: int) -> None:
+    """
+    Refuse at start-up, in one line, a port that cannot be bound (in use, or
+    privileged), rather than with the traceback twistd prints when the
+    listener fails later.
+    """
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As Twisted's listener does, so a port in TIME_WAIT is not "in use".
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((interface, port))
+        except OSError as e:
+            where = interface or "all interfaces"
+            raise usage.UsageError(
+                f"{option} {port}: cannot listen on {where}: {e.strerror}; "
+                f"choose another {option} or interface, or stop what holds it"
+            ) from None
+
+
+def webhook_endpoint(reactor, config, metrics: Metrics):
+    fd = config["inherited-socket"]
+    interface = config["interface"]
+    if fd is not None:
+        # Socket activation (or a worker of such a daemon): the port is bound
+        # already and shared; TLS is still ours.
+        with socket.socket(fileno=os.dup(fd)) as inherited:
+            family = inherited.family
+        # Twisted closes the descriptor it adopts; fd itself stays open for
+        # the workers, which are handed it as their fd 3.
+        plain = endpoints.AdoptedStreamServerEndpoint(reactor, os.dup(fd), family)
+    elif config["workers"] > 1 or config.worker:
+        plain = ReusePortEndpoint(reactor, config["port"], interface, LISTEN_BACKLOG)
+    else:
+        tcp = (
+            endpoints.TCP6ServerEndpoint
+            if ":" in interface
+            else endpoints.TCP4ServerEndpoint
+        )
+        plain = tcp(
+            reactor, config["port"], backlog=LISTEN_BACKLOG, interface=interface
+        )
+    if config["tls"] is None:
+        return plain
+    return TLSServerEndpoint(plain, config["tls"], metrics.tls_handshake_failures.inc)
+
+
+class Listener(service.Service):
+    """
+    Listens on an endpoint when the daemon starts (before privileges are
+    dropped), failing start-up if it cannot; keeps the port for the workers.
+    """
+
+    def __init__(self, endpoint, factory) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        failed: list = []
+        self.endpoint.listen(self.factory).addCallbacks(self._listening, failed.append)
+        if failed:
+            failed[0].raiseException()
+
+    def _listening(self, port) -> None:
+        self.port = port
+
+    def startService(self) -> None:
+        super().startService()
+        if self.port is None:
+            self.privilegedStartService()
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+
+
+def metrics_site(metrics: Metrics) -> Site:
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(registry=metrics.registry))
+    site = Site(root)
+    site.noisy = False
+    site.log = lambda request: None  # a scrape every few seconds is not news
+    return site
