@@ -152,6 +152,9 @@ class LimitedChannel(http.HTTPChannel):
         self._enter(None)
         request = self.requests[-1] if self.requests else None
         request_id = getattr(request, "requestId", None) or secrets.token_hex(8)
+        if request is not None:
+            # Answered here: no longer in flight, and not "cut off" later.
+            self.site.settle(request)
         self.site.refused(self, status, message, request, request_id)
         self.transport.write(
             raw_response(status, message, request_id, retry_after, challenge)
@@ -379,17 +382,19 @@ class WebhookSite(server.Site):
         """Count ``request`` as in flight until it is answered or cut off."""
         self._inFlight.add(request)
         request.notifyFinish().addCallbacks(
-            lambda _: self._settled(request), lambda _: self._cutOff(request)
+            lambda _: self.settle(request), lambda _: self._cutOff(request)
         )
 
     def _cutOff(self, request: WebhookRequest) -> None:
         # The client went away before its answer; what was committed for it
         # stays (a 200 was never sent), so say so in the access log.
+        if request not in self._inFlight:
+            return  # answered by the channel (refused) already
         started = getattr(request, "startedAt", None)
         self._access(
             client=request.channel.client if request.channel else "-",
             method=request.method,
-            path=getattr(request, "path", b"-"),
+            path=getattr(request, "path", None) or b"-",
             status=CLIENT_CLOSED_REQUEST,
             incidents=request.incidents,
             body_bytes=getattr(request, "_bodyBytes", 0),
@@ -398,9 +403,10 @@ class WebhookSite(server.Site):
             route=request.route,
             reason="cut off: the client went away before its answer",
         )
-        self._settled(request)
+        self.settle(request)
 
-    def _settled(self, request: WebhookRequest) -> None:
+    def settle(self, request: WebhookRequest) -> None:
+        """``request`` is answered (or lost): it no longer holds up a drain."""
         self._inFlight.discard(request)
         if self._drained is not None and not self._inFlight:
             self._drained, drained = None, self._drained

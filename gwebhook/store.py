@@ -16,6 +16,7 @@ import os
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
@@ -60,7 +61,11 @@ class IncidentStore:
         # Public for the other writers of the same file (retention).
         self.pool = adbapi.ConnectionPool(
             "sqlite3",
-            path,
+            # mode=rw: a file SQLite may not write is an error, not a silently
+            # read-only connection the pool would keep after the file is
+            # writable again; a failed connection is retried next time.
+            f"{Path(path).resolve().as_uri()}?mode=rw",
+            uri=True,
             check_same_thread=False,
             isolation_level="",
             cp_min=1,
@@ -240,9 +245,8 @@ class IncidentStore:
         # error, damaged file): the request may succeed once the fault clears.
         # Programming and integrity errors are bugs and stay what they are.
         error = failure.value
-        if (
-            isinstance(error, sqlite3.OperationalError)
-            or type(error) is sqlite3.DatabaseError
+        if isinstance(error, sqlite3.OperationalError) or (
+            type(error) is sqlite3.DatabaseError
         ):
             raise StoreUnavailable(str(error)) from error
         return failure

@@ -48,10 +48,14 @@ def stored(d) -> list[tuple]:
     """(name, method, details) of every stored incident, oldest first."""
     with closing(sqlite3.connect(d.db)) as db:
         rows = db.execute(
-            "SELECT i.name, r.method, i.details FROM incidents i"
+            "SELECT i.name, r.method, i.details, r.headers FROM incidents i"
             " JOIN requests r ON r.id = i.request_id ORDER BY i.id"
         ).fetchall()
-    return [(name, method, json.loads(details)) for name, method, details in rows]
+    # As `gwebhook show` reads them: the request's headers are kept once.
+    return [
+        (name, method, {**json.loads(details), "headers": json.loads(headers)})
+        for name, method, details, headers in rows
+    ]
 
 
 def requests_stored(d) -> int:
