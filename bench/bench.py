@@ -1,0 +1,905 @@
+"""
+gwebhook's benchmark: each scenario is driven by wrk over TLS against
+gwebhook (under twistd) and against the reference (FastAPI on uvicorn), in
+the same run, each server with a fresh store.  Run it through ``bench/run``,
+which prepares bench/.venv and wrk; see bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import ctypes
+import itertools
+import json
+import os
+import platform
+import re
+import resource
+import secrets
+import shlex
+import signal
+import socket
+import sqlite3
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from http.client import HTTPSConnection
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+VENV_BIN = Path(sys.executable).parent
+LUA = HERE / "post.lua"
+OUT = HERE / "out"
+TICKS = os.sysconf("SC_CLK_TCK")
+SERVER_CPU, LOAD_CPU = "0", "1"
+USERNAME = "bench"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    connections: int
+    batch: int = 1
+    close: bool = False
+    discard: bool = False
+    workers: int = 1
+    threads: int = 1
+
+    @property
+    def pinned(self) -> bool:
+        """One server process: server on core 0, wrk on core 1."""
+        return self.workers == 1
+
+
+SCENARIOS = {
+    s.key: s
+    for s in [
+        Scenario("a", "1 incident/request, keep-alive, 1 connection", 1),
+        Scenario("b", "1 incident/request, keep-alive, 32 connections", 32),
+        Scenario("c", "1 incident/request, new TLS connection per request, 32 conns",
+                 32, close=True),
+        Scenario("d", "100 incidents/request (array), keep-alive, 32 connections",
+                 32, batch=100),
+        Scenario("e", "store disabled, 1 incident/request, keep-alive, 32 connections",
+                 32, discard=True),
+        Scenario("f", "2 server processes, 1 incident/request, keep-alive, 32 conns",
+                 32, workers=2, threads=2),
+    ]
+}
+DEFAULT_SCENARIOS = "a,b,c,d,e,rss"
+
+
+@dataclass
+class Run:
+    scenario: str
+    server: str
+    requests_per_s: float = 0.0
+    incidents_per_s: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    cpu_us_per_request: float = 0.0
+    cpu_percent: float = 0.0
+    wrk_cpu_percent: float = 0.0
+    other_cpu_percent: float = 0.0
+    steal_percent: float = 0.0
+    acknowledged: int = 0
+    stored: int | None = None
+    errors: int = 0
+    rss_mb: float = 0.0
+    skipped: str | None = None
+    wrk: dict = field(default_factory=dict)
+    tls: str = ""
+
+
+class Failed(Exception):
+    pass
+
+
+# --- processes ---------------------------------------------------------------
+
+started: list[subprocess.Popen] = []
+wrk_pids: set[int] = set()
+
+
+def _die_with_parent() -> None:
+    # Should this driver be killed outright (SIGKILL), its servers follow.
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def spawn(argv: list[str], **kwargs) -> subprocess.Popen:
+    """Start a process we will be sure to end (its own process group)."""
+    process = subprocess.Popen(
+        argv, start_new_session=True, preexec_fn=_die_with_parent, **kwargs
+    )
+    started.append(process)
+    return process
+
+
+def end(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the process (and its group: uvicorn's workers), then SIGKILL."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # leftovers of the group
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait()
+    if process in started:
+        started.remove(process)
+
+
+def end_all() -> None:
+    for process in list(started):
+        end(process, grace=3.0)
+
+
+def _stop_on_signal(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def descendants(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process and its descendants, all threads."""
+    ticks = 0
+    for p in descendants(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15
+        except OSError:
+            pass
+    return ticks / TICKS
+
+
+PF_KTHREAD = 0x00200000
+
+
+def user_processes() -> dict[tuple[int, str], int]:
+    """
+    CPU ticks of every user-space process on the machine, with those of its
+    children it has waited for; keyed by pid and start time.
+    """
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[6]) & PF_KTHREAD:  # field 9, flags
+            continue
+        ticks = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+        found[(int(entry), fields[19])] = ticks  # field 22, starttime
+    return found
+
+
+def stolen() -> float:
+    """CPU seconds the hypervisor gave to other guests (steal, all cores)."""
+    with open("/proc/stat") as f:
+        return int(f.readline().split()[8]) / TICKS
+
+
+def others_cpu(before: dict, after: dict, ours: set[int]) -> float:
+    """CPU seconds other people's processes used between two snapshots."""
+    ticks = 0
+    for key, value in after.items():
+        if key[0] not in ours:
+            ticks += value - before.get(key, 0)
+    return max(0, ticks) / TICKS
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's children that have been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rss_mb(pid: int) -> float:
+    total = 0
+    for p in descendants(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- servers -----------------------------------------------------------------
+
+
+_serial = itertools.count(1)
+
+
+class Server:
+    name = ""
+
+    def __init__(self, work: Path, cert: Path, key: Path, password: str,
+                 options: argparse.Namespace) -> None:
+        self.work, self.cert, self.key = work, cert, key
+        self.password = password
+        self.options = options
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+        self.db: Path | None = None
+        self.log: Path | None = None
+
+    def command(self, scenario: Scenario) -> tuple[list[str], dict[str, str]]:
+        raise NotImplementedError
+
+    def start(self, scenario: Scenario, label: str) -> None:
+        self.port = free_port()
+        # A fresh store every time, even for a repeated run of one scenario.
+        label = f"{label}-{next(_serial)}"
+        self.db = self.work / f"{label}.sqlite"
+        self.log = self.work / f"{label}.log"
+        argv, env = self.command(scenario)
+        if scenario.pinned:
+            argv = ["taskset", "-c", SERVER_CPU, *argv]
+        with open(self.log, "wb") as log:
+            self.process = spawn(
+                argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.work,
+            )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        context = ssl._create_unverified_context()  # noqa: S323 (our own cert)
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise Failed(f"{self.name} exited at start-up:\n{self.log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), 1) as raw:
+                    with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                        self.tls = f"{tls.version()} {tls.cipher()[0]}"
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise Failed(f"{self.name} did not answer within {timeout} s:\n{self.log_tail()}")
+
+    def probe(self, auth: str) -> int:
+        """One real POST; the incidents it acknowledged."""
+        context = ssl._create_unverified_context()  # noqa: S323
+        connection = HTTPSConnection("127.0.0.1", self.port, context=context, timeout=10)
+        try:
+            connection.request(
+                "POST", "/", body=b'{"name": "bench probe"}',
+                headers={"Authorization": auth, "Content-Type": "application/json"},
+            )
+            answer = connection.getresponse()
+            body = answer.read()
+        finally:
+            connection.close()
+        if answer.status != 200:
+            raise Failed(f"{self.name}: probe answered {answer.status}: {body[:200]!r}")
+        return len(json.loads(body))
+
+    def stop(self) -> None:
+        if self.process is not None:
+            end(self.process, grace=15.0)
+            self.process = None
+
+    def stored(self) -> int:
+        connection = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        try:
+            return connection.execute("SELECT count(*) FROM incidents").fetchone()[0]
+        finally:
+            connection.close()
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+class Gwebhook(Server):
+    name = "gwebhook"
+
+    def command(self, scenario):
+        argv = [
+            str(VENV_BIN / "twistd"), "-n", "--pidfile=", "gwebhook",
+            "--port", str(self.port), "--interface", "127.0.0.1",
+            "--cert", str(self.cert), "--key", str(self.key),
+            "--username", USERNAME, "--db", str(self.db),
+            "--max-connections-per-client", "1000", "--shutdown-timeout", "10",
+        ]
+        if scenario.workers > 1:
+            argv += shlex.split(
+                self.options.gwebhook_workers_args.format(workers=scenario.workers)
+            )
+        env = {"GWEBHOOK_PASSWORD": self.password}
+        if scenario.discard:
+            env["GWEBHOOK_BENCH_DISCARD"] = "1"
+        return argv, env
+
+
+class Reference(Server):
+    name = "reference"
+
+    def command(self, scenario):
+        argv = [
+            str(VENV_BIN / "uvicorn"), "app:app", "--app-dir", str(HERE / "reference"),
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--ssl-certfile", str(self.cert), "--ssl-keyfile", str(self.key),
+            "--http", "httptools", "--loop", "uvloop",
+            "--workers", str(scenario.workers),
+        ]
+        env = {
+            "REFERENCE_DB": str(self.db),
+            "REFERENCE_USERNAME": USERNAME,
+            "REFERENCE_PASSWORD": self.password,
+            "REFERENCE_MODE": self.options.reference_mode,
+        }
+        if scenario.discard:
+            env["REFERENCE_DISCARD"] = "1"
+        return argv, env
+
+
+# --- load --------------------------------------------------------------------
+
+
+def wrk(port: int, scenario: Scenario, seconds: float, auth: str,
+        until=None) -> dict:
+    """
+    Run wrk against the port; with ``until``, a function polled while it
+    runs, stop it early (SIGINT: wrk then reports as usual) once that is true.
+    """
+    argv = [
+        "wrk", "-t", str(scenario.threads), "-c", str(scenario.connections),
+        "-d", f"{max(1, round(seconds))}s", "--timeout", "10s",
+        "-s", str(LUA), f"https://127.0.0.1:{port}/",
+    ]
+    if scenario.pinned:
+        argv = ["taskset", "-c", LOAD_CPU, *argv]
+    env = {
+        **os.environ,
+        "BENCH_AUTH": auth,
+        "BENCH_BATCH": str(scenario.batch),
+        "BENCH_CLOSE": "1" if scenario.close else "0",
+    }
+    process = spawn(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wrk_pids.add(process.pid)
+    try:
+        if until is not None:
+            deadline = time.monotonic() + seconds
+            while process.poll() is None and time.monotonic() < deadline:
+                if until():
+                    process.send_signal(signal.SIGINT)
+                    break
+                time.sleep(0.2)
+        output, _ = process.communicate(timeout=seconds + 120)
+    finally:
+        end(process, grace=2.0)
+    text = output.decode(errors="replace")
+    match = re.search(r"^BENCH-RESULT (\{.*\})$", text, re.MULTILINE)
+    if not match:
+        raise Failed(f"wrk printed no result:\n{text}")
+    return json.loads(match.group(1))
+
+
+def measure(server: Server, scenario: Scenario, options, auth: str) -> Run:
+    run = Run(scenario.key, server.name)
+    label = f"{scenario.key}-{server.name}"
+    try:
+        server.start(scenario, label)
+    except Failed as e:
+        if scenario.workers > 1 and server.name == "gwebhook":
+            run.skipped = f"did not start with {options.gwebhook_workers_args!r}"
+            print(f"  {label}: skipped: {e}", file=sys.stderr)
+            return run
+        raise
+    run.tls = server.tls
+    try:
+        acked = server.probe(auth)
+        if options.warmup > 0:
+            warm = wrk(server.port, scenario, options.warmup, auth)
+            acked += warm["acked"]
+        before = cpu_seconds(server.process.pid)
+        others, load, steal = user_processes(), children_cpu(), stolen()
+        result = wrk(server.port, scenario, options.seconds, auth)
+        steal = stolen() - steal
+        cpu = cpu_seconds(server.process.pid) - before
+        ours = {os.getpid(), *descendants(server.process.pid), *wrk_pids}
+        others = others_cpu(others, user_processes(), ours)
+        load = children_cpu() - load
+        run.rss_mb = rss_mb(server.process.pid)
+    finally:
+        server.stop()
+    seconds = result["duration_us"] / 1e6
+    run.wrk = result
+    run.requests_per_s = result["ok"] / seconds
+    run.incidents_per_s = result["acked"] / seconds
+    run.p50_ms = result["p50_us"] / 1000
+    run.p99_ms = result["p99_us"] / 1000
+    run.cpu_percent = 100 * cpu / seconds
+    run.cpu_us_per_request = 1e6 * cpu / max(1, result["ok"])
+    run.wrk_cpu_percent = 100 * load / seconds
+    # What other people's processes used meanwhile: on a shared machine they
+    # make every number here lower.
+    # (Approximate: a process that reaps a long-lived child during the run is
+    # charged with all of that child's time, hence the cap at both cores.)
+    run.other_cpu_percent = min(100 * others / seconds, 100.0 * (os.cpu_count() or 2))
+    run.steal_percent = 100 * steal / seconds
+    run.acknowledged = acked + result["acked"]
+    run.errors = (result["other"] + result["connect_errors"] + result["read_errors"]
+                  + result["write_errors"] + result["timeouts"])
+    run.stored = None if scenario.discard else server.stored()
+    return run
+
+
+def rss_growth(server: Gwebhook, auth: str) -> dict:
+    """gwebhook's RSS after 10,000 and after 100,000 requests (32 connections)."""
+    scenario = SCENARIOS["b"]
+    server.start(scenario, "rss-gwebhook")
+    try:
+        server.probe(auth)
+        points = {}
+        for target in (10_000, 100_000):
+            wrk(server.port, scenario, 600, auth,
+                until=lambda target=target: server.stored() >= target)
+            points[target] = (server.stored(), rss_mb(server.process.pid))
+    finally:
+        server.stop()
+    (n1, r1), (n2, r2) = points[10_000], points[100_000]
+    return {"requests_1": n1, "rss_mb_1": r1, "requests_2": n2, "rss_mb_2": r2,
+            "growth_mb": r2 - r1}
+
+
+# --- profile -----------------------------------------------------------------
+
+
+def profile(server: Gwebhook, options, auth: str) -> dict:
+    """py-spy on gwebhook under a one-process scenario: where the CPU goes."""
+    scenario = SCENARIOS[options.profile_scenario]
+    server.start(scenario, "profile-gwebhook")
+    raw = OUT / f"profile-{scenario.key}.txt"
+    try:
+        server.probe(auth)
+        wrk(server.port, scenario, options.warmup or 1, auth)
+        env = {**os.environ, "BENCH_AUTH": auth, "BENCH_BATCH": str(scenario.batch),
+               "BENCH_CLOSE": "1" if scenario.close else "0"}
+        load = spawn(
+            ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{scenario.connections}",
+             f"-d{options.profile_seconds + 4}s", "-s", str(LUA),
+             f"https://127.0.0.1:{server.port}/"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1)
+        argv = [str(VENV_BIN / "py-spy"), "record", "--pid", str(server.process.pid),
+                "--duration", str(options.profile_seconds), "--rate", "250",
+                "--format", "raw", "--nolineno", "--threads", "-o", str(raw)]
+        if options.profile_native:
+            argv.append("--native")
+        spy = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        output, _ = spy.communicate(timeout=options.profile_seconds + 60)
+        end(spy)
+        end(load, grace=2.0)
+        if not raw.exists():
+            raise Failed(f"py-spy wrote no profile:\n{output.decode(errors='replace')}")
+    finally:
+        server.stop()
+    return summarise_profile(raw, 250, options.profile_seconds)
+
+
+def _short(frame: str) -> str:
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    for marker in ("site-packages/", "lib/python3."):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+            if marker == "lib/python3.":
+                where = "stdlib/" + where.split("/", 1)[-1]
+    return f"{name} ({where})" if where else name
+
+
+def _area(frame: str) -> str:
+    """The package a frame's code belongs to: twisted/web, OpenSSL, stdlib/json..."""
+    where = frame.rpartition(" (")[2].rstrip(")")
+    parts = where.split("/")
+    if parts[0] in ("twisted", "stdlib") and len(parts) > 2:
+        return "/".join(parts[:2])
+    if parts[0] == "stdlib" and len(parts) == 2:
+        return "stdlib/" + parts[1].removesuffix(".py")
+    return parts[0] if len(parts) > 1 else where.removesuffix(".py")
+
+
+def summarise_profile(path: Path, rate: int, seconds: float, top: int = 25) -> dict:
+    """
+    Own and total shares per function, for each thread: the reactor's
+    (MainThread), which bounds a single process, and adbapi's pool thread.
+    Idle samples (waiting in epoll) are not recorded by py-spy, so a
+    thread's samples against ``rate * seconds`` say how busy it was.
+    """
+    threads: dict[str, dict] = {}
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        thread = "?"
+        if frames[0].startswith("thread "):
+            thread = frames.pop(0).split(": ", 1)[-1]
+            thread = "PoolThread" if thread.startswith("PoolThread") else thread
+        frames = [_short(f) for f in frames if not f.startswith("process ")]
+        if not frames:
+            continue
+        t = threads.setdefault(thread, {"samples": 0, "own": Counter(),
+                                        "total": Counter(), "area": Counter()})
+        t["samples"] += n
+        t["own"][frames[-1]] += n
+        t["area"][_area(frames[-1])] += n
+        for f in set(frames):
+            t["total"][f] += n
+    expected = rate * seconds
+    summary = {}
+    for name, t in threads.items():
+        n = t["samples"]
+        row = lambda f: {"function": f, "own": 100 * t["own"][f] / n,  # noqa: E731
+                         "total": 100 * t["total"][f] / n}
+        summary[name] = {
+            "samples": n,
+            "busy_percent": 100 * n / expected,
+            "by_own": [row(f) for f, _ in t["own"].most_common(top)],
+            # The chain every sample shares (twistd's main loop) says nothing.
+            "by_total": [row(f) for f, c in t["total"].most_common()
+                         if c < 0.98 * n][:top],
+            "by_area": [{"area": a, "own": 100 * c / n}
+                        for a, c in t["area"].most_common()],
+        }
+    return summary
+
+
+# --- report ------------------------------------------------------------------
+
+
+def versions() -> dict:
+    def pip_version(name: str) -> str:
+        try:
+            from importlib.metadata import version
+            return version(name)
+        except Exception:
+            return "?"
+
+    wrk_line = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+    cpu = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "cpu": f"{cpu} x {os.cpu_count()}",
+        "openssl (python)": ssl.OPENSSL_VERSION,
+        "sqlite": sqlite3.sqlite_version,
+        "wrk": (wrk_line.stdout + wrk_line.stderr).splitlines()[0].split(" Copyright")[0],
+        **{p: pip_version(p) for p in (
+            "gwebhook", "twisted", "klein", "pyopenssl", "cryptography",
+            "fastapi", "starlette", "uvicorn", "uvloop", "httptools", "pydantic",
+            "py-spy")},
+    }
+
+
+def source_state() -> str:
+    """Which gwebhook was measured: the commit, and whether the tree differs."""
+    project = HERE.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(project), *args],
+                              capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "not a git checkout"
+    changed = git("status", "--porcelain", "--", "gwebhook", "twisted", "setup.py")
+    files = len(changed.splitlines())
+    return commit + (f" + uncommitted changes in {files} file(s)" if files else "")
+
+
+def table(runs: list[Run]) -> str:
+    head = ("scen", "server", "req/s", "incidents/s", "p50 ms", "p99 ms",
+            "CPU us/req", "CPU %", "wrk CPU %", "other CPU %", "steal %", "acked",
+            "stored", "errors", "RSS MB")
+    rows = []
+    for r in runs:
+        if r.skipped:
+            rows.append((r.scenario, r.server, "skipped: " + r.skipped, *[""] * 12))
+            continue
+        stored = "n/a (disabled)" if r.stored is None else str(r.stored)
+        rows.append((
+            r.scenario, r.server, f"{r.requests_per_s:,.0f}", f"{r.incidents_per_s:,.0f}",
+            f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.cpu_us_per_request:,.0f}",
+            f"{r.cpu_percent:.0f}", f"{r.wrk_cpu_percent:.0f}",
+            f"{r.other_cpu_percent:.0f}", f"{r.steal_percent:.0f}", str(r.acknowledged),
+            stored, str(r.errors),
+            f"{r.rss_mb:.0f}",
+        ))
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    fmt = "| " + " | ".join("{:<%d}" % w for w in widths) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([fmt.format(*head), sep, *(fmt.format(*row) for row in rows)])
+
+
+def ratios(runs: list[Run]) -> list[str]:
+    by = {(r.scenario, r.server): r for r in runs if not r.skipped}
+    lines = []
+    for key, s in SCENARIOS.items():
+        g, ref = by.get((key, "gwebhook")), by.get((key, "reference"))
+        if g and ref and ref.requests_per_s:
+            lines.append(
+                f"({key}) {s.title}: gwebhook/reference req/s "
+                f"{g.requests_per_s / ref.requests_per_s:.2f}, "
+                f"p99 {g.p99_ms / ref.p99_ms:.2f}, "
+                f"CPU/req {g.cpu_us_per_request / ref.cpu_us_per_request:.2f}"
+            )
+    return lines
+
+
+def targets(runs: list[Run], rss: dict | None) -> list[str]:
+    by = {(r.scenario, r.server): r for r in runs if not r.skipped}
+    lines = []
+
+    def check(name, value, goal, fmt="{:.2f}", higher=True):
+        if value is None:
+            return
+        ok = value >= goal if higher else value <= goal
+        rel = ">=" if higher else "<="
+        lines.append(f"[{'met' if ok else 'MISSED'}] {name}: "
+                     f"{fmt.format(value)} (target {rel} {fmt.format(goal)})")
+
+    def ratio(a, b, attr="requests_per_s"):
+        x, y = by.get(a), by.get(b)
+        return getattr(x, attr) / getattr(y, attr) if x and y and getattr(y, attr) else None
+
+    check("keep-alive 32 conns, gwebhook/reference req/s",
+          ratio(("b", "gwebhook"), ("b", "reference")), 1.5)
+    check("  stretch", ratio(("b", "gwebhook"), ("b", "reference")), 2.0)
+    check("2 processes each, gwebhook/reference req/s",
+          ratio(("f", "gwebhook"), ("f", "reference")), 1.5)
+    check("gwebhook store enabled/disabled req/s (b/e)",
+          ratio(("b", "gwebhook"), ("e", "gwebhook")), 0.9)
+    d = by.get(("d", "gwebhook"))
+    check("arrays of 100, gwebhook durable incidents/s",
+          d.incidents_per_s if d else None, 40_000, "{:,.0f}")
+    check("gwebhook 2 processes / 1 process req/s (f/b)",
+          ratio(("f", "gwebhook"), ("b", "gwebhook")), 1.7)
+    check("new TLS connection per request, gwebhook/reference req/s",
+          ratio(("c", "gwebhook"), ("c", "reference")), 1.0)
+    g, ref = by.get(("b", "gwebhook")), by.get(("b", "reference"))
+    if g and ref:
+        check("p99 at 32 conns, gwebhook ms (vs the reference's)",
+              g.p99_ms, ref.p99_ms, higher=False)
+    if rss:
+        check(f"RSS growth {rss['requests_1']:,} -> {rss['requests_2']:,} requests, MB",
+              rss["growth_mb"], 20.0, "{:.1f}", higher=False)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bench/run", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="measured seconds per run (default 10)")
+    parser.add_argument("--warmup", type=float, default=1.0,
+                        help="warm-up seconds before each measured run (default 1)")
+    parser.add_argument("--scenarios", default=DEFAULT_SCENARIOS,
+                        help=f"comma-separated, of {','.join(SCENARIOS)},rss "
+                             f"(default {DEFAULT_SCENARIOS}; f = two server processes)")
+    parser.add_argument("--servers", default="gwebhook,reference",
+                        help="comma-separated: gwebhook, reference")
+    parser.add_argument("--reference-mode", choices=["loop", "threadpool", "offload"],
+                        default="offload", help="how the reference calls SQLite "
+                        "(see bench/reference/README.md; default offload)")
+    parser.add_argument("--gwebhook-workers-args", default="--workers {workers}",
+                        help="gwebhook options for scenario f (default "
+                             "'--workers {workers}')")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each scenario N times, alternating the servers, "
+                             "and report each server's best (default 1)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile gwebhook under scenario b with py-spy")
+    parser.add_argument("--profile-only", action="store_true",
+                        help="only the profile, no scenarios")
+    parser.add_argument("--profile-seconds", type=int, default=15)
+    parser.add_argument("--profile-scenario", choices=["a", "b", "c", "d", "e"],
+                        default="b", help="the load to profile under (default b)")
+    parser.add_argument("--profile-native", action="store_true",
+                        help="py-spy --native: C frames (OpenSSL, SQLite) too")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary directory (stores, logs)")
+    options = parser.parse_args(argv)
+
+    keys = [k.strip() for k in options.scenarios.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in SCENARIOS and k != "rss"]
+    if unknown:
+        parser.error(f"unknown scenario(s) {','.join(unknown)}")
+    servers = [s.strip() for s in options.servers.split(",")]
+    if options.profile_only:
+        keys, options.profile = [], True
+
+    # SIGINT too: a shell that starts us in the background sets it to "ignore".
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop_on_signal)
+    OUT.mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="gwebhook-bench-"))
+    runs: list[Run] = []  # the best of --repeat runs of each scenario and server
+    every: list[Run] = []
+    rss = prof = None
+    started_at = datetime.now(timezone.utc)
+    load_at_start = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    source = source_state()
+    try:
+        made = subprocess.run(
+            [str(VENV_BIN / "gwebhook"), "make-cert", str(work / "certs")],
+            capture_output=True, text=True,
+        )
+        if made.returncode:
+            raise Failed(f"gwebhook make-cert failed: {made.stderr}")
+        cert, key = work / "certs" / "server.crt", work / "certs" / "server.key"
+        password = secrets.token_urlsafe(18)
+        auth = "Basic " + base64.b64encode(f"{USERNAME}:{password}".encode()).decode()
+        make = {"gwebhook": Gwebhook, "reference": Reference}
+        info = versions()
+        print(f"bench: {started_at:%Y-%m-%d %H:%M} UTC, {info['cpu']}, "
+              f"{options.seconds:g} s per run after {options.warmup:g} s warm-up",
+              file=sys.stderr)
+        for key_ in keys:
+            if key_ == "rss":
+                if "gwebhook" in servers:
+                    print("bench: rss: gwebhook after 10,000 and 100,000 requests",
+                          file=sys.stderr)
+                    rss = rss_growth(make["gwebhook"](work, cert, key, password, options),
+                                     auth)
+                continue
+            scenario = SCENARIOS[key_]
+            best: dict[str, Run] = {}
+            for attempt in range(options.repeat):
+                for name in servers:
+                    print(f"bench: ({key_}) {scenario.title}: {name}"
+                          + (f", run {attempt + 1}/{options.repeat}"
+                             if options.repeat > 1 else ""), file=sys.stderr)
+                    server = make[name](work, cert, key, password, options)
+                    run = measure(server, scenario, options, auth)
+                    every.append(run)
+                    if not run.skipped:
+                        print(f"bench:     {run.requests_per_s:,.0f} req/s, "
+                              f"p99 {run.p99_ms:.2f} ms, other CPU "
+                              f"{run.other_cpu_percent:.0f}%, acked "
+                              f"{run.acknowledged}, stored {run.stored}",
+                              file=sys.stderr)
+                    if name not in best or run.requests_per_s > best[name].requests_per_s:
+                        best[name] = run
+            runs.extend(best[name] for name in servers)
+        if options.profile:
+            print(f"bench: profiling gwebhook under ({options.profile_scenario}) "
+                  "with py-spy", file=sys.stderr)
+            prof = profile(make["gwebhook"](work, cert, key, password, options),
+                           options, auth)
+    except KeyboardInterrupt:
+        print("bench: interrupted; stopping what it started", file=sys.stderr)
+        return 130
+    except Failed as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    finally:
+        end_all()
+        if options.keep:
+            print(f"bench: kept {work}", file=sys.stderr)
+        else:
+            subprocess.run(["rm", "-rf", str(work)], check=False)
+
+    lines = [
+        f"gwebhook benchmark, {started_at:%Y-%m-%d %H:%M} UTC",
+        "command: bench/run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "versions: " + ", ".join(f"{k} {v}" for k, v in info.items()),
+        f"gwebhook source: {source}",
+        f"load average at start: {load_at_start}",
+        f"reference mode: {options.reference_mode}; TLS: "
+        + "; ".join(sorted({f"{r.server} {r.tls}" for r in runs if r.tls})),
+        "",
+    ]
+    for key_ in keys:
+        if key_ in SCENARIOS:
+            lines.append(f"({key_}) {SCENARIOS[key_].title}")
+    if runs:
+        lines += ["", table(runs), "", *ratios(runs)]
+        busiest = max(r.other_cpu_percent + r.steal_percent for r in runs)
+        if busiest > 10:
+            lines += ["", f"warning: other processes or other guests of the "
+                      f"hypervisor took up to {busiest:.0f}% CPU (of 200%) during a "
+                      "measured run; such runs are slower than on a quiet machine"]
+    if rss:
+        lines += ["", f"RSS: {rss['rss_mb_1']:.1f} MB after {rss['requests_1']:,} "
+                  f"requests, {rss['rss_mb_2']:.1f} MB after {rss['requests_2']:,} "
+                  f"(growth {rss['growth_mb']:+.1f} MB)"]
+    if runs or rss:
+        lines += ["", "targets (issue 5):",
+                  *(targets(runs, rss) or ["(none judged by these scenarios)"])]
+    for r in every:
+        # Unanswered at the end of the warm-up and of the measured run: at
+        # most one request per connection each time.
+        s = SCENARIOS[r.scenario]
+        slack = 2 * s.connections * s.batch + 1
+        if r.stored is not None and r.stored > r.acknowledged + slack:
+            lines.append(f"[CHECK] ({r.scenario}) {r.server}: stored {r.stored} is "
+                         f"more than acknowledged {r.acknowledged} + {slack} in flight")
+    lost = [r for r in every if r.stored is not None and r.stored < r.acknowledged]
+    for r in lost:
+        lines.append(f"[FAILED] ({r.scenario}) {r.server}: stored {r.stored} < "
+                     f"acknowledged {r.acknowledged}")
+    if prof:
+        for thread in sorted(prof, key=lambda t: -prof[t]["samples"]):
+            p = prof[thread]
+            lines += ["", f"profile: gwebhook under ({options.profile_scenario}), "
+                      f"thread {thread}: "
+                      f"{p['samples']} py-spy samples, busy {p['busy_percent']:.0f}% "
+                      "of the time (idle excluded); own and total % of its samples",
+                      "", "top by own time:", "",
+                      "| function | own % | total % |", "|---|---|---|"]
+            lines += [f"| {r['function']} | {r['own']:.1f} | {r['total']:.1f} |"
+                      for r in p["by_own"][:20]]
+            lines += ["", "top by total time (without the main loop's chain):", "",
+                      "| function | own % | total % |", "|---|---|---|"]
+            lines += [f"| {r['function']} | {r['own']:.1f} | {r['total']:.1f} |"
+                      for r in p["by_total"][:25]]
+            lines += ["", "own time by package:", "", "| package | own % |", "|---|---|"]
+            lines += [f"| {r['area']} | {r['own']:.1f} |" for r in p["by_area"][:15]]
+    report = "\n".join(lines)
+    print(report)
+    stamp = started_at.strftime("%Y%m%dT%H%M%S")
+    (OUT / f"{stamp}.txt").write_text(report + "\n")
+    (OUT / f"{stamp}.json").write_text(json.dumps({
+        "started": started_at.isoformat(), "options": vars(options), "versions": info,
+        "runs": [asdict(r) for r in runs], "every_run": [asdict(r) for r in every],
+        "rss": rss, "profile": prof,
+    }, indent=1))
+    failed = any(r.stored is not None and r.stored < r.acknowledged for r in every)
+    return 2 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
