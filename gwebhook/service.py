@@ -49,10 +49,20 @@ class WebhookService(service.MultiService):
         self._previous_hup = None
         self._rotation: LoopingCall | None = None
 
+    def privilegedStartService(self) -> None:
+        # Always ours, and before the port is bound: SIGHUP's default action
+        # would kill a daemon that already accepts connections (twistd calls
+        # startService only later).
+        self._catch_hup()
+        super().privilegedStartService()
+
+    def _catch_hup(self) -> None:
+        if self._previous_hup is None:
+            self._previous_hup = signal.signal(signal.SIGHUP, self._hup)
+
     def startService(self) -> None:
         super().startService()
-        # Always ours: SIGHUP's default action would kill the daemon unflushed.
-        self._previous_hup = signal.signal(signal.SIGHUP, self._hup)
+        self._catch_hup()  # when started without privilegedStartService
         if self.tls is not None:
             self._rotation = LoopingCall(self.tls.rotate_ticket_key)
             self._rotation.clock = self.reactor
