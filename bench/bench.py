@@ -63,16 +63,39 @@ SCENARIOS = {
     for s in [
         Scenario("a", "1 incident/request, keep-alive, 1 connection", 1),
         Scenario("b", "1 incident/request, keep-alive, 32 connections", 32),
-        Scenario("c", "1 incident/request, new TLS connection per request, 32 conns",
-                 32, close=True),
-        Scenario("d", "100 incidents/request (array), keep-alive, 32 connections",
-                 32, batch=100),
-        Scenario("e", "store disabled, 1 incident/request, keep-alive, 32 connections",
-                 32, discard=True),
-        Scenario("f", "2 server processes, 1 incident/request, keep-alive, 32 conns",
-                 32, workers=2, threads=2),
-        Scenario("g", "2 server processes, 100 incidents/request, keep-alive, 32 conns",
-                 32, batch=100, workers=2, threads=2),
+        Scenario(
+            "c",
+            "1 incident/request, new TLS connection per request, 32 conns",
+            32,
+            close=True,
+        ),
+        Scenario(
+            "d",
+            "100 incidents/request (array), keep-alive, 32 connections",
+            32,
+            batch=100,
+        ),
+        Scenario(
+            "e",
+            "store disabled, 1 incident/request, keep-alive, 32 connections",
+            32,
+            discard=True,
+        ),
+        Scenario(
+            "f",
+            "2 server processes, 1 incident/request, keep-alive, 32 conns",
+            32,
+            workers=2,
+            threads=2,
+        ),
+        Scenario(
+            "g",
+            "2 server processes, 100 incidents/request, keep-alive, 32 conns",
+            32,
+            batch=100,
+            workers=2,
+            threads=2,
+        ),
     ]
 }
 DEFAULT_SCENARIOS = "a,b,c,d,e,rss"
@@ -267,8 +290,14 @@ _serial = itertools.count(1)
 class Server:
     name = ""
 
-    def __init__(self, work: Path, cert: Path, key: Path, password: str,
-                 options: argparse.Namespace) -> None:
+    def __init__(
+        self,
+        work: Path,
+        cert: Path,
+        key: Path,
+        password: str,
+        options: argparse.Namespace,
+    ) -> None:
         self.work, self.cert, self.key = work, cert, key
         self.password = password
         self.options = options
@@ -291,7 +320,10 @@ class Server:
             argv = ["taskset", "-c", SERVER_CPU, *argv]
         with open(self.log, "wb") as log:
             self.process = spawn(
-                argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                argv,
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 cwd=self.work,
             )
         self._wait_ready()
@@ -309,15 +341,21 @@ class Server:
                         return
             except OSError:
                 time.sleep(0.1)
-        raise Failed(f"{self.name} did not answer within {timeout} s:\n{self.log_tail()}")
+        raise Failed(
+            f"{self.name} did not answer within {timeout} s:\n{self.log_tail()}"
+        )
 
     def probe(self, auth: str) -> int:
         """One real POST; the incidents it acknowledged."""
         context = ssl._create_unverified_context()  # noqa: S323
-        connection = HTTPSConnection("127.0.0.1", self.port, context=context, timeout=10)
+        connection = HTTPSConnection(
+            "127.0.0.1", self.port, context=context, timeout=10
+        )
         try:
             connection.request(
-                "POST", "/", body=b'{"name": "bench probe"}',
+                "POST",
+                "/",
+                body=b'{"name": "bench probe"}',
                 headers={"Authorization": auth, "Content-Type": "application/json"},
             )
             answer = connection.getresponse()
@@ -352,11 +390,26 @@ class Gwebhook(Server):
 
     def command(self, scenario):
         argv = [
-            str(VENV_BIN / "twistd"), "-n", "--pidfile=", "gwebhook",
-            "--port", str(self.port), "--interface", "127.0.0.1",
-            "--cert", str(self.cert), "--key", str(self.key),
-            "--username", USERNAME, "--db", str(self.db),
-            "--max-connections-per-client", "1000", "--shutdown-timeout", "10",
+            str(VENV_BIN / "twistd"),
+            "-n",
+            "--pidfile=",
+            "gwebhook",
+            "--port",
+            str(self.port),
+            "--interface",
+            "127.0.0.1",
+            "--cert",
+            str(self.cert),
+            "--key",
+            str(self.key),
+            "--username",
+            USERNAME,
+            "--db",
+            str(self.db),
+            "--max-connections-per-client",
+            "1000",
+            "--shutdown-timeout",
+            "10",
         ]
         if scenario.workers > 1:
             argv += shlex.split(
@@ -373,11 +426,24 @@ class Reference(Server):
 
     def command(self, scenario):
         argv = [
-            str(VENV_BIN / "uvicorn"), "app:app", "--app-dir", str(HERE / "reference"),
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--ssl-certfile", str(self.cert), "--ssl-keyfile", str(self.key),
-            "--http", "httptools", "--loop", "uvloop",
-            "--workers", str(scenario.workers),
+            str(VENV_BIN / "uvicorn"),
+            "app:app",
+            "--app-dir",
+            str(HERE / "reference"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--ssl-certfile",
+            str(self.cert),
+            "--ssl-keyfile",
+            str(self.key),
+            "--http",
+            "httptools",
+            "--loop",
+            "uvloop",
+            "--workers",
+            str(scenario.workers),
         ]
         env = {
             "REFERENCE_DB": str(self.db),
@@ -393,16 +459,24 @@ class Reference(Server):
 # --- load --------------------------------------------------------------------
 
 
-def wrk(port: int, scenario: Scenario, seconds: float, auth: str,
-        until=None) -> dict:
+def wrk(port: int, scenario: Scenario, seconds: float, auth: str, until=None) -> dict:
     """
     Run wrk against the port; with ``until``, a function polled while it
     runs, stop it early (SIGINT: wrk then reports as usual) once that is true.
     """
     argv = [
-        "wrk", "-t", str(scenario.threads), "-c", str(scenario.connections),
-        "-d", f"{max(1, round(seconds))}s", "--timeout", "10s",
-        "-s", str(LUA), f"https://127.0.0.1:{port}/",
+        "wrk",
+        "-t",
+        str(scenario.threads),
+        "-c",
+        str(scenario.connections),
+        "-d",
+        f"{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA),
+        f"https://127.0.0.1:{port}/",
     ]
     if scenario.pinned:
         argv = ["taskset", "-c", LOAD_CPU, *argv]
@@ -479,8 +553,13 @@ def measure(server: Server, scenario: Scenario, options, auth: str) -> Run:
     run.other_cpu_percent = min(100 * others / seconds, 100.0 * (os.cpu_count() or 2))
     run.steal_percent = 100 * steal / seconds
     run.acknowledged = acked + result["acked"]
-    run.errors = (result["other"] + result["connect_errors"] + result["read_errors"]
-                  + result["write_errors"] + result["timeouts"])
+    run.errors = (
+        result["other"]
+        + result["connect_errors"]
+        + result["read_errors"]
+        + result["write_errors"]
+        + result["timeouts"]
+    )
     run.stored = None if scenario.discard else server.stored()
     return run
 
@@ -493,14 +572,24 @@ def rss_growth(server: Gwebhook, auth: str) -> dict:
         server.probe(auth)
         points = {}
         for target in (10_000, 100_000):
-            wrk(server.port, scenario, 600, auth,
-                until=lambda target=target: server.stored() >= target)
+            wrk(
+                server.port,
+                scenario,
+                600,
+                auth,
+                until=lambda target=target: server.stored() >= target,
+            )
             points[target] = (server.stored(), rss_mb(server.process.pid))
     finally:
         server.stop()
     (n1, r1), (n2, r2) = points[10_000], points[100_000]
-    return {"requests_1": n1, "rss_mb_1": r1, "requests_2": n2, "rss_mb_2": r2,
-            "growth_mb": r2 - r1}
+    return {
+        "requests_1": n1,
+        "rss_mb_1": r1,
+        "requests_2": n2,
+        "rss_mb_2": r2,
+        "growth_mb": r2 - r1,
+    }
 
 
 # --- profile -----------------------------------------------------------------
@@ -514,18 +603,46 @@ def profile(server: Gwebhook, options, auth: str) -> dict:
     try:
         server.probe(auth)
         wrk(server.port, scenario, options.warmup or 1, auth)
-        env = {**os.environ, "BENCH_AUTH": auth, "BENCH_BATCH": str(scenario.batch),
-               "BENCH_CLOSE": "1" if scenario.close else "0"}
+        env = {
+            **os.environ,
+            "BENCH_AUTH": auth,
+            "BENCH_BATCH": str(scenario.batch),
+            "BENCH_CLOSE": "1" if scenario.close else "0",
+        }
         load = spawn(
-            ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{scenario.connections}",
-             f"-d{options.profile_seconds + 4}s", "-s", str(LUA),
-             f"https://127.0.0.1:{server.port}/"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "taskset",
+                "-c",
+                LOAD_CPU,
+                "wrk",
+                "-t1",
+                f"-c{scenario.connections}",
+                f"-d{options.profile_seconds + 4}s",
+                "-s",
+                str(LUA),
+                f"https://127.0.0.1:{server.port}/",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         time.sleep(1)
-        argv = [str(VENV_BIN / "py-spy"), "record", "--pid", str(server.process.pid),
-                "--duration", str(options.profile_seconds), "--rate", "250",
-                "--format", "raw", "--nolineno", "--threads", "-o", str(raw)]
+        argv = [
+            str(VENV_BIN / "py-spy"),
+            "record",
+            "--pid",
+            str(server.process.pid),
+            "--duration",
+            str(options.profile_seconds),
+            "--rate",
+            "250",
+            "--format",
+            "raw",
+            "--nolineno",
+            "--threads",
+            "-o",
+            str(raw),
+        ]
         if options.profile_native:
             argv.append("--native")
         spy = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -582,8 +699,10 @@ def summarise_profile(path: Path, rate: int, seconds: float, top: int = 25) -> d
         frames = [_short(f) for f in frames if not f.startswith("process ")]
         if not frames:
             continue
-        t = threads.setdefault(thread, {"samples": 0, "own": Counter(),
-                                        "total": Counter(), "area": Counter()})
+        t = threads.setdefault(
+            thread,
+            {"samples": 0, "own": Counter(), "total": Counter(), "area": Counter()},
+        )
         t["samples"] += n
         t["own"][frames[-1]] += n
         t["area"][_area(frames[-1])] += n
@@ -593,17 +712,25 @@ def summarise_profile(path: Path, rate: int, seconds: float, top: int = 25) -> d
     summary = {}
     for name, t in threads.items():
         n = t["samples"]
-        row = lambda f: {"function": f, "own": 100 * t["own"][f] / n,  # noqa: E731
-                         "total": 100 * t["total"][f] / n}
+
+        def row(f: str, t=t, n=n) -> dict:
+            return {
+                "function": f,
+                "own": 100 * t["own"][f] / n,
+                "total": 100 * t["total"][f] / n,
+            }
+
         summary[name] = {
             "samples": n,
             "busy_percent": 100 * n / expected,
             "by_own": [row(f) for f, _ in t["own"].most_common(top)],
             # The chain every sample shares (twistd's main loop) says nothing.
-            "by_total": [row(f) for f, c in t["total"].most_common()
-                         if c < 0.98 * n][:top],
-            "by_area": [{"area": a, "own": 100 * c / n}
-                        for a, c in t["area"].most_common()],
+            "by_total": [row(f) for f, c in t["total"].most_common() if c < 0.98 * n][
+                :top
+            ],
+            "by_area": [
+                {"area": a, "own": 100 * c / n} for a, c in t["area"].most_common()
+            ],
         }
     return summary
 
@@ -615,6 +742,7 @@ def versions() -> dict:
     def pip_version(name: str) -> str:
         try:
             from importlib.metadata import version
+
             return version(name)
         except Exception:
             return "?"
@@ -632,11 +760,26 @@ def versions() -> dict:
         "cpu": f"{cpu} x {os.cpu_count()}",
         "openssl (python)": ssl.OPENSSL_VERSION,
         "sqlite": sqlite3.sqlite_version,
-        "wrk": (wrk_line.stdout + wrk_line.stderr).splitlines()[0].split(" Copyright")[0],
-        **{p: pip_version(p) for p in (
-            "gwebhook", "twisted", "klein", "pyopenssl", "cryptography",
-            "fastapi", "starlette", "uvicorn", "uvloop", "httptools", "pydantic",
-            "py-spy")},
+        "wrk": (wrk_line.stdout + wrk_line.stderr)
+        .splitlines()[0]
+        .split(" Copyright")[0],
+        **{
+            p: pip_version(p)
+            for p in (
+                "gwebhook",
+                "twisted",
+                "klein",
+                "pyopenssl",
+                "cryptography",
+                "fastapi",
+                "starlette",
+                "uvicorn",
+                "uvloop",
+                "httptools",
+                "pydantic",
+                "py-spy",
+            )
+        },
     }
 
 
@@ -645,8 +788,9 @@ def source_state() -> str:
     project = HERE.parent
 
     def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(project), *args],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["git", "-C", str(project), *args], capture_output=True, text=True
+        )
         return done.stdout.strip() if done.returncode == 0 else ""
 
     commit = git("rev-parse", "--short", "HEAD")
@@ -658,24 +802,50 @@ def source_state() -> str:
 
 
 def table(runs: list[Run]) -> str:
-    head = ("scen", "server", "req/s", "incidents/s", "p50 ms", "p99 ms",
-            "CPU us/req", "main thread us/req", "CPU %", "wrk CPU %", "other CPU %", "steal %", "acked",
-            "stored", "errors", "RSS MB")
+    head = (
+        "scen",
+        "server",
+        "req/s",
+        "incidents/s",
+        "p50 ms",
+        "p99 ms",
+        "CPU us/req",
+        "main thread us/req",
+        "CPU %",
+        "wrk CPU %",
+        "other CPU %",
+        "steal %",
+        "acked",
+        "stored",
+        "errors",
+        "RSS MB",
+    )
     rows = []
     for r in runs:
         if r.skipped:
             rows.append((r.scenario, r.server, "skipped: " + r.skipped, *[""] * 13))
             continue
         stored = "n/a (disabled)" if r.stored is None else str(r.stored)
-        rows.append((
-            r.scenario, r.server, f"{r.requests_per_s:,.0f}", f"{r.incidents_per_s:,.0f}",
-            f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.cpu_us_per_request:,.0f}",
-            f"{r.main_thread_us_per_request:,.0f}",
-            f"{r.cpu_percent:.0f}", f"{r.wrk_cpu_percent:.0f}",
-            f"{r.other_cpu_percent:.0f}", f"{r.steal_percent:.0f}", str(r.acknowledged),
-            stored, str(r.errors),
-            f"{r.rss_mb:.0f}",
-        ))
+        rows.append(
+            (
+                r.scenario,
+                r.server,
+                f"{r.requests_per_s:,.0f}",
+                f"{r.incidents_per_s:,.0f}",
+                f"{r.p50_ms:.2f}",
+                f"{r.p99_ms:.2f}",
+                f"{r.cpu_us_per_request:,.0f}",
+                f"{r.main_thread_us_per_request:,.0f}",
+                f"{r.cpu_percent:.0f}",
+                f"{r.wrk_cpu_percent:.0f}",
+                f"{r.other_cpu_percent:.0f}",
+                f"{r.steal_percent:.0f}",
+                str(r.acknowledged),
+                stored,
+                str(r.errors),
+                f"{r.rss_mb:.0f}",
+            )
+        )
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     fmt = "| " + " | ".join("{:<%d}" % w for w in widths) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
@@ -706,73 +876,146 @@ def targets(runs: list[Run], rss: dict | None) -> list[str]:
             return
         ok = value >= goal if higher else value <= goal
         rel = ">=" if higher else "<="
-        lines.append(f"[{'met' if ok else 'MISSED'}] {name}: "
-                     f"{fmt.format(value)} (target {rel} {fmt.format(goal)})")
+        lines.append(
+            f"[{'met' if ok else 'MISSED'}] {name}: "
+            f"{fmt.format(value)} (target {rel} {fmt.format(goal)})"
+        )
 
     def ratio(a, b, attr="requests_per_s"):
         x, y = by.get(a), by.get(b)
-        return getattr(x, attr) / getattr(y, attr) if x and y and getattr(y, attr) else None
+        return (
+            getattr(x, attr) / getattr(y, attr)
+            if x and y and getattr(y, attr)
+            else None
+        )
 
-    check("keep-alive 32 conns, gwebhook/reference req/s",
-          ratio(("b", "gwebhook"), ("b", "reference")), 1.5)
+    check(
+        "keep-alive 32 conns, gwebhook/reference req/s",
+        ratio(("b", "gwebhook"), ("b", "reference")),
+        1.5,
+    )
     check("  stretch", ratio(("b", "gwebhook"), ("b", "reference")), 2.0)
-    check("2 processes each, gwebhook/reference req/s",
-          ratio(("f", "gwebhook"), ("f", "reference")), 1.5)
-    check("gwebhook store enabled/disabled req/s (b/e)",
-          ratio(("b", "gwebhook"), ("e", "gwebhook")), 0.9)
+    check(
+        "2 processes each, gwebhook/reference req/s",
+        ratio(("f", "gwebhook"), ("f", "reference")),
+        1.5,
+    )
+    check(
+        "gwebhook store enabled/disabled req/s (b/e)",
+        ratio(("b", "gwebhook"), ("e", "gwebhook")),
+        0.9,
+    )
     for key, where in (("d", "one process"), ("g", "two processes")):
         run = by.get((key, "gwebhook"))
-        check(f"arrays of 100, {where}, gwebhook durable incidents/s",
-              run.incidents_per_s if run else None, 40_000, "{:,.0f}")
-    check("gwebhook 2 processes / 1 process req/s (f/b)",
-          ratio(("f", "gwebhook"), ("b", "gwebhook")), 1.7)
-    check("new TLS connection per request, gwebhook/reference req/s",
-          ratio(("c", "gwebhook"), ("c", "reference")), 1.0)
+        check(
+            f"arrays of 100, {where}, gwebhook durable incidents/s",
+            run.incidents_per_s if run else None,
+            40_000,
+            "{:,.0f}",
+        )
+    check(
+        "gwebhook 2 processes / 1 process req/s (f/b)",
+        ratio(("f", "gwebhook"), ("b", "gwebhook")),
+        1.7,
+    )
+    check(
+        "new TLS connection per request, gwebhook/reference req/s",
+        ratio(("c", "gwebhook"), ("c", "reference")),
+        1.0,
+    )
     g, ref = by.get(("b", "gwebhook")), by.get(("b", "reference"))
     if g and ref:
-        check("p99 at 32 conns, gwebhook ms (vs the reference's)",
-              g.p99_ms, ref.p99_ms, higher=False)
+        check(
+            "p99 at 32 conns, gwebhook ms (vs the reference's)",
+            g.p99_ms,
+            ref.p99_ms,
+            higher=False,
+        )
     if rss:
-        check(f"RSS growth {rss['requests_1']:,} -> {rss['requests_2']:,} requests, MB",
-              rss["growth_mb"], 20.0, "{:.1f}", higher=False)
+        check(
+            f"RSS growth {rss['requests_1']:,} -> {rss['requests_2']:,} requests, MB",
+            rss["growth_mb"],
+            20.0,
+            "{:.1f}",
+            higher=False,
+        )
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="bench/run", description=__doc__,
+        prog="bench/run",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--seconds", type=float, default=10.0,
-                        help="measured seconds per run (default 10)")
-    parser.add_argument("--warmup", type=float, default=1.0,
-                        help="warm-up seconds before each measured run (default 1)")
-    parser.add_argument("--scenarios", default=DEFAULT_SCENARIOS,
-                        help=f"comma-separated, of {','.join(SCENARIOS)},rss "
-                             f"(default {DEFAULT_SCENARIOS}; f and g: two server "
-                             "processes)")
-    parser.add_argument("--servers", default="gwebhook,reference",
-                        help="comma-separated: gwebhook, reference")
-    parser.add_argument("--reference-mode", choices=["loop", "threadpool", "offload"],
-                        default="offload", help="how the reference calls SQLite "
-                        "(see bench/reference/README.md; default offload)")
-    parser.add_argument("--gwebhook-workers-args", default="--workers {workers}",
-                        help="gwebhook options for scenario f (default "
-                             "'--workers {workers}')")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="N rounds over the scenarios, the servers alternating "
-                             "within each; report each server's best (default 1)")
-    parser.add_argument("--profile", action="store_true",
-                        help="also profile gwebhook under scenario b with py-spy")
-    parser.add_argument("--profile-only", action="store_true",
-                        help="only the profile, no scenarios")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=10.0,
+        help="measured seconds per run (default 10)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=1.0,
+        help="warm-up seconds before each measured run (default 1)",
+    )
+    parser.add_argument(
+        "--scenarios",
+        default=DEFAULT_SCENARIOS,
+        help=f"comma-separated, of {','.join(SCENARIOS)},rss "
+        f"(default {DEFAULT_SCENARIOS}; f and g: two server "
+        "processes)",
+    )
+    parser.add_argument(
+        "--servers",
+        default="gwebhook,reference",
+        help="comma-separated: gwebhook, reference",
+    )
+    parser.add_argument(
+        "--reference-mode",
+        choices=["loop", "threadpool", "offload"],
+        default="offload",
+        help="how the reference calls SQLite "
+        "(see bench/reference/README.md; default offload)",
+    )
+    parser.add_argument(
+        "--gwebhook-workers-args",
+        default="--workers {workers}",
+        help="gwebhook options for scenario f (default '--workers {workers}')",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="N rounds over the scenarios, the servers alternating "
+        "within each; report each server's best (default 1)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile gwebhook under scenario b with py-spy",
+    )
+    parser.add_argument(
+        "--profile-only", action="store_true", help="only the profile, no scenarios"
+    )
     parser.add_argument("--profile-seconds", type=int, default=15)
-    parser.add_argument("--profile-scenario", choices=["a", "b", "c", "d", "e"],
-                        default="b", help="the load to profile under (default b)")
-    parser.add_argument("--profile-native", action="store_true",
-                        help="py-spy --native: C frames (OpenSSL, SQLite) too")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temporary directory (stores, logs)")
+    parser.add_argument(
+        "--profile-scenario",
+        choices=["a", "b", "c", "d", "e"],
+        default="b",
+        help="the load to profile under (default b)",
+    )
+    parser.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="py-spy --native: C frames (OpenSSL, SQLite) too",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temporary directory (stores, logs)",
+    )
     options = parser.parse_args(argv)
 
     keys = [k.strip() for k in options.scenarios.split(",") if k.strip()]
@@ -797,7 +1040,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         made = subprocess.run(
             [str(VENV_BIN / "gwebhook"), "make-cert", str(work / "certs")],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         if made.returncode:
             raise Failed(f"gwebhook make-cert failed: {made.stderr}")
@@ -806,9 +1050,11 @@ def main(argv: list[str] | None = None) -> int:
         auth = "Basic " + base64.b64encode(f"{USERNAME}:{password}".encode()).decode()
         make = {"gwebhook": Gwebhook, "reference": Reference}
         info = versions()
-        print(f"bench: {started_at:%Y-%m-%d %H:%M} UTC, {info['cpu']}, "
-              f"{options.seconds:g} s per run after {options.warmup:g} s warm-up",
-              file=sys.stderr)
+        print(
+            f"bench: {started_at:%Y-%m-%d %H:%M} UTC, {info['cpu']}, "
+            f"{options.seconds:g} s per run after {options.warmup:g} s warm-up",
+            file=sys.stderr,
+        )
         # Rounds over all scenarios, rather than each scenario N times in a
         # row: a machine whose speed drifts (other guests on the host) then
         # drifts under every scenario alike, and ratios between scenarios
@@ -818,36 +1064,50 @@ def main(argv: list[str] | None = None) -> int:
             for key_ in keys:
                 if key_ == "rss":
                     if attempt == 0 and "gwebhook" in servers:
-                        print("bench: rss: gwebhook after 10,000 and 100,000 "
-                              "requests", file=sys.stderr)
+                        print(
+                            "bench: rss: gwebhook after 10,000 and 100,000 requests",
+                            file=sys.stderr,
+                        )
                         rss = rss_growth(
                             make["gwebhook"](work, cert, key, password, options), auth
                         )
                     continue
                 scenario = SCENARIOS[key_]
                 for name in servers:
-                    print(f"bench: ({key_}) {scenario.title}: {name}"
-                          + (f", round {attempt + 1}/{options.repeat}"
-                             if options.repeat > 1 else ""), file=sys.stderr)
+                    print(
+                        f"bench: ({key_}) {scenario.title}: {name}"
+                        + (
+                            f", round {attempt + 1}/{options.repeat}"
+                            if options.repeat > 1
+                            else ""
+                        ),
+                        file=sys.stderr,
+                    )
                     server = make[name](work, cert, key, password, options)
                     run = measure(server, scenario, options, auth)
                     every.append(run)
                     if not run.skipped:
-                        print(f"bench:     {run.requests_per_s:,.0f} req/s, "
-                              f"p99 {run.p99_ms:.2f} ms, other CPU "
-                              f"{run.other_cpu_percent:.0f}%, steal "
-                              f"{run.steal_percent:.0f}%, acked "
-                              f"{run.acknowledged}, stored {run.stored}",
-                              file=sys.stderr)
+                        print(
+                            f"bench:     {run.requests_per_s:,.0f} req/s, "
+                            f"p99 {run.p99_ms:.2f} ms, other CPU "
+                            f"{run.other_cpu_percent:.0f}%, steal "
+                            f"{run.steal_percent:.0f}%, acked "
+                            f"{run.acknowledged}, stored {run.stored}",
+                            file=sys.stderr,
+                        )
                     mine = best.get((key_, name))
                     if mine is None or run.requests_per_s > mine.requests_per_s:
                         best[(key_, name)] = run
         runs.extend(best[(k, name)] for k in keys if k in SCENARIOS for name in servers)
         if options.profile:
-            print(f"bench: profiling gwebhook under ({options.profile_scenario}) "
-                  "with py-spy", file=sys.stderr)
-            prof = profile(make["gwebhook"](work, cert, key, password, options),
-                           options, auth)
+            print(
+                f"bench: profiling gwebhook under ({options.profile_scenario}) "
+                "with py-spy",
+                file=sys.stderr,
+            )
+            prof = profile(
+                make["gwebhook"](work, cert, key, password, options), options, auth
+            )
     except KeyboardInterrupt:
         print("bench: interrupted; stopping what it started", file=sys.stderr)
         return 130
@@ -863,7 +1123,8 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [
         f"gwebhook benchmark, {started_at:%Y-%m-%d %H:%M} UTC",
-        "command: bench/run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "command: bench/run "
+        + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "versions: " + ", ".join(f"{k} {v}" for k, v in info.items()),
         f"gwebhook source: {source}",
         f"load average at start: {load_at_start}",
@@ -878,54 +1139,97 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["", table(runs), "", *ratios(runs)]
         busiest = max(r.other_cpu_percent + r.steal_percent for r in runs)
         if busiest > 10:
-            lines += ["", f"warning: other processes or other guests of the "
-                      f"hypervisor took up to {busiest:.0f}% CPU (of 200%) during a "
-                      "measured run; such runs are slower than on a quiet machine"]
+            lines += [
+                "",
+                f"warning: other processes or other guests of the "
+                f"hypervisor took up to {busiest:.0f}% CPU (of 200%) during a "
+                "measured run; such runs are slower than on a quiet machine",
+            ]
     if rss:
-        lines += ["", f"RSS: {rss['rss_mb_1']:.1f} MB after {rss['requests_1']:,} "
-                  f"requests, {rss['rss_mb_2']:.1f} MB after {rss['requests_2']:,} "
-                  f"(growth {rss['growth_mb']:+.1f} MB)"]
+        lines += [
+            "",
+            f"RSS: {rss['rss_mb_1']:.1f} MB after {rss['requests_1']:,} "
+            f"requests, {rss['rss_mb_2']:.1f} MB after {rss['requests_2']:,} "
+            f"(growth {rss['growth_mb']:+.1f} MB)",
+        ]
     if runs or rss:
-        lines += ["", "targets (issue 5):",
-                  *(targets(runs, rss) or ["(none judged by these scenarios)"])]
+        lines += [
+            "",
+            "targets (issue 5):",
+            *(targets(runs, rss) or ["(none judged by these scenarios)"]),
+        ]
     for r in every:
         # Unanswered at the end of the warm-up and of the measured run: at
         # most one request per connection each time.
         s = SCENARIOS[r.scenario]
         slack = 2 * s.connections * s.batch + 1
         if r.stored is not None and r.stored > r.acknowledged + slack:
-            lines.append(f"[CHECK] ({r.scenario}) {r.server}: stored {r.stored} is "
-                         f"more than acknowledged {r.acknowledged} + {slack} in flight")
+            lines.append(
+                f"[CHECK] ({r.scenario}) {r.server}: stored {r.stored} is "
+                f"more than acknowledged {r.acknowledged} + {slack} in flight"
+            )
     lost = [r for r in every if r.stored is not None and r.stored < r.acknowledged]
     for r in lost:
-        lines.append(f"[FAILED] ({r.scenario}) {r.server}: stored {r.stored} < "
-                     f"acknowledged {r.acknowledged}")
+        lines.append(
+            f"[FAILED] ({r.scenario}) {r.server}: stored {r.stored} < "
+            f"acknowledged {r.acknowledged}"
+        )
     if prof:
         for thread in sorted(prof, key=lambda t: -prof[t]["samples"]):
             p = prof[thread]
-            lines += ["", f"profile: gwebhook under ({options.profile_scenario}), "
-                      f"thread {thread}: "
-                      f"{p['samples']} py-spy samples, busy {p['busy_percent']:.0f}% "
-                      "of the time (idle excluded); own and total % of its samples",
-                      "", "top by own time:", "",
-                      "| function | own % | total % |", "|---|---|---|"]
-            lines += [f"| {r['function']} | {r['own']:.1f} | {r['total']:.1f} |"
-                      for r in p["by_own"][:20]]
-            lines += ["", "top by total time (without the main loop's chain):", "",
-                      "| function | own % | total % |", "|---|---|---|"]
-            lines += [f"| {r['function']} | {r['own']:.1f} | {r['total']:.1f} |"
-                      for r in p["by_total"][:25]]
-            lines += ["", "own time by package:", "", "| package | own % |", "|---|---|"]
+            lines += [
+                "",
+                f"profile: gwebhook under ({options.profile_scenario}), "
+                f"thread {thread}: "
+                f"{p['samples']} py-spy samples, busy {p['busy_percent']:.0f}% "
+                "of the time (idle excluded); own and total % of its samples",
+                "",
+                "top by own time:",
+                "",
+                "| function | own % | total % |",
+                "|---|---|---|",
+            ]
+            lines += [
+                f"| {r['function']} | {r['own']:.1f} | {r['total']:.1f} |"
+                for r in p["by_own"][:20]
+            ]
+            lines += [
+                "",
+                "top by total time (without the main loop's chain):",
+                "",
+                "| function | own % | total % |",
+                "|---|---|---|",
+            ]
+            lines += [
+                f"| {r['function']} | {r['own']:.1f} | {r['total']:.1f} |"
+                for r in p["by_total"][:25]
+            ]
+            lines += [
+                "",
+                "own time by package:",
+                "",
+                "| package | own % |",
+                "|---|---|",
+            ]
             lines += [f"| {r['area']} | {r['own']:.1f} |" for r in p["by_area"][:15]]
     report = "\n".join(lines)
     print(report)
     stamp = started_at.strftime("%Y%m%dT%H%M%S")
     (OUT / f"{stamp}.txt").write_text(report + "\n")
-    (OUT / f"{stamp}.json").write_text(json.dumps({
-        "started": started_at.isoformat(), "options": vars(options), "versions": info,
-        "runs": [asdict(r) for r in runs], "every_run": [asdict(r) for r in every],
-        "rss": rss, "profile": prof,
-    }, indent=1))
+    (OUT / f"{stamp}.json").write_text(
+        json.dumps(
+            {
+                "started": started_at.isoformat(),
+                "options": vars(options),
+                "versions": info,
+                "runs": [asdict(r) for r in runs],
+                "every_run": [asdict(r) for r in every],
+                "rss": rss,
+                "profile": prof,
+            },
+            indent=1,
+        )
+    )
     failed = any(r.stored is not None and r.stored < r.acknowledged for r in every)
     return 2 if failed else 0
 

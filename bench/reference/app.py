@@ -101,9 +101,7 @@ async def check_credentials(
     cost every request a trip through the thread pool).
     """
     user_ok = secrets.compare_digest(credentials.username.encode("utf-8"), USERNAME)
-    password_ok = secrets.compare_digest(
-        credentials.password.encode("utf-8"), PASSWORD
-    )
+    password_ok = secrets.compare_digest(credentials.password.encode("utf-8"), PASSWORD)
     if not (user_ok and password_ok):
         raise HTTPException(
             status_code=status.HTTP_401_UNAUTHORIZED,
@@ -173,8 +171,13 @@ def store(
     created = utc_now()
     if DISCARD:
         return [
-            {"id": str(next(fake_ids)), "name": n, "type": t, "occurred": o,
-             "created": created}
+            {
+                "id": str(next(fake_ids)),
+                "name": n,
+                "type": t,
+                "occurred": o,
+                "created": created,
+            }
             for n, t, o, _ in drafts
         ]
     with db_lock:
@@ -192,12 +195,25 @@ def store(
                 cursor.execute(
                     "INSERT INTO incidents (request_id, position, name, type,"
                     " occurred, created, details) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (request_id, position, name, kind, occurred, created,
-                     json.dumps(details, ensure_ascii=False)),
+                    (
+                        request_id,
+                        position,
+                        name,
+                        kind,
+                        occurred,
+                        created,
+                        json.dumps(details, ensure_ascii=False),
+                    ),
                 )
-                answer.append({"id": str(cursor.lastrowid), "name": name,
-                               "type": kind, "occurred": occurred,
-                               "created": created})
+                answer.append(
+                    {
+                        "id": str(cursor.lastrowid),
+                        "name": name,
+                        "type": kind,
+                        "occurred": occurred,
+                        "created": created,
+                    }
+                )
             cursor.execute("COMMIT")
         except BaseException:
             cursor.execute("ROLLBACK")
