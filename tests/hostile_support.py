@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conftest import Daemon, Response
+from service_support import wait_for
 
 # Errors a client sees when the server closes or resets under it (or stalls).
 CLOSED = (OSError, http.client.HTTPException)
@@ -344,13 +345,5 @@ def open_files(pid: int) -> dict[int, str]:
     return found
 
 
-def wait_until(predicate, timeout: float = 5, what: str = "condition"):
-    """Poll ``predicate`` until it returns something true; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
+# One poller for all the test support: service_support.wait_for.
+wait_until = wait_for

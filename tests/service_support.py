@@ -7,7 +7,6 @@ listening sockets, a ``$NOTIFY_SOCKET`` to listen on, a Prometheus scrape, and
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import http.client
 import os
@@ -21,14 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conftest import Daemon
+from processes import basic  # noqa: F401 (one definition, used from here too)
 from prometheus_client.parser import text_string_to_metric_families
-
-
-def basic(username: str, password: str) -> dict[str, str]:
-    """The Authorization header of HTTP Basic for these credentials."""
-    token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
-    return {"Authorization": f"Basic {token}"}
-
 
 # ---------------------------------------------------------------- certificates
 
