@@ -389,8 +389,19 @@ class Gwebhook(Server):
     name = "gwebhook"
 
     def command(self, scenario):
+        if scenario.discard and scenario.workers > 1:
+            # The store is disabled in the main process only (discard_twistd).
+            raise Failed("gwebhook: a disabled store needs one server process")
+        # With the store disabled, twistd's entry point is run by
+        # bench/discard_twistd.py, which patches the store first; gwebhook
+        # itself has no such switch.
+        launcher = (
+            [sys.executable, str(HERE / "discard_twistd.py")]
+            if scenario.discard
+            else [str(VENV_BIN / "twistd")]
+        )
         argv = [
-            str(VENV_BIN / "twistd"),
+            *launcher,
             "-n",
             "--pidfile=",
             "gwebhook",
@@ -416,8 +427,6 @@ class Gwebhook(Server):
                 self.options.gwebhook_workers_args.format(workers=scenario.workers)
             )
         env = {"GWEBHOOK_PASSWORD": self.password}
-        if scenario.discard:
-            env["GWEBHOOK_BENCH_DISCARD"] = "1"
         return argv, env
 
 
