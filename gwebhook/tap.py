@@ -11,7 +11,6 @@ from twisted.internet import endpoints
 from twisted.python import usage
 
 from gwebhook import systemd
-from gwebhook.benchswitch import store_class
 from gwebhook.channel import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -36,6 +35,7 @@ from gwebhook.retention import RetentionService
 from gwebhook.routes import WebhookRoutes
 from gwebhook.schema import StoreError, prepare
 from gwebhook.service import WebhookService
+from gwebhook.store import IncidentStore
 from gwebhook.throttle import AuthThrottle
 from gwebhook.tls import ReloadableTLS, TLSConfigError
 from gwebhook.workers import WorkerPool
@@ -353,7 +353,7 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
     metrics = Metrics()
-    store = store_class()(config["db"], keep_samples=bool(config["store-samples"]))
+    store = IncidentStore(config["db"], keep_samples=bool(config["store-samples"]))
     routes = WebhookRoutes(
         store,
         config["credentials"],
