@@ -1,15 +1,26 @@
 """
 The webhook routes.  Limits were enforced by the channel; each request then
 reads top to bottom: credentials, parse, store, answer.
+
+Klein routes every request, except the one thing the daemon does thousands of
+times a second: a POST or PUT to a webhook path goes straight to ``ingest``
+(see :class:`Front`), which saves werkzeug's matching and a coroutine per
+request.  Klein still declares those routes, so the rest of their URL space
+(other methods: 405; odd spellings of a path) is answered as before.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime, timezone
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from gwebhook.answers import RETRY_AFTER_SECONDS, error_answer, json_answer
@@ -17,7 +28,7 @@ from gwebhook.credentials import Credentials
 from gwebhook.gate import Gate
 from gwebhook.headers import headers_for_details
 from gwebhook.metrics import Metrics
-from gwebhook.model import ReceivedRequest
+from gwebhook.model import ReceivedRequest, StoredIncident
 from gwebhook.payload import (
     DEFAULT_TYPE,
     PayloadError,
@@ -32,6 +43,18 @@ from gwebhook.timestamps import format_utc
 log = Logger()
 
 WEBHOOK_METHODS = ["POST", "PUT"]
+_WEBHOOK_METHODS = frozenset(m.encode("ascii") for m in WEBHOOK_METHODS)
+# The webhook paths as Klein's routes below spell them, with a plain name
+# (a percent-escape is left to Klein to decode and judge).
+_WEBHOOK_PATH = re.compile(rb"/|/(?:xsoar/)?instance/execute/[^/%]+")
+
+
+def is_webhook_path(path: bytes) -> bool:
+    """
+    Whether ``path`` (without its query) is one of the webhook routes'.  A
+    path this says no to still reaches Klein, which has the last word.
+    """
+    return _WEBHOOK_PATH.fullmatch(path) is not None
 
 
 class WebhookRoutes:
@@ -56,8 +79,9 @@ class WebhookRoutes:
         self.gate = Gate(credentials, throttle, self.metrics)
         self.store_down = False
 
-    def resource(self):
-        return self.app.resource()
+    def resource(self) -> Resource:
+        """The site's root resource."""
+        return Front(self, self.app.resource())
 
     # XSOAR's URL forms keep working: /instance/execute/<instance-name>, and
     # XSOAR 8's /xsoar/instance/execute/<instance-name>.  The name is ignored.
@@ -66,8 +90,14 @@ class WebhookRoutes:
     @app.route(
         "/xsoar/instance/execute/<_name>", methods=WEBHOOK_METHODS, endpoint="xsoar8"
     )
-    async def webhook(self, request, _name: str | None = None) -> bytes:
-        """Store the incidents a request carries and answer with their ids."""
+    def webhook(self, request, _name: str | None = None) -> bytes | Deferred[bytes]:
+        return self.ingest(request)
+
+    def ingest(self, request) -> bytes | Deferred[bytes]:
+        """
+        Store the incidents a request carries; the answer, with their ids
+        once they are committed.
+        """
         request.route = "webhook"
         received = format_utc(datetime.now(timezone.utc))
 
@@ -105,23 +135,32 @@ class WebhookRoutes:
             body=raw,
         )
         started = time.monotonic()
-        try:
-            stored = await self.store.add(kept, drafts)
-        except StoreUnavailable as e:
-            if not self.store_down:
-                self.store_down = True
-                log.error(
-                    "store unavailable, answering 503 until it recovers: {why}", why=e
-                )
-            request.setHeader(b"Retry-After", str(RETRY_AFTER_SECONDS).encode("ascii"))
-            return error_answer(request, 503, "incident store unavailable; retry later")
+        return self.store.add(kept, drafts).addCallbacks(
+            self._stored,
+            self._not_stored,
+            callbackArgs=(request, started),
+            errbackArgs=(request,),
+        )
+
+    def _stored(self, stored: list[StoredIncident], request, started: float) -> bytes:
         self.metrics.commit_seconds.observe(time.monotonic() - started)
         if self.store_down:
             self.store_down = False
             log.info("store available again")
-
         request.incidents = len(stored)
         return json_answer(request, 200, [s.summary() for s in stored])
+
+    def _not_stored(self, failure: Failure, request) -> bytes | Failure:
+        if not failure.check(StoreUnavailable):
+            return failure
+        if not self.store_down:
+            self.store_down = True
+            log.error(
+                "store unavailable, answering 503 until it recovers: {why}",
+                why=failure.value,
+            )
+        request.setHeader(b"Retry-After", str(RETRY_AFTER_SECONDS).encode("ascii"))
+        return error_answer(request, 503, "incident store unavailable; retry later")
 
     def _authenticate(self, request, client: str) -> bytes | None:
         """
@@ -181,3 +220,38 @@ class WebhookRoutes:
     def internal_error(self, request, failure) -> bytes:
         log.failure("unexpected error handling {path}", failure, path=request.path)
         return error_answer(request, 500, "internal error; the incident was not stored")
+
+
+class Front(Resource):
+    """
+    The root: a webhook POST or PUT goes to :meth:`WebhookRoutes.ingest`
+    directly, anything else to Klein.  Writes the answer as Klein would.
+    """
+
+    isLeaf = True
+
+    def __init__(self, routes: WebhookRoutes, klein: Resource) -> None:
+        super().__init__()
+        self.routes = routes
+        self.klein = klein
+
+    def render(self, request):
+        if request.method not in _WEBHOOK_METHODS or not is_webhook_path(request.path):
+            return self.klein.render(request)
+        try:
+            answer = self.routes.ingest(request)
+        except Exception:
+            return self.routes.internal_error(request, Failure())
+        if isinstance(answer, bytes):
+            return answer
+        answer.addErrback(lambda failure: self.routes.internal_error(request, failure))
+        answer.addCallback(_send, request)
+        return NOT_DONE_YET
+
+
+def _send(body: bytes, request) -> None:
+    # The client may have gone while the store committed: nothing to write to.
+    if request._disconnected:
+        return
+    request.write(body)
+    request.finish()
