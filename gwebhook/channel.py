@@ -9,12 +9,13 @@ its own status and a JSON reason, then the connection is closed.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.web import http, server
 
 from gwebhook.answers import RETRY_AFTER_SECONDS, error_answer, raw_response
@@ -36,6 +37,12 @@ DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 100
 # A TLS close waits for the peer's close_notify; a peer that never sends it
 # does not get to keep the socket longer than this.
 CLOSE_GRACE_SECONDS = 5.0
+# The site's attribute holding each phase's limit, in seconds.
+_PHASE_LIMITS = {
+    "idle": "idleTimeout",
+    "headers": "headerTimeout",
+    "body": "bodyTimeout",
+}
 # As nginx logs it: the client closed the connection before the answer.
 CLIENT_CLOSED_REQUEST = 499
 # A connection over a cap gets this long to send its first bytes (and read
@@ -45,11 +52,18 @@ OVER_LIMIT_SECONDS = 2.0
 SHUTDOWN_GRACE_SECONDS = 0.5
 
 
-_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
-_ACCESS_FORMAT = (
-    "{client} {method} {path} {status} incidents={incidents} "
-    "bytes={bytes} {duration_ms:.1f}ms id={request_id}"
-)
+_ACCESS_LINE = "%s %s %s %d incidents=%d bytes=%d %.1fms id=%s"
+
+
+# Request ids: random per process, then counted, so two processes (workers,
+# restarts) do not repeat each other's, without a system call per request.
+_ids = itertools.count()
+_ID_PREFIX = secrets.token_hex(4)
+
+
+def next_request_id() -> str:
+    """A new request id: 16 hex digits, unique within this process."""
+    return "%s%08x" % (_ID_PREFIX, next(_ids) & 0xFFFFFFFF)
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -98,7 +112,7 @@ class WebhookRequest(server.Request):
 
     def gotLength(self, length: int | None) -> None:
         self.startedAt = time.monotonic()
-        self.requestId = secrets.token_hex(8)
+        self.requestId = next_request_id()
         self._bodyBytes = 0
         self.channel.site.track(self)
         super().gotLength(length)
@@ -129,6 +143,7 @@ class LimitedChannel(http.HTTPChannel):
     _headerBytes = 0
     _phase: str | None = None
     _deadline = None
+    _phaseEnds: float | None = None
     _aborting = None
     _overLimit: str | None = None
     client = "-"
@@ -151,7 +166,7 @@ class LimitedChannel(http.HTTPChannel):
         self._refused = True
         self._enter(None)
         request = self.requests[-1] if self.requests else None
-        request_id = getattr(request, "requestId", None) or secrets.token_hex(8)
+        request_id = getattr(request, "requestId", None) or next_request_id()
         if request is not None:
             # Answered here: no longer in flight, and not "cut off" later.
             self.site.settle(request)
@@ -168,24 +183,49 @@ class LimitedChannel(http.HTTPChannel):
             self._aborting = self.callLater(grace, self.transport.abortConnection)
 
     def _enter(self, phase: str | None) -> None:
-        """Start ``phase`` and its deadline (None: no deadline)."""
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
+        """
+        Start ``phase`` and its deadline (None: no deadline).
+
+        One timer per connection, moved only when a deadline comes sooner than
+        it: a keep-alive connection goes through every phase per request, and
+        a timer per phase was a callLater and a cancel each time.  A timer
+        that fires before its phase's deadline just waits the rest.
+        """
+        self._phase = phase
         if phase == "headers":
             self.requestStarted = time.monotonic()
-        self._phase = phase
-        seconds = {
-            "idle": self.site.idleTimeout,
-            "headers": self.site.headerTimeout,
-            "body": self.site.bodyTimeout,
-            "refusing": OVER_LIMIT_SECONDS,
-        }.get(phase)
-        if seconds:
-            self._deadline = self.callLater(seconds, self._expired, phase, seconds)
+        seconds = self._seconds(phase)
+        if not seconds:
+            self._phaseEnds = None
+            return
+        timer = self._deadline
+        if timer is None or not timer.active():
+            self._deadline = self.callLater(seconds, self._tick)
+            self._phaseEnds = self._deadline.getTime()
+            return
+        self._phaseEnds = timer.seconds() + seconds
+        if timer.getTime() > self._phaseEnds:
+            timer.reset(seconds)
+
+    def _seconds(self, phase: str | None) -> float | None:
+        if phase is None:
+            return None
+        if phase == "refusing":
+            return OVER_LIMIT_SECONDS
+        return getattr(self.site, _PHASE_LIMITS[phase])
+
+    def _tick(self) -> None:
+        timer, self._deadline = self._deadline, None
+        phase, ends = self._phase, self._phaseEnds
+        if phase is None or ends is None:
+            return
+        left = ends - timer.seconds()
+        if left > 0:
+            self._deadline = self.callLater(left, self._tick)
+        else:
+            self._expired(phase, self._seconds(phase))
 
     def _expired(self, phase: str, seconds: float) -> None:
-        self._deadline = None
         if phase == "idle":
             self.closeFirmly()
         elif phase == "refusing":
@@ -277,6 +317,8 @@ class LimitedChannel(http.HTTPChannel):
 
     def connectionLost(self, reason) -> None:
         self._enter(None)
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
         if self._aborting is not None and self._aborting.active():
             self._aborting.cancel()
         self.site.connectionClosed(self)
@@ -526,20 +568,31 @@ class WebhookSite(server.Site):
         never a header value, a credential or a body.
         """
         method_text = method.decode("ascii", "replace")
-        m = self.metrics
-        # A label from a fixed set: a client choosing methods must not be able
-        # to grow the metrics without end.
-        label = method_text if method_text in _KNOWN_METHODS else "other"
-        m.requests.labels(label, route, str(status)).inc()
-        m.request_seconds.observe(seconds)
-        m.body_bytes.observe(body_bytes)
-        if incidents:
-            m.incidents.inc(incidents)
-        log.info(
-            _ACCESS_FORMAT + (" {reason}" if reason else ""),
+        path_text = path.decode("ascii", "replace")
+        self.metrics.answered(
+            method_text, route, status, seconds, body_bytes, incidents
+        )
+        line = _ACCESS_LINE % (
+            client,
+            method_text,
+            path_text,
+            status,
+            incidents,
+            body_bytes,
+            seconds * 1000,
+            request_id,
+        )
+        if reason:
+            line = f"{line} {reason}"
+        # The line is formatted here, once, and handed over as a format with
+        # no fields (braces doubled), so observers do not parse it again; the
+        # fields ride along for observers that want them (the JSON log).
+        log.emit(
+            LogLevel.info,
+            line.replace("{", "{{").replace("}", "}}"),
             client=client,
             method=method_text,
-            path=path.decode("ascii", "replace"),
+            path=path_text,
             status=status,
             incidents=incidents,
             bytes=body_bytes,

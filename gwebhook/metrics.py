@@ -22,6 +22,7 @@ _LATENCY_BUCKETS = (
     5,
     10,
 )
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 _SIZE_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
 
 
@@ -79,3 +80,30 @@ class Metrics:
         self.connections = Gauge(
             "gwebhook_connections_open", "Client connections open now.", registry=r
         )
+        # The request counter's children by labels: ``labels()`` is not free.
+        self._requests: dict[tuple[str, str, int], object] = {}
+
+    def answered(
+        self,
+        method: str,
+        route: str,
+        status: int,
+        seconds: float,
+        body_bytes: int,
+        incidents: int,
+    ) -> None:
+        """Count one answered request."""
+        key = (method, route, status)
+        counter = self._requests.get(key)
+        if counter is None:
+            # A label from a fixed set: a client choosing methods must not be
+            # able to grow the metrics without end.
+            label = method if method in _KNOWN_METHODS else "other"
+            counter = self.requests.labels(label, route, str(status))
+            if label == method:
+                self._requests[key] = counter
+        counter.inc()
+        self.request_seconds.observe(seconds)
+        self.body_bytes.observe(body_bytes)
+        if incidents:
+            self.incidents.inc(incidents)
