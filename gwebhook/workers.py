@@ -172,11 +172,14 @@ class _Worker(ProcessProtocol):
         fields = _safe_fields(record)
         if isinstance(record.get("traceback"), str):
             fields["worker_traceback"] = record["traceback"]
+        message = str(record.get("message", ""))
+        # Formatted here, once, as the access line is (see channel._access):
+        # every request a worker serves passes through here.
         log.emit(
             level,
-            "worker {worker}: {worker_message}",
+            f"worker {self.index}: {message}".replace("{", "{{").replace("}", "}}"),
             worker=self.index,
-            worker_message=str(record.get("message", "")),
+            worker_message=message,
             **fields,
         )
 

@@ -7,11 +7,15 @@ fake clock, through the real site and store.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import pytest_twisted
 from inprocess import BASIC_HEADER, Wire, count_rows, make_site, parse_replies
+from twisted.logger import capturedLogs, formatEvent
 
 from gwebhook.channel import next_request_id
+from gwebhook.logs import to_json
 from gwebhook.routes import is_webhook_path
 
 AUTH = b"Authorization: " + BASIC_HEADER.encode()
@@ -172,3 +176,16 @@ def test_request_ids_are_unique_hex():
     assert all(len(i) == 16 and int(i, 16) >= 0 for i in ids)
     # One process's ids share a random prefix, and count up after it.
     assert len({i[:8] for i in ids}) == 1
+
+
+def test_access_line_is_the_request_as_sent(wire):
+    """The access line is formatted once; braces in a path are not a format."""
+    with capturedLogs() as events:
+        wire.send(request(b"{", b"/{x}/{{y}}"))
+    [line] = [e for e in events if e.get("request_id")]
+    text = formatEvent(line)
+    client = line["client"]
+    assert text.startswith(f"{client} POST /{{x}}/{{{{y}}}} 404 incidents=0 bytes=1 ")
+    assert text.endswith(f"ms id={line['request_id']}")
+    assert (line["status"], line["path"], line["bytes"]) == (404, "/{x}/{{y}}", 1)
+    assert json.loads(to_json(line))["message"] == text

@@ -320,3 +320,14 @@ def test_stopping_with_only_a_respawn_pending_cancels_it():
         reactor.spawned[0].exit()
     assert fired(workers.stopService()) is None
     assert reactor.getDelayedCalls() == []
+
+
+def test_a_message_with_braces_is_relayed_as_written():
+    """A worker's message is text, not a format: braces in a path stay braces."""
+    worker = _Worker(EndedPool(), 3)
+    message = "127.0.0.1 POST /{x}/{{y}} 404 id=1"
+    with capturedLogs() as events:
+        worker.outReceived(json.dumps({"message": message}).encode() + b"\n")
+    [event] = worker_events(events)
+    assert formatEvent(event) == f"worker 3: {message}"
+    assert json.loads(to_json(event))["message"] == f"worker 3: {message}"
