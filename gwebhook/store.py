@@ -6,11 +6,14 @@ one writer anyway).  Group commit: requests that arrive while a commit is
 under way wait and are committed together in the next transaction, so one
 fsync serves many requests; each request is answered only after the
 transaction holding it commits, and a failed transaction fails every request
-in it.  Another DB-API database replaces this module's SQL, not its interface.
+in it.  The processes of ``--workers N`` each have a store of their own on
+the same file and take turns under a writer lock (see ``writerlock``).
+Another DB-API database replaces this module's SQL, not its interface.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -25,6 +28,7 @@ from twisted.python.failure import Failure
 from gwebhook import schema
 from gwebhook.model import IncidentDraft, ReceivedRequest, StoredIncident
 from gwebhook.timestamps import format_utc
+from gwebhook.writerlock import WriterLock
 
 SAMPLE_COUNT = 20
 # Requests per transaction at most, so one commit's latency stays bounded.
@@ -58,6 +62,7 @@ class IncidentStore:
             tuple[ReceivedRequest, Sequence[IncidentDraft], Deferred]
         ] = []
         self._committing = False
+        self._writer_lock = WriterLock(path)
         # Public for the other writers of the same file (retention).
         self.pool = adbapi.ConnectionPool(
             "sqlite3",
@@ -105,8 +110,8 @@ class IncidentStore:
     def _commit_next(self) -> None:
         batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
         self._committing = True
-        done = self.pool.runInteraction(
-            self._insert_batch, [(r, i) for r, i, _ in batch]
+        done = self.pool.runWithConnection(
+            self._write, self._insert_batch, [(r, i) for r, i, _ in batch]
         )
         done.addErrback(self._unavailable)
         done.addBoth(self._committed, [d for _, _, d in batch])
@@ -131,22 +136,61 @@ class IncidentStore:
         durable commit (a fault such as a full disk shows only then).  Fails
         with StoreUnavailable otherwise.
         """
-        d = self.pool.runInteraction(self._probe, write)
+        d = self.pool.runWithConnection(self._probe, write)
         d.addErrback(self._unavailable)
         return d
 
-    def _probe(self, cursor: sqlite3.Cursor, write: bool) -> None:
+    def _probe(self, connection, write: bool) -> None:
         self._check_file()
         if write:
-            cursor.execute(
-                "INSERT OR REPLACE INTO health (id, checked) VALUES (1, ?)",
-                (format_utc(datetime.now(timezone.utc)),),
-            )
+            self._write(connection, self._touch_health)
         else:
+            cursor = connection.cursor()
             cursor.execute("SELECT count(*) FROM sqlite_master").fetchall()
+
+    @staticmethod
+    def _touch_health(cursor: sqlite3.Cursor) -> None:
+        cursor.execute(
+            "INSERT OR REPLACE INTO health (id, checked) VALUES (1, ?)",
+            (format_utc(datetime.now(timezone.utc)),),
+        )
 
     def close(self) -> None:
         self.pool.close()
+        self._writer_lock.close()
+
+    def _write(self, connection, work, *args):
+        """
+        Run ``work(cursor, *args)`` in one write transaction and commit it,
+        all under the writer lock (in the pool's thread).  The lock is let go
+        only once the commit or rollback is done: the next writer must not
+        start waiting on SQLite's lock, whose busy handler sleeps.
+        """
+        try:
+            self._writer_lock.acquire()
+        except OSError as e:
+            raise sqlite3.OperationalError(
+                f"cannot take the writer lock {self._writer_lock.path}: "
+                f"{e.strerror}; let the daemon's user create and write it"
+            ) from e
+        try:
+            cursor = connection.cursor()
+            # Explicit, so savepoints nest in it instead of each RELEASE
+            # committing on its own.  IMMEDIATE takes SQLite's write lock now,
+            # waiting at most the busy timeout for writers that skip ours.
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(cursor, *args)
+                self._check_file()
+                cursor.execute("COMMIT")
+            except BaseException:
+                # A failed COMMIT may have ended the transaction already.
+                with contextlib.suppress(sqlite3.Error):
+                    cursor.execute("ROLLBACK")
+                raise
+        finally:
+            self._writer_lock.release()
+        return result
 
     def _insert_batch(
         self,
@@ -154,14 +198,10 @@ class IncidentStore:
         batch: list[tuple[ReceivedRequest, Sequence[IncidentDraft]]],
     ) -> list[list[StoredIncident] | Failure]:
         """
-        One transaction for every request of the batch (adbapi commits it).
+        Every request of the batch, in the transaction ``_write`` opened.
         Each request is inserted under its own savepoint: one that cannot be
         stored fails alone; a fault of the store itself fails the batch.
         """
-        self._check_file()
-        # Explicit, so the savepoints below nest in it instead of each
-        # RELEASE committing on its own; IMMEDIATE takes the write lock now.
-        cursor.execute("BEGIN IMMEDIATE")
         created = format_utc(datetime.now(timezone.utc))
         results: list[list[StoredIncident] | Failure] = []
         for request, drafts in batch:

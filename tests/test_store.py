@@ -2,6 +2,7 @@
 
 import os
 import sqlite3
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -37,13 +38,13 @@ def outcomes(results):
 async def test_concurrent_requests_share_transactions(store):
     """Requests added together are committed in fewer transactions than requests."""
     transactions = []
-    run = store.pool.runInteraction
+    run = store.pool.runWithConnection
 
     def counting(f, *args):
-        transactions.append(len(args[0]))
+        transactions.append(len(args[1]))
         return run(f, *args)
 
-    store.pool.runInteraction = counting
+    store.pool.runWithConnection = counting
     adds = [store.add(REQUEST, [draft(f"n{i}")]) for i in range(50)]
     results = outcomes(await DeferredList(adds, consumeErrors=True))
     assert [r[0].name for r in results] == [f"n{i}" for i in range(50)]
@@ -108,12 +109,41 @@ async def test_a_removed_store_file_is_refused_until_it_is_back(store, tmp_path)
     assert int(stored.id) == 2
 
 
-def test_the_store_file_is_readable_by_its_owner_only(tmp_path):
+@pytest_twisted.ensureDeferred
+async def test_the_store_files_are_readable_by_their_owner_only(tmp_path):
     """The store holds senders' bodies and headers: it is created mode 0600."""
     path = tmp_path / "private.sqlite"
     store = IncidentStore(str(path))
-    store.close()
+    try:
+        await store.add(REQUEST, [draft("one")])
+    finally:
+        store.close()
     assert path.stat().st_mode & 0o777 == 0o600
+    # Whoever may open the writer lock may hold it.
+    lock = tmp_path / "private.sqlite-writer.lock"
+    assert lock.stat().st_mode & 0o777 == 0o600
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_writer_lock_that_cannot_be_opened_makes_the_store_unavailable(store):
+    """Without its writer lock the store takes nothing, until the lock can be made."""
+    lock = Path(store.path + "-writer.lock")
+    lock.mkdir()
+    with pytest.raises(StoreUnavailable, match="writer lock"):
+        await store.add(REQUEST, [draft("lost")])
+    lock.rmdir()
+    await store.add(REQUEST, [draft("after")])
+    assert rows(store, "SELECT name FROM incidents") == [("after",)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_removed_writer_lock_is_made_again(store):
+    """A writer lock removed under a running store is created again and used."""
+    await store.add(REQUEST, [draft("before")])
+    lock = Path(store.path + "-writer.lock")
+    lock.unlink()
+    await store.add(REQUEST, [draft("after")])
+    assert lock.exists()
 
 
 @pytest_twisted.ensureDeferred
