@@ -14,12 +14,34 @@ from typing import IO
 from twisted.logger import FileLogObserver, formatEvent, formatTime
 
 _SCALARS = (str, int, float, bool, type(None))
+# The last whole second stamped, its text and its zone: most lines share one.
+_second: tuple[int, str, str] = (-1, "", "")
+
+
+def timestamp(when: float | None) -> str:
+    """
+    ``when`` as ``formatTime(when, "%Y-%m-%dT%H:%M:%S.%f%z")`` writes it, but
+    with the date and zone formatted once per second rather than per line:
+    a busy daemon writes a line per request.
+    """
+    global _second
+    if when is None:
+        return "-"
+    whole = int(when // 1)
+    cached = _second
+    if cached[0] != whole:
+        cached = _second = (
+            whole,
+            formatTime(whole, "%Y-%m-%dT%H:%M:%S"),
+            formatTime(whole, "%z"),
+        )
+    return f"{cached[1]}.{int((when - whole) * 1_000_000):06d}{cached[2]}"
 
 
 def to_json(event: dict) -> str:
     """One event as one line of JSON."""
     record = {
-        "time": formatTime(event.get("log_time"), "%Y-%m-%dT%H:%M:%S.%f%z"),
+        "time": timestamp(event.get("log_time")),
         "level": getattr(event.get("log_level"), "name", "info"),
         "namespace": event.get("log_namespace", "-"),
         "message": formatEvent(event),
