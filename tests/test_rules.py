@@ -8,6 +8,7 @@ import gzip
 import json
 import tracemalloc
 import zlib
+from datetime import datetime
 
 import pytest
 from hypothesis import given, settings
@@ -26,6 +27,7 @@ from gwebhook.payload import (
     incidents_from,
     parse_json,
 )
+from gwebhook.timestamps import _canonical_utc, _iso_to_utc
 
 RECEIVED = "2024-05-01T12:00:00Z"
 HEADERS = {"content-type": "application/json", "x-sender": "test"}
@@ -267,6 +269,67 @@ def test_occurred_error_names_element_index():
 def test_occurred_epoch_too_large_for_a_float_is_refused():
     """An integer ``occurred`` too large for any date is refused as unparseable."""
     assert "field 'occurred'" in refused({"occurred": 10**400})
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2024-01-02T03:04:05.000Z", "2024-01-02T03:04:05Z"),
+        ("2024-01-02T03:04:05.5Z", "2024-01-02T03:04:05.500000Z"),
+        ("2024-01-02T03:04:05.123456Z", "2024-01-02T03:04:05.123456Z"),
+        ("2024-01-02T03:04:05.1234567Z", "2024-01-02T03:04:05.123456Z"),
+        ("2024-01-02 03:04:05Z", "2024-01-02T03:04:05Z"),
+    ],
+)
+def test_occurred_utc_fractions_and_separators_are_normalised(value, expected):
+    """A UTC ``occurred`` is stored with no fraction or six digits, and a ``T``."""
+    assert one({"occurred": value}).occurred == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["2024-02-30T00:00:00Z", "2024-01-02T24:00:00Z", "0000-01-01T00:00:00Z"]
+)
+def test_occurred_utc_not_in_the_calendar_is_refused(value):
+    """A UTC ``occurred`` written in the usual form but not a real time is refused."""
+    assert refused({"occurred": value}).startswith("body: field 'occurred' is not")
+
+
+def utc_text(moment: datetime, digits: int) -> str:
+    """``moment`` written ``YYYY-MM-DDTHH:MM:SS[.f]Z`` with ``digits`` of fraction."""
+    text = (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
+    )
+    if digits:
+        text += "." + f"{moment.microsecond:06d}"[:digits]
+    return text + "Z"
+
+
+@given(st.datetimes(), st.integers(min_value=0, max_value=6))
+@settings(max_examples=300, deadline=None)
+def test_the_fast_path_reads_usual_utc_as_the_full_reading_does(moment, digits):
+    """Every real UTC time in the usual form takes the fast path, to the same text."""
+    text = utc_text(moment, digits)
+    assert _canonical_utc(text) is not None
+    assert _canonical_utc(text) == _iso_to_utc(text)
+
+
+# Near misses of the usual form: any digits, fractions too long, other
+# separators, zones, spaces.
+near_utc = st.from_regex(
+    r"\s?[0-9]{4}-[0-9]{2}-[0-9]{2}[T t][0-9]{2}:[0-9]{2}(:[0-9]{2})?"
+    r"([.,][0-9]{0,8})?(Z|z|[+-][0-9]{2}:[0-9]{2})?\s?",
+    fullmatch=True,
+)
+
+
+@given(near_utc | st.text(alphabet="0123456789-T:.Z+ ", max_size=30) | st.text())
+@settings(max_examples=1000, deadline=None)
+def test_the_fast_path_answers_as_the_full_reading_or_not_at_all(text):
+    """On any text, the fast path gives the full reading's answer, or leaves it."""
+    fast = _canonical_utc(text)
+    if fast is not None:
+        assert fast == _iso_to_utc(text)
 
 
 # -- parse_json --------------------------------------------------------------
