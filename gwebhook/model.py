@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class IncidentDraft:
-    """One incident read from a payload, not yet stored."""
+class IncidentDraft(NamedTuple):
+    """
+    One incident read from a payload, not yet stored.  ``details`` are the
+    incident's as sent, without a ``headers`` key: that key is the request's
+    headers, kept once with the request (SPEC 2, 4).  A tuple because an
+    array of incidents makes one per element.
+    """
 
     name: str
     type: str
@@ -28,9 +32,11 @@ class ReceivedRequest:
     body: bytes
 
 
-@dataclass(frozen=True)
-class StoredIncident:
-    """An incident as committed to the store: what the sender is answered."""
+class StoredIncident(NamedTuple):
+    """
+    An incident as committed to the store: what the sender is answered.  A
+    tuple because the store makes one per incident it commits.
+    """
 
     id: str
     name: str
@@ -39,6 +45,7 @@ class StoredIncident:
     created: str
 
     def summary(self) -> dict[str, str]:
+        """The incident as the answer lists it (SPEC 2)."""
         return {
             "id": self.id,
             "name": self.name,

@@ -124,37 +124,39 @@ def parse_json(body: bytes) -> Any:
 
 
 def _draft(
-    obj: Any,
-    where: str,
-    headers: dict[str, str],
-    default_type: str,
-    received: str,
+    obj: Any, index: int | None, default_type: str, received: str
 ) -> IncidentDraft:
+    """One incident from one object: element ``index`` of an array, or the body."""
     if not isinstance(obj, dict):
-        raise PayloadError(f"{where} is not a JSON object")
+        raise PayloadError(f"{_where(index)} is not a JSON object")
     name = obj.get("name", DEFAULT_NAME)
     if not isinstance(name, str):
-        raise PayloadError(f"{where}: field 'name' must be a string")
+        raise PayloadError(f"{_where(index)}: field 'name' must be a string")
     kind = obj.get("type", default_type)
     if not isinstance(kind, str):
-        raise PayloadError(f"{where}: field 'type' must be a string")
+        raise PayloadError(f"{_where(index)}: field 'type' must be a string")
     occurred = received
     if "occurred" in obj:
         try:
             occurred = parse_occurred(obj["occurred"])
         except ValueError as e:
             raise PayloadError(
-                f"{where}: field 'occurred' is not an ISO-8601 date-time or epoch: {e}"
+                f"{_where(index)}: field 'occurred' is not an ISO-8601 date-time "
+                f"or epoch: {e}"
             ) from e
     key = "rawJson" if "rawJson" in obj else "raw_json" if "raw_json" in obj else None
-    if key is None:
-        details = dict(obj)
-    elif isinstance(obj[key], dict):
-        details = dict(obj[key])
-    else:
-        raise PayloadError(f"{where}: field {key!r} must be a JSON object")
-    details["headers"] = headers
-    return IncidentDraft(name=name, type=kind, occurred=occurred, details=details)
+    details = obj if key is None else obj[key]
+    if not isinstance(details, dict):
+        raise PayloadError(f"{_where(index)}: field {key!r} must be a JSON object")
+    if "headers" in details:
+        # The request's headers take this key when the incident is read back
+        # (SPEC 2); the sender's own stay in the body kept with the request.
+        details = {k: v for k, v in details.items() if k != "headers"}
+    return IncidentDraft(name, kind, occurred, details)
+
+
+def _where(index: int | None) -> str:
+    return "body" if index is None else f"element {index}"
 
 
 def incidents_from(
@@ -166,12 +168,17 @@ def incidents_from(
     """
     Apply SPEC section 2 to a parsed JSON document: an object is one incident,
     an array of objects one incident per element, in order.
+
+    The drafts' details do not hold the request's ``headers``: those are
+    kept once, with the request, and put back under ``headers`` when an
+    incident is read back.  ``headers`` is accepted for the callers that
+    still pass it, and unused.
     """
     if isinstance(document, list):
         return [
-            _draft(element, f"element {index}", headers, default_type, received)
+            _draft(element, index, default_type, received)
             for index, element in enumerate(document)
         ]
     if isinstance(document, dict):
-        return [_draft(document, "body", headers, default_type, received)]
+        return [_draft(document, None, default_type, received)]
     raise PayloadError("body must be a JSON object or an array of objects")

@@ -53,7 +53,8 @@ def _summary(row: tuple) -> dict[str, Any]:
 
 def _full(row: tuple) -> dict[str, Any]:
     incident = _summary(row)
-    # The headers are kept once, with the request (see store._stored_details).
+    # The details' ``headers`` are the request's, kept once with it: the
+    # stored details never hold that key (see payload.incidents_from).
     incident["rawJson"] = {**json.loads(row[5]), "headers": json.loads(row[10])}
     incident["request"] = {
         "received": row[6],

@@ -56,7 +56,7 @@ def test_object_is_one_incident():
     """A JSON object becomes exactly one incident."""
     draft = one({"name": "n", "type": "t", "rawJson": {"a": 1}})
     assert (draft.name, draft.type) == ("n", "t")
-    assert draft.details == {"a": 1, "headers": HEADERS}
+    assert draft.details == {"a": 1}
 
 
 def test_array_is_one_incident_per_element_in_order():
@@ -88,13 +88,13 @@ def test_array_element_not_object_names_its_index(element):
 def test_raw_json_is_the_details():
     """The older ``raw_json`` field holds the details when ``rawJson`` is absent."""
     draft = one({"name": "n", "raw_json": {"some_field": "some_value"}})
-    assert draft.details == {"some_field": "some_value", "headers": HEADERS}
+    assert draft.details == {"some_field": "some_value"}
 
 
 def test_rawjson_wins_over_raw_json():
     """When both are present, ``rawJson`` is the details and ``raw_json`` is ignored."""
     draft = one({"rawJson": {"new": 1}, "raw_json": {"old": 1}})
-    assert draft.details == {"new": 1, "headers": HEADERS}
+    assert draft.details == {"new": 1}
 
 
 def test_rawjson_wins_even_when_raw_json_is_invalid():
@@ -105,13 +105,13 @@ def test_rawjson_wins_even_when_raw_json_is_invalid():
 def test_whole_object_is_details_without_rawjson():
     """Without ``rawJson`` or ``raw_json``, the whole object as sent is the details."""
     sent = {"string_field": "string_field_value", "array_field": ["item1", "item2"]}
-    assert one(sent).details == {**sent, "headers": HEADERS}
+    assert one(sent).details == sent
 
 
 def test_whole_object_keeps_its_name_and_type_fields():
     """The whole object as details keeps the fields also read as name and type."""
     draft = one({"name": "n", "type": "t", "x": 1})
-    assert draft.details == {"name": "n", "type": "t", "x": 1, "headers": HEADERS}
+    assert draft.details == {"name": "n", "type": "t", "x": 1}
 
 
 @pytest.mark.parametrize("key", ["rawJson", "raw_json"])
@@ -129,21 +129,24 @@ def test_details_field_error_names_element_index():
     )
 
 
-def test_headers_key_is_added():
-    """The request's headers are added to the details under ``headers``."""
-    assert one({"rawJson": {}}).details == {"headers": HEADERS}
+def test_request_headers_are_not_copied_into_the_details():
+    """
+    The request's headers stay with the request, not in each incident's
+    details: they are put back under ``headers`` when the incident is read.
+    """
+    assert one({"rawJson": {}}).details == {}
 
 
 @pytest.mark.parametrize("key", ["rawJson", None])
-def test_headers_key_overwrites_the_senders(key):
-    """A sender's own ``headers`` field in the details is replaced by the request's."""
+def test_a_senders_own_headers_field_leaves_the_details(key):
+    """A sender's ``headers`` field leaves the details; the key is the request's."""
     inner = {"headers": {"forged": "yes"}, "other": 1}
     draft = one({key: inner} if key else inner)
-    assert draft.details == {"headers": HEADERS, "other": 1}
+    assert draft.details == {"other": 1}
 
 
 def test_document_is_not_modified():
-    """Reading a document never changes it (the details are copies)."""
+    """Reading a document never changes it."""
     document = {"rawJson": {"headers": "mine"}}
     snapshot = json.dumps(document)
     one(document)
@@ -752,10 +755,10 @@ plain_objects = st.dictionaries(plain_keys, json_values, max_size=5)
 @given(plain_objects)
 @settings(max_examples=75, deadline=None)
 def test_any_object_round_trips_into_details(obj):
-    """Any JSON object sent as a body comes back as the details, plus ``headers``."""
+    """Any JSON object sent as a body comes back as the details."""
     body = json.dumps(obj).encode("utf-8")
     draft = one(parse_json(body))
-    assert draft.details == {**obj, "headers": HEADERS}
+    assert draft.details == obj
     assert (draft.name, draft.type, draft.occurred) == (
         DEFAULT_NAME,
         DEFAULT_TYPE,
@@ -768,7 +771,7 @@ def test_any_object_round_trips_into_details(obj):
 def test_any_rawjson_round_trips_into_details(inner, name, kind):
     """Any object under ``rawJson`` is the details, with name and type as given."""
     draft = one({"name": name, "type": kind, "rawJson": inner, "other": 1})
-    assert draft.details == {**inner, "headers": HEADERS}
+    assert draft.details == inner
     assert (draft.name, draft.type) == (name, kind)
 
 
