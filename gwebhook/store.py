@@ -14,6 +14,7 @@ Another DB-API database replaces this module's SQL, not its interface.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -35,15 +36,34 @@ SAMPLE_COUNT = 20
 MAX_BATCH = 512
 
 
-def _stored_details(details: dict) -> str:
-    """
-    The details as stored: without ``headers``, which are the request's and
-    kept once with it (readback puts them back).  Copied into each incident,
-    a request of 10,000 incidents would store its headers 10,000 times.
-    """
-    return json.dumps(
-        {k: v for k, v in details.items() if k != "headers"}, ensure_ascii=False
-    )
+# Made once: json.dumps with options builds a new encoder at every call.
+_encode_details = json.JSONEncoder(ensure_ascii=False).encode
+
+# The first incident id never given: after the newest row, and after every
+# row deleted since (AUTOINCREMENT keeps that in sqlite_sequence, which
+# follows the ids given explicitly too).
+_NEXT_INCIDENT_ID = (
+    "SELECT 1 + max("
+    " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'incidents'), 0),"
+    " coalesce((SELECT max(id) FROM incidents), 0))"
+)
+
+# Incidents per INSERT statement at most (800 values: under SQLite's oldest
+# limit of 999).  One statement for many rows does SQLite's per-statement
+# work (AUTOINCREMENT's bookkeeping) once, and lets go of the GIL once:
+# sqlite3 releases it around every step, and on a core the reactor shares,
+# each release can be a switch to the reactor thread and back.
+ROWS_PER_INSERT = 100
+_INSERT_INCIDENTS = (
+    "INSERT INTO incidents (id, request_id, position, name, type, occurred,"
+    " created, details) VALUES "
+)
+
+
+@functools.lru_cache(maxsize=ROWS_PER_INSERT)
+def _insert_incidents(rows: int) -> str:
+    """The statement inserting ``rows`` incidents: placeholders only, no data."""
+    return _INSERT_INCIDENTS + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
 
 
 class StoreUnavailable(Exception):
@@ -203,29 +223,37 @@ class IncidentStore:
         stored fails alone; a fault of the store itself fails the batch.
         """
         created = format_utc(datetime.now(timezone.utc))
+        # Ids chosen here, under the write lock, so that many incidents go
+        # in with one statement, without asking SQLite for each row's id.
+        (next_id,) = cursor.execute(_NEXT_INCIDENT_ID).fetchone()
         results: list[list[StoredIncident] | Failure] = []
         for request, drafts in batch:
             cursor.execute("SAVEPOINT request")
             try:
-                results.append(self._insert(cursor, request, drafts, created))
+                stored = self._insert(cursor, request, drafts, next_id, created)
             except sqlite3.OperationalError:
                 raise
             except Exception:
                 cursor.execute("ROLLBACK TO request")
                 results.append(Failure())
+            else:
+                next_id += len(stored)
+                results.append(stored)
             cursor.execute("RELEASE request")
         if self.keep_samples:
             kept = [s for stored in results if isinstance(stored, list) for s in stored]
             self._keep_samples(cursor, kept)
         return results
 
+    @staticmethod
     def _insert(
-        self,
         cursor: sqlite3.Cursor,
         request: ReceivedRequest,
         drafts: Sequence[IncidentDraft],
+        first_id: int,
         created: str,
     ) -> list[StoredIncident]:
+        """One request and its incidents, numbered from ``first_id``."""
         cursor.execute(
             "INSERT INTO requests (received, client, method, path, headers, body)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -239,31 +267,25 @@ class IncidentStore:
             ),
         )
         request_id = cursor.lastrowid
-        stored = []
-        for position, draft in enumerate(drafts):
-            cursor.execute(
-                "INSERT INTO incidents (request_id, position, name, type, occurred,"
-                " created, details) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
+        for start in range(0, len(drafts), ROWS_PER_INSERT):
+            chunk = drafts[start : start + ROWS_PER_INSERT]
+            values: list = []
+            for position, (name, kind, occurred, details) in enumerate(chunk, start):
+                values += (
+                    first_id + position,
                     request_id,
                     position,
-                    draft.name,
-                    draft.type,
-                    draft.occurred,
+                    name,
+                    kind,
+                    occurred,
                     created,
-                    _stored_details(draft.details),
-                ),
-            )
-            stored.append(
-                StoredIncident(
-                    id=str(cursor.lastrowid),
-                    name=draft.name,
-                    type=draft.type,
-                    occurred=draft.occurred,
-                    created=created,
+                    _encode_details(details),
                 )
-            )
-        return stored
+            cursor.execute(_insert_incidents(len(chunk)), values)
+        return [
+            StoredIncident(str(first_id + position), name, kind, occurred, created)
+            for position, (name, kind, occurred, _) in enumerate(drafts)
+        ]
 
     @staticmethod
     def _keep_samples(cursor: sqlite3.Cursor, stored: list[StoredIncident]) -> None:

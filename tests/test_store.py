@@ -1,5 +1,6 @@
 """The incident store on a real SQLite file: group commit and its failures."""
 
+import contextlib
 import os
 import sqlite3
 from pathlib import Path
@@ -9,6 +10,8 @@ import pytest_twisted
 from twisted.internet.defer import DeferredList
 
 from gwebhook.model import IncidentDraft, ReceivedRequest
+from gwebhook.payload import incidents_from
+from gwebhook.readback import open_store, show_incident
 from gwebhook.store import IncidentStore, StoreUnavailable
 
 REQUEST = ReceivedRequest("2026-01-01T00:00:00Z", "127.0.0.1", "POST", "/", {}, b"{}")
@@ -166,9 +169,64 @@ async def test_headers_are_stored_once_per_request(store):
     request = ReceivedRequest(
         "2026-01-01T00:00:00Z", "127.0.0.1", "POST", "/", headers, b"[]"
     )
-    drafts = [draft(f"n{i}", {"i": i, "headers": headers}) for i in range(200)]
-    await store.add(request, drafts)
+    document = [
+        {"name": f"n{i}", "i": i, "headers": "the sender's"} for i in range(200)
+    ]
+    drafts = incidents_from(document, headers, "Unclassified", "2026-01-01T00:00:00Z")
+    stored = await store.add(request, drafts)
     [(total,)] = rows(store, "SELECT sum(length(details)) FROM incidents")
     assert total < 200 * 100
     [(kept,)] = rows(store, "SELECT length(headers) FROM requests")
     assert kept > 10_000
+    with contextlib.closing(open_store(store.path)) as db:
+        shown = show_incident(db, stored[7].id)
+    assert shown["rawJson"] == {"name": "n7", "i": 7, "headers": headers}
+
+
+@pytest_twisted.ensureDeferred
+async def test_ids_are_not_reused_after_the_newest_incidents_are_deleted(store):
+    """An id once given is never given again, even after its row was deleted."""
+    stored = await store.add(REQUEST, [draft("a"), draft("b"), draft("c")])
+    with sqlite3.connect(store.path) as db:
+        db.execute("DELETE FROM incidents WHERE id >= ?", (int(stored[1].id),))
+    [after] = await store.add(REQUEST, [draft("after")])
+    assert int(after.id) == int(stored[2].id) + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_ids_after_a_failed_request_are_above_every_acknowledged_one(store):
+    """A request that failed, alone or with its batch, leaves no id to give twice."""
+    batch = [
+        store.add(REQUEST, [draft("first")]),
+        store.add(REQUEST, [draft("bad", {"x": {1, 2}})]),  # not JSON
+        store.add(REQUEST, [draft("second"), draft("third")]),
+    ]
+    first, failed, rest = outcomes(await DeferredList(batch, consumeErrors=True))
+    assert isinstance(failed, TypeError)
+    acknowledged = [int(s.id) for s in first + rest]
+    [after] = await store.add(REQUEST, [draft("after")])
+    assert int(after.id) > max(acknowledged)
+    assert len(set(acknowledged)) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_keeps_counting_from_the_ids_the_store_gives(store):
+    """Ids the store chooses advance SQLite's own sequence, for any other writer."""
+    stored = await store.add(REQUEST, [draft(f"n{i}") for i in range(250)])
+    assert rows(store, "SELECT id, name, position FROM incidents ORDER BY id") == [
+        (int(s.id), f"n{i}", i) for i, s in enumerate(stored)
+    ]
+    assert rows(store, "SELECT seq FROM sqlite_sequence WHERE name = 'incidents'") == [
+        (int(stored[-1].id),)
+    ]
+    with sqlite3.connect(store.path) as db:
+        db.execute("DELETE FROM incidents")
+        db.execute(
+            "INSERT INTO incidents (request_id, position, name, type, occurred,"
+            " created, details) VALUES (1, 0, 'other', 't', 'o', 'c', '{}')"
+        )
+        [(other,)] = db.execute("SELECT id FROM incidents").fetchall()
+        db.execute("DELETE FROM incidents")
+    assert other == int(stored[-1].id) + 1
+    [after] = await store.add(REQUEST, [draft("after")])
+    assert int(after.id) == other + 1
