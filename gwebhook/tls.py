@@ -18,7 +18,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from zope.interface import implementer
 
 log = Logger()
@@ -185,7 +185,9 @@ class ReloadableTLS:
         self.options = options_for(*self._pair)
 
 
-class _ServerTLSProtocol(TLSMemoryBIOProtocol):
+class _ServerTLSProtocol(BufferingTLSTransport):
+    # Twisted's default for TLSMemoryBIOFactory: an answer's headers and body,
+    # written separately, leave in one TLS record and one encryption call.
     def connectionLost(self, reason):
         if not self._handshakeDone and self.factory.onHandshakeFailure:
             self.factory.onHandshakeFailure()
