@@ -39,14 +39,16 @@ MAX_BATCH = 512
 # Made once: json.dumps with options builds a new encoder at every call.
 _encode_details = json.JSONEncoder(ensure_ascii=False).encode
 
-# The first incident id never given: after the newest row, and after every
+# The first id never given in a table: after the newest row, and after every
 # row deleted since (AUTOINCREMENT keeps that in sqlite_sequence, which
 # follows the ids given explicitly too).
-_NEXT_INCIDENT_ID = (
+_NEXT_ID = (
     "SELECT 1 + max("
-    " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'incidents'), 0),"
-    " coalesce((SELECT max(id) FROM incidents), 0))"
+    " coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0),"
+    " coalesce((SELECT max(id) FROM {table}), 0))"
 )
+_NEXT_REQUEST_ID = _NEXT_ID.format(table="requests")
+_NEXT_INCIDENT_ID = _NEXT_ID.format(table="incidents")
 
 # Incidents per INSERT statement at most (800 values: under SQLite's oldest
 # limit of 999).  One statement for many rows does SQLite's per-statement
@@ -60,10 +62,71 @@ _INSERT_INCIDENTS = (
 )
 
 
+_INSERT_REQUESTS = (
+    "INSERT INTO requests (id, received, client, method, path, headers, body) VALUES "
+)
+
+
 @functools.lru_cache(maxsize=ROWS_PER_INSERT)
 def _insert_incidents(rows: int) -> str:
     """The statement inserting ``rows`` incidents: placeholders only, no data."""
     return _INSERT_INCIDENTS + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+
+
+@functools.lru_cache(maxsize=ROWS_PER_INSERT)
+def _insert_requests(rows: int) -> str:
+    """The statement inserting ``rows`` requests: placeholders only, no data."""
+    return _INSERT_REQUESTS + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+
+
+def _insert_rows(cursor, statement, width: int, values: list) -> None:
+    """Insert ``values`` (rows of ``width`` flattened) 100 rows a statement."""
+    step = ROWS_PER_INSERT * width
+    for start in range(0, len(values), step):
+        chunk = values[start : start + step]
+        cursor.execute(statement(len(chunk) // width), chunk)
+
+
+def _request_row(request_id: int, request: ReceivedRequest) -> tuple:
+    """A request's row for ``_insert_requests``."""
+    return (
+        request_id,
+        request.received,
+        request.client,
+        request.method,
+        request.path,
+        _encode_details(request.headers),
+        request.body,
+    )
+
+
+def _incident_rows(
+    first_id: int, request_id: int, drafts: Sequence[IncidentDraft], created: str
+) -> list:
+    """A request's incidents, numbered from ``first_id``, as flat row values."""
+    values: list = []
+    for position, (name, kind, occurred, details) in enumerate(drafts):
+        values += (
+            first_id + position,
+            request_id,
+            position,
+            name,
+            kind,
+            occurred,
+            created,
+            _encode_details(details),
+        )
+    return values
+
+
+def _stored(
+    first_id: int, drafts: Sequence[IncidentDraft], created: str
+) -> list[StoredIncident]:
+    """What the sender is told of a request's incidents once committed."""
+    return [
+        StoredIncident(str(first_id + position), name, kind, occurred, created)
+        for position, (name, kind, occurred, _) in enumerate(drafts)
+    ]
 
 
 class StoreUnavailable(Exception):
@@ -96,6 +159,8 @@ class IncidentStore:
             cp_min=1,
             cp_max=1,
             cp_openfun=self._opened,
+            # Room for the multi-row INSERTs of every size (2 x 100).
+            cached_statements=256,
         )
 
     def _opened(self, connection: sqlite3.Connection) -> None:
@@ -219,73 +284,86 @@ class IncidentStore:
     ) -> list[list[StoredIncident] | Failure]:
         """
         Every request of the batch, in the transaction ``_write`` opened.
-        Each request is inserted under its own savepoint: one that cannot be
-        stored fails alone; a fault of the store itself fails the batch.
+
+        First all of them at once: the requests in one multi-row INSERT, the
+        incidents in another (100 rows a statement), with ids chosen here
+        under the write lock.  Should that fail for something one request
+        carries (not a fault of the store), it is undone and done again a
+        request at a time, each under a savepoint, so only that one fails.
+        A fault of the store itself fails the batch.
         """
         created = format_utc(datetime.now(timezone.utc))
-        # Ids chosen here, under the write lock, so that many incidents go
-        # in with one statement, without asking SQLite for each row's id.
-        (next_id,) = cursor.execute(_NEXT_INCIDENT_ID).fetchone()
-        results: list[list[StoredIncident] | Failure] = []
-        for request, drafts in batch:
-            cursor.execute("SAVEPOINT request")
-            try:
-                stored = self._insert(cursor, request, drafts, next_id, created)
-            except sqlite3.OperationalError:
-                raise
-            except Exception:
-                cursor.execute("ROLLBACK TO request")
-                results.append(Failure())
-            else:
-                next_id += len(stored)
-                results.append(stored)
-            cursor.execute("RELEASE request")
+        (request_id,) = cursor.execute(_NEXT_REQUEST_ID).fetchone()
+        (incident_id,) = cursor.execute(_NEXT_INCIDENT_ID).fetchone()
+        cursor.execute("SAVEPOINT batch")
+        try:
+            results = self._insert_all(cursor, batch, request_id, incident_id, created)
+        except sqlite3.OperationalError:
+            raise
+        except Exception:
+            cursor.execute("ROLLBACK TO batch")
+            results = self._insert_each(cursor, batch, request_id, incident_id, created)
+        cursor.execute("RELEASE batch")
         if self.keep_samples:
             kept = [s for stored in results if isinstance(stored, list) for s in stored]
             self._keep_samples(cursor, kept)
         return results
 
     @staticmethod
-    def _insert(
+    def _insert_all(
         cursor: sqlite3.Cursor,
-        request: ReceivedRequest,
-        drafts: Sequence[IncidentDraft],
-        first_id: int,
+        batch: list[tuple[ReceivedRequest, Sequence[IncidentDraft]]],
+        request_id: int,
+        incident_id: int,
         created: str,
-    ) -> list[StoredIncident]:
-        """One request and its incidents, numbered from ``first_id``."""
-        cursor.execute(
-            "INSERT INTO requests (received, client, method, path, headers, body)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                request.received,
-                request.client,
-                request.method,
-                request.path,
-                json.dumps(request.headers),
-                request.body,
-            ),
-        )
-        request_id = cursor.lastrowid
-        for start in range(0, len(drafts), ROWS_PER_INSERT):
-            chunk = drafts[start : start + ROWS_PER_INSERT]
-            values: list = []
-            for position, (name, kind, occurred, details) in enumerate(chunk, start):
-                values += (
-                    first_id + position,
-                    request_id,
-                    position,
-                    name,
-                    kind,
-                    occurred,
-                    created,
-                    _encode_details(details),
+    ) -> list[list[StoredIncident] | Failure]:
+        """The whole batch in two kinds of statement; raises if any row fails."""
+        requests: list = []
+        incidents: list = []
+        results: list[list[StoredIncident] | Failure] = []
+        for request, drafts in batch:
+            requests += _request_row(request_id, request)
+            incidents += _incident_rows(incident_id, request_id, drafts, created)
+            results.append(_stored(incident_id, drafts, created))
+            request_id += 1
+            incident_id += len(drafts)
+        _insert_rows(cursor, _insert_requests, 7, requests)
+        _insert_rows(cursor, _insert_incidents, 8, incidents)
+        return results
+
+    @staticmethod
+    def _insert_each(
+        cursor: sqlite3.Cursor,
+        batch: list[tuple[ReceivedRequest, Sequence[IncidentDraft]]],
+        request_id: int,
+        incident_id: int,
+        created: str,
+    ) -> list[list[StoredIncident] | Failure]:
+        """The batch a request at a time: one that cannot be stored fails alone."""
+        results: list[list[StoredIncident] | Failure] = []
+        for request, drafts in batch:
+            cursor.execute("SAVEPOINT request")
+            try:
+                _insert_rows(
+                    cursor, _insert_requests, 7, _request_row(request_id, request)
                 )
-            cursor.execute(_insert_incidents(len(chunk)), values)
-        return [
-            StoredIncident(str(first_id + position), name, kind, occurred, created)
-            for position, (name, kind, occurred, _) in enumerate(drafts)
-        ]
+                _insert_rows(
+                    cursor,
+                    _insert_incidents,
+                    8,
+                    _incident_rows(incident_id, request_id, drafts, created),
+                )
+            except sqlite3.OperationalError:
+                raise
+            except Exception:
+                cursor.execute("ROLLBACK TO request")
+                results.append(Failure())
+            else:
+                results.append(_stored(incident_id, drafts, created))
+                request_id += 1
+                incident_id += len(drafts)
+            cursor.execute("RELEASE request")
+        return results
 
     @staticmethod
     def _keep_samples(cursor: sqlite3.Cursor, stored: list[StoredIncident]) -> None:
