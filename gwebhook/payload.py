@@ -161,7 +161,6 @@ def _where(index: int | None) -> str:
 
 def incidents_from(
     document: Any,
-    headers: dict[str, str],
     default_type: str,
     received: str,
 ) -> list[IncidentDraft]:
@@ -171,8 +170,7 @@ def incidents_from(
 
     The drafts' details do not hold the request's ``headers``: those are
     kept once, with the request, and put back under ``headers`` when an
-    incident is read back.  ``headers`` is accepted for the callers that
-    still pass it, and unused.
+    incident is read back.
     """
     if isinstance(document, list):
         return [

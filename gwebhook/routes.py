@@ -117,9 +117,7 @@ class WebhookRoutes:
             body = decode_body(
                 raw, headers.get("content-encoding"), self.max_body_bytes
             )
-            drafts = incidents_from(
-                parse_json(body), headers, self.incident_type, received
-            )
+            drafts = incidents_from(parse_json(body), self.incident_type, received)
         except PayloadError as e:
             return error_answer(request, e.status, str(e))
         if not drafts:

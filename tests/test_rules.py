@@ -30,11 +30,10 @@ from gwebhook.payload import (
 from gwebhook.timestamps import _canonical_utc, _iso_to_utc
 
 RECEIVED = "2024-05-01T12:00:00Z"
-HEADERS = {"content-type": "application/json", "x-sender": "test"}
 
 
-def drafts(document, headers=HEADERS, default_type=DEFAULT_TYPE):
-    return incidents_from(document, headers, default_type, RECEIVED)
+def drafts(document, default_type=DEFAULT_TYPE):
+    return incidents_from(document, default_type, RECEIVED)
 
 
 def one(document, **kwargs):

@@ -172,7 +172,7 @@ async def test_headers_are_stored_once_per_request(store):
     document = [
         {"name": f"n{i}", "i": i, "headers": "the sender's"} for i in range(200)
     ]
-    drafts = incidents_from(document, headers, "Unclassified", "2026-01-01T00:00:00Z")
+    drafts = incidents_from(document, "Unclassified", "2026-01-01T00:00:00Z")
     stored = await store.add(request, drafts)
     [(total,)] = rows(store, "SELECT sum(length(details)) FROM incidents")
     assert total < 200 * 100
