@@ -11,6 +11,7 @@ runs ``prune`` in the daemon on a schedule.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
 from twisted.application import service
 from twisted.enterprise import adbapi
@@ -203,8 +204,9 @@ class RetentionService(service.Service):
     """
     Deletes incidents received more than ``retain_days`` ago: first
     ``start_delay`` seconds after start-up, then every ``interval`` seconds,
-    through ``pool.runInteraction`` (the store's adbapi ConnectionPool, whose
-    one connection serialises the prune with the webhook writes).  A store
+    through ``write`` (the store's: its one connection serialises the prune
+    with the webhook writes, and its writer lock with other processes'), or
+    else ``pool.runInteraction``.  A store
     error is logged and the prune tried again next time; the freed pages are
     reused by new incidents, so the file stops growing without a VACUUM.
     """
@@ -216,10 +218,12 @@ class RetentionService(service.Service):
         interval: float = DEFAULT_INTERVAL,
         clock: IReactorTime | None = None,
         start_delay: float = START_DELAY,
+        write: Callable[..., Deferred] | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.pool = pool
+        self._write = write or pool.runInteraction
         self.retain_days = retain_days
         self.interval = interval
         self.clock = clock
@@ -259,7 +263,7 @@ class RetentionService(service.Service):
         (incidents, requests), or None after logging a failure.
         """
         before = from_epoch(self.clock.seconds() - self.retain_days * SECONDS_PER_DAY)
-        d = maybeDeferred(self.pool.runInteraction, prune, before)
+        d = maybeDeferred(self._write, prune, before)
         d.addCallbacks(
             self._pruned, self._failed, callbackArgs=(before,), errbackArgs=(before,)
         )

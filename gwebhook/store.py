@@ -240,6 +240,14 @@ class IncidentStore:
             (format_utc(datetime.now(timezone.utc)),),
         )
 
+    def write(self, work, *args) -> Deferred:
+        """
+        Run ``work(cursor, *args)`` in a write transaction of its own, under
+        the writer lock, as the store's own batches are (for retention).
+        Fails with the database's own error.
+        """
+        return self.pool.runWithConnection(self._write, work, *args)
+
     def close(self) -> None:
         self.pool.close()
         self._writer_lock.close()

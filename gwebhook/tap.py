@@ -390,7 +390,7 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
         top.workers.setServiceParent(top)
     if config["retain-days"] is not None:
         RetentionService(
-            store.pool, config["retain-days"], clock=reactor
+            store.pool, config["retain-days"], clock=reactor, write=store.write
         ).setServiceParent(top)
     if config["metrics-port"] is not None:
         where = endpoints.TCP4ServerEndpoint(

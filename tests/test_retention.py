@@ -6,6 +6,8 @@ incidents received before a date, with their requests and samples rows.
 from __future__ import annotations
 
 import base64
+import fcntl
+import os
 import sqlite3
 import subprocess
 import sys
@@ -23,7 +25,9 @@ from twisted.internet.task import Clock, deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 
 from gwebhook import retention, schema
+from gwebhook.store import IncidentStore
 from gwebhook.timestamps import format_utc
+from gwebhook.writerlock import SUFFIX
 
 GWEBHOOK = str(Path(sys.executable).with_name("gwebhook"))
 AUTH = ["--username", "admin", "--password", "pw"]
@@ -432,3 +436,34 @@ async def test_service_stopped_before_its_first_prune(store, reports):
     clock.advance(retention.START_DELAY)
     assert clock.getDelayedCalls() == []
     assert reports == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_service_prunes_under_the_stores_writer_lock(tmp_path, reports):
+    """
+    As the daemon wires it (``write=store.write``), a prune waits for the
+    writer lock the worker processes take, and then runs.
+    """
+    path = tmp_path / "s.sqlite"
+    store = IncidentStore(str(path))
+    db = new_store(path)
+    add_request(db, days_ago(40))
+    holder = os.open(str(path) + SUFFIX, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another process's transaction
+    service, clock = service_at(store.pool, NOW, start_delay=0, write=store.write)
+    try:
+        service.startService()
+        clock.advance(0)
+        await deferLater(reactor, 0.3)
+        assert reports == []  # waiting for the lock
+        assert column(db, "SELECT count(*) FROM incidents") == [1]
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        await logged(reports, 1)
+        assert (reports[0]["incidents"], reports[0]["requests"]) == (1, 1)
+        assert column(db, "SELECT count(*) FROM incidents") == [0]
+    finally:
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        os.close(holder)
+        await service.stopService()
+        store.close()
+        db.close()
