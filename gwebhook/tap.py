@@ -8,9 +8,10 @@ import os
 
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.logger import Logger
 from twisted.python import usage
 
-from gwebhook import systemd
+from gwebhook import affinity, systemd
 from gwebhook.channel import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -39,6 +40,8 @@ from gwebhook.store import IncidentStore
 from gwebhook.throttle import AuthThrottle
 from gwebhook.tls import ReloadableTLS, TLSConfigError
 from gwebhook.workers import WorkerPool
+
+log = Logger()
 
 PASSWORD_ENV = "GWEBHOOK_PASSWORD"  # noqa: S105 (a variable name, not a secret)
 
@@ -226,6 +229,12 @@ class Options(usage.Options):
         ["no-tls", None, "Serve plain HTTP (only behind a TLS-terminating proxy)."],
         ["allow-anonymous", None, "Accept requests without credentials."],
         ["store-samples", None, "Keep the 20 most recent incidents as samples."],
+        [
+            "pin-cpus",
+            None,
+            "Pin each serving process (the main one and each of --workers) to "
+            "one CPU, in turn; for hosts that run little else.",
+        ],
     ]
 
     def __init__(
@@ -246,6 +255,10 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self.worker:
             self["workers"], self["metrics-port"], self["retain-days"] = 1, None, None
+        if self["pin-cpus"] and not affinity.supported():
+            raise usage.UsageError(
+                "--pin-cpus needs an OS with CPU affinity (Linux); leave it out"
+            )
         self["credentials"] = self._credentials()
         self["tls"] = self._tls()
         self["inherited-socket"] = systemd.inherited_socket()
@@ -352,6 +365,11 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
     """The daemon: a TLS listener serving the webhook routes, and the store."""
     if reactor is None:
         from twisted.internet import reactor
+    cpus = affinity.usable_cpus() if config["pin-cpus"] else None
+    if cpus is not None and not config.worker:
+        # Before the store's thread starts, so that it shares the CPU.
+        affinity.pin(affinity.cpu_for(0, cpus))
+        log.info("pinned to CPU {cpu}", cpu=affinity.cpu_for(0, cpus))
     metrics = Metrics()
     store = IncidentStore(config["db"], keep_samples=bool(config["store-samples"]))
     routes = WebhookRoutes(
@@ -386,6 +404,7 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
             config["inherited-socket"],
             config["shutdown-timeout"],
             reactor,
+            cpus=cpus,
         )
         top.workers.setServiceParent(top)
     if config["retain-days"] is not None:

@@ -20,6 +20,8 @@ if os.environ.pop("GWEBHOOK_WORKER_INHERITS", None) == "1":
     os.environ["LISTEN_FDS"] = "1"
     os.environ["LISTEN_FDNAMES"] = "gwebhook"
 
+from gwebhook import affinity  # noqa: E402  (after the environment above)
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -36,6 +38,10 @@ def _die_with_parent() -> None:
 
 def main() -> None:
     _die_with_parent()
+    cpu = os.environ.pop(affinity.WORKER_CPU_ENVIRONMENT, None)
+    if cpu is not None:
+        # --pin-cpus: before any thread starts.
+        affinity.pin(int(cpu))
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner
 

@@ -25,6 +25,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import InvalidLogLevelError, Logger, LogLevel
 from zope.interface import implementer
 
+from gwebhook import affinity
+
 log = Logger()
 
 # How a worker learns its configuration: the environment, never its command
@@ -202,8 +204,11 @@ class WorkerPool(service.Service):
         inherited_socket: int | None,
         shutdown_timeout: float,
         reactor,
+        cpus: list[int] | None = None,
     ) -> None:
         self.count = count
+        # With --pin-cpus: the CPUs to pin workers to (see gwebhook.affinity).
+        self.cpus = cpus
         self.argv = argv
         self.inherited_socket = inherited_socket
         self.shutdown_timeout = shutdown_timeout
@@ -227,6 +232,10 @@ class WorkerPool(service.Service):
             return
         env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
         env[ARGV_ENVIRONMENT] = json.dumps(self.argv)
+        if self.cpus:
+            env[affinity.WORKER_CPU_ENVIRONMENT] = str(
+                affinity.cpu_for(index, self.cpus)
+            )
         fds = {0: "w", 1: "r", 2: "r"}
         if self.inherited_socket is not None:
             env[INHERIT_ENVIRONMENT] = "1"

@@ -331,3 +331,38 @@ def test_a_message_with_braces_is_relayed_as_written():
     [event] = worker_events(events)
     assert formatEvent(event) == f"worker 3: {message}"
     assert json.loads(to_json(event))["message"] == f"worker 3: {message}"
+
+
+def cpus_of_threads(pid: int) -> set[str]:
+    """The Cpus_allowed_list of every thread of ``pid``."""
+    lists = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            for line in f:
+                if line.startswith("Cpus_allowed_list:"):
+                    lists.add(line.split()[1])
+    return lists
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_pin_cpus_puts_each_process_and_all_its_threads_on_its_own_cpu(daemon):
+    """--pin-cpus: the main process on the first CPU, the worker on the next."""
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    d = daemon(*AUTH, "--pin-cpus")
+    [worker] = wait_for(lambda: workers_of(d.process.pid), what="a worker process")
+    wait_for_log(d, "worker 1: gwebhook ready")
+    # Both serve (their store threads started): every thread is pinned.
+    for n in range(40):
+        assert d.request(body=b'{"name": "p%d"}' % n, headers=HEADERS).status == 200
+    wait_for_log(d, "worker 1: 127.0.0.1 POST / 200")
+    assert cpus_of_threads(d.process.pid) == {str(first)}
+    assert cpus_of_threads(worker) == {str(second)}
+    wait_for_log(d, f"pinned to CPU {first}")
+
+
+def test_without_pin_cpus_nothing_is_pinned(daemon):
+    d = daemon(*AUTH)
+    [worker] = wait_for(lambda: workers_of(d.process.pid), what="a worker process")
+    mine = sorted(os.sched_getaffinity(0))
+    assert len(os.sched_getaffinity(d.process.pid)) == len(mine)
+    assert len(os.sched_getaffinity(worker)) == len(mine)
