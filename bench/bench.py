@@ -990,8 +990,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--gwebhook-workers-args",
-        default="--workers {workers}",
-        help="gwebhook options for scenario f (default '--workers {workers}')",
+        default="--workers {workers} --pin-cpus",
+        help="gwebhook options for scenarios f and g "
+        "(default '--workers {workers} --pin-cpus')",
     )
     parser.add_argument(
         "--repeat",
