@@ -404,6 +404,9 @@ class Gwebhook(Server):
             *launcher,
             "-n",
             "--pidfile=",
+            # As systemd/gwebhook.service runs it (README, "Logs").
+            "--logger",
+            "gwebhook.logs.text_observer",
             "gwebhook",
             "--port",
             str(self.port),

@@ -1,14 +1,21 @@
-"""The JSON log's time stamps: formatted once per second, exact to the microsecond."""
+"""
+gwebhook's log observers: time stamps formatted once per second, exact to
+the microsecond; twistd's own text lines; one flush per reactor turn.
+"""
 
 from __future__ import annotations
 
+import io
+import json
+import threading
 from datetime import datetime
 
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.logger import formatTime
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEventAsClassicLogText, formatTime
 
-from gwebhook.logs import timestamp
+from gwebhook.logs import json_observer, text_observer, timestamp, to_text
 
 FORMAT = "%Y-%m-%dT%H:%M:%S.%f%z"
 
@@ -36,3 +43,63 @@ def test_the_same_second_twice_is_cached():
     assert first[:19] == second[:19]
     assert (first[20:26], second[20:26]) == ("250000", "500000")
     assert timestamp(None) == "-"
+
+
+class Stream(io.StringIO):
+    """A text stream that counts its flushes."""
+
+    flushes = 0
+
+    def flush(self):
+        self.flushes += 1
+        super().flush()
+
+
+def access_event(n: int) -> dict:
+    return {
+        "log_format": "line {n}",
+        "n": n,
+        "log_time": 1_700_000_000.5 + n,
+        "log_level": LogLevel.info,
+        "log_namespace": "gwebhook.channel",
+    }
+
+
+def test_text_lines_are_twistds_own():
+    for n in range(3):
+        event = access_event(n)
+        assert to_text(event) == formatEventAsClassicLogText(event)
+
+
+def test_lines_are_flushed_once_per_reactor_turn():
+    """Many lines in one turn: one flush, at the end of the turn."""
+    stream, clock = Stream(), Clock()
+    observer = text_observer(stream, reactor=clock)
+    for n in range(50):
+        observer(access_event(n))
+    assert stream.flushes == 0
+    assert stream.getvalue().count("\n") == 50
+    clock.advance(0)
+    assert stream.flushes == 1
+    observer(access_event(51))
+    clock.advance(0)
+    assert stream.flushes == 2
+
+
+def test_a_line_from_another_thread_is_flushed_at_once():
+    stream, clock = Stream(), Clock()
+    observer = json_observer(stream, reactor=clock)
+    worker = threading.Thread(target=observer, args=(access_event(1),))
+    worker.start()
+    worker.join()
+    assert stream.flushes == 1
+    assert json.loads(stream.getvalue())["message"] == "line 1"
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_closed_stream_does_not_raise_on_flush():
+    stream, clock = Stream(), Clock()
+    observer = text_observer(stream, reactor=clock)
+    observer(access_event(1))
+    stream.close()
+    clock.advance(0)  # nothing to raise into

@@ -311,3 +311,33 @@ def test_json_logger_writes_access_events_as_json_lines(spawn):
     assert access["bytes"] == len(body)
     assert isinstance(access["duration_ms"], float) and access["duration_ms"] >= 0
     assert not d.log.exists(), "--logger should replace the log file"
+
+
+def test_text_logger_writes_twistds_lines_and_every_one_reaches_the_stream(spawn):
+    """
+    --logger gwebhook.logs.text_observer writes the lines twistd's own text
+    log writes, access lines included, and none is left in a buffer at exit.
+    """
+    d = spawn(*AUTH, logger="gwebhook.logs.text_observer")
+    ids = []
+    for n in range(5):
+        reply = d.request(body=b'{"name": "t%d"}' % n, headers=HEADERS)
+        assert reply.status == 200, reply.body
+        ids.append(reply.headers["x-request-id"])
+    status, _ = d.terminate()
+    assert status == -signal.SIGTERM
+    text = d.stdout.read_text(encoding="utf-8")
+    for rid in ids:
+        [line] = access_lines(text, rid)
+        assert (line["client"], line["method"], line["status"]) == (
+            "127.0.0.1",
+            "POST",
+            "200",
+        )
+    # The classic stamp, "2026-11-22T16:51:02+0000 [namespace#level] ...".
+    stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[\S+\] ")
+    lines = text.splitlines()
+    assert all(stamp.match(line) for line in lines), lines
+    # Written after the reactor stopped: flushed at exit.
+    assert "Server Shut Down." in lines[-1]
+    assert not d.log.exists(), "--logger should replace the log file"
