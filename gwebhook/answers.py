@@ -6,9 +6,15 @@ whether the channel writes it raw or a route returns it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from http import HTTPStatus
+from json.encoder import encode_basestring_ascii as _quote
+
+from gwebhook.model import StoredIncident
 
 RETRY_AFTER_SECONDS = 5
+# One incident as json.dumps writes StoredIncident.summary(), fields quoted.
+_INCIDENT = '{"id": %s, "name": %s, "type": %s, "occurred": %s, "created": %s}'
 
 
 def reason_phrase(status: int) -> bytes:
@@ -40,7 +46,21 @@ def raw_response(
 
 def json_answer(request, status: int, value: object) -> bytes:
     """Set ``request``'s status and JSON headers; the body to write."""
-    body = json.dumps(value).encode("utf-8")
+    return encoded_answer(request, status, json.dumps(value).encode("utf-8"))
+
+
+def incidents_json(stored: Iterable[StoredIncident]) -> bytes:
+    """
+    ``json.dumps([s.summary() for s in stored])``, byte for byte, without
+    the dicts and the generic encoder: an answer lists every incident of its
+    request, a hundred for an array of a hundred.
+    """
+    items = ", ".join(_INCIDENT % tuple(map(_quote, s)) for s in stored)
+    return f"[{items}]".encode("ascii")
+
+
+def encoded_answer(request, status: int, body: bytes) -> bytes:
+    """Set ``request``'s status and JSON headers for ``body``, JSON already."""
     request.setResponseCode(status, reason_phrase(status))
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Content-Length", b"%d" % len(body))

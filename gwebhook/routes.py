@@ -23,7 +23,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from gwebhook.answers import RETRY_AFTER_SECONDS, error_answer, json_answer
+from gwebhook.answers import (
+    RETRY_AFTER_SECONDS,
+    encoded_answer,
+    error_answer,
+    incidents_json,
+    json_answer,
+)
 from gwebhook.credentials import Credentials
 from gwebhook.gate import Gate
 from gwebhook.headers import headers_for_details
@@ -146,7 +152,7 @@ class WebhookRoutes:
             self.store_down = False
             log.info("store available again")
         request.incidents = len(stored)
-        return json_answer(request, 200, [s.summary() for s in stored])
+        return encoded_answer(request, 200, incidents_json(stored))
 
     def _not_stored(self, failure: Failure, request) -> bytes | Failure:
         if not failure.check(StoreUnavailable):

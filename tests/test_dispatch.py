@@ -11,11 +11,15 @@ import json
 
 import pytest
 import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
 from inprocess import BASIC_HEADER, Wire, count_rows, make_site, parse_replies
 from twisted.logger import capturedLogs, formatEvent
 
+from gwebhook.answers import incidents_json
 from gwebhook.channel import next_request_id
 from gwebhook.logs import to_json
+from gwebhook.model import StoredIncident
 from gwebhook.routes import is_webhook_path
 
 AUTH = b"Authorization: " + BASIC_HEADER.encode()
@@ -189,3 +193,22 @@ def test_access_line_is_the_request_as_sent(wire):
     assert text.endswith(f"ms id={line['request_id']}")
     assert (line["status"], line["path"], line["bytes"]) == (404, "/{x}/{{y}}", 1)
     assert json.loads(to_json(line))["message"] == text
+
+
+@given(
+    st.lists(
+        st.builds(
+            StoredIncident,
+            id=st.integers(min_value=1).map(str),
+            name=st.text(),
+            type=st.text(),
+            occurred=st.text(),
+            created=st.text(),
+        ),
+        max_size=20,
+    )
+)
+def test_the_incidents_answer_is_json_dumps_of_the_summaries(stored):
+    """The answer written directly is the one json.dumps writes, byte for byte."""
+    expected = json.dumps([s.summary() for s in stored]).encode("utf-8")
+    assert incidents_json(stored) == expected
