@@ -97,9 +97,11 @@ class BatchingLogObserver(FileLogObserver):
     A FileLogObserver that flushes its stream once per reactor turn instead
     of once per line: a busy daemon writes a line per request, and one
     system call per line was a tenth of its CPU.  Lines are flushed at the
-    end of the reactor turn that wrote them, when a thread other than the
-    reactor's logs, and at exit; a process killed outright (SIGKILL) loses
-    at most the lines of the turn it was in.
+    end of the reactor turn that wrote them; at once when a thread other
+    than the reactor's logs or the reactor is not running (start-up, after
+    it stopped); at the end of the reactor's shutdown, and at exit.  A
+    process killed outright (SIGKILL) loses at most the lines of the turn it
+    was in.
     """
 
     def __init__(self, stream: IO[str], formatter: Callable, reactor=None) -> None:
@@ -110,6 +112,10 @@ class BatchingLogObserver(FileLogObserver):
             from twisted.internet import reactor
         self._reactor = reactor
         self._pending = None
+        # The last turn's flush never runs once the reactor stops: flush when
+        # its shutdown is done (twistd then exits by signal, skipping atexit).
+        if hasattr(reactor, "addSystemEventTrigger"):
+            reactor.addSystemEventTrigger("after", "shutdown", self.flush)
         atexit.register(self.flush)
 
     def __call__(self, event: dict) -> None:
@@ -117,14 +123,16 @@ class BatchingLogObserver(FileLogObserver):
         if not text:
             return
         self._stream.write(text)
-        if self._pending is not None:
+        if self._pending is not None and self._pending.active():
             return
-        if isInIOThread():
+        if isInIOThread() and getattr(self._reactor, "running", True):
             self._pending = self._reactor.callLater(0, self.flush)
         else:
-            self._stream.flush()
+            self.flush()
 
     def flush(self) -> None:
+        if self._pending is not None and self._pending.active():
+            self._pending.cancel()
         self._pending = None
         # A closed or broken stream: nothing more can be written to it.
         with contextlib.suppress(OSError, ValueError):

@@ -241,6 +241,9 @@ class Twistd(Daemon):
         """Start the process without waiting for anything."""
         env = {k: v for k, v in os.environ.items() if k != "GWEBHOOK_PASSWORD"}
         env.pop("NOTIFY_SOCKET", None)
+        # Block-buffered stdout, as under systemd (a pipe to the journal): a
+        # line the daemon does not flush itself is then seen to be lost.
+        env.pop("PYTHONUNBUFFERED", None)
         env.update(self.env)
         with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
             self.process = subprocess.Popen(
