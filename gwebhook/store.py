@@ -260,7 +260,10 @@ class IncidentStore:
         start waiting on SQLite's lock, whose busy handler sleeps.
         """
         try:
-            self._writer_lock.acquire()
+            self._writer_lock.acquire(schema.BUSY_TIMEOUT_MS / 1000)
+        except TimeoutError as e:
+            # As SQLite says it when its own lock is held too long: a 503.
+            raise sqlite3.OperationalError(f"database is locked: {e}") from e
         except OSError as e:
             raise sqlite3.OperationalError(
                 f"cannot take the writer lock {self._writer_lock.path}: "

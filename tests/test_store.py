@@ -1,18 +1,22 @@
 """The incident store on a real SQLite file: group commit and its failures."""
 
 import contextlib
+import fcntl
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet.defer import DeferredList
 
+from gwebhook import schema
 from gwebhook.model import IncidentDraft, ReceivedRequest
 from gwebhook.payload import incidents_from
 from gwebhook.readback import open_store, show_incident
 from gwebhook.store import IncidentStore, StoreUnavailable
+from gwebhook.writerlock import WriterLock
 
 REQUEST = ReceivedRequest("2026-01-01T00:00:00Z", "127.0.0.1", "POST", "/", {}, b"{}")
 
@@ -147,6 +151,48 @@ async def test_a_removed_writer_lock_is_made_again(store):
     lock.unlink()
     await store.add(REQUEST, [draft("after")])
     assert lock.exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_writer_lock_held_past_the_busy_timeout_is_a_503(store, monkeypatch):
+    """
+    Another process holding the writer lock too long (stopped, or waiting on
+    someone's SQLite lock itself) makes this one unavailable, as SQLite's own
+    busy timeout would: it does not hang.  Once let go, the store works.
+    """
+    monkeypatch.setattr(schema, "BUSY_TIMEOUT_MS", 300)
+    await store.add(REQUEST, [draft("before")])
+    other = os.open(store.path + "-writer.lock", os.O_RDWR)
+    fcntl.flock(other, fcntl.LOCK_EX)  # another open file: another holder
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="database is locked"):
+            await store.add(REQUEST, [draft("lost")])
+        assert 0.3 <= time.monotonic() - started < 3
+    finally:
+        fcntl.flock(other, fcntl.LOCK_UN)
+        os.close(other)
+    await store.add(REQUEST, [draft("after")])
+    assert rows(store, "SELECT name FROM incidents") == [("before",), ("after",)]
+
+
+def test_the_writer_lock_is_let_go_when_checking_it_fails(tmp_path, monkeypatch):
+    """A lock taken, then its check failing, is not kept: others can take it."""
+    lock = WriterLock(str(tmp_path / "s.sqlite"))
+
+    def broken(*args):
+        raise PermissionError("the directory turned unreadable")
+
+    monkeypatch.setattr(os, "stat", broken)
+    with pytest.raises(PermissionError):
+        lock.acquire(1)
+    monkeypatch.undo()
+    other = os.open(lock.path, os.O_RDWR)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if still held
+    finally:
+        os.close(other)
+        lock.close()
 
 
 @pytest_twisted.ensureDeferred
