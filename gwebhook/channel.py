@@ -9,8 +9,7 @@ its own status and a JSON reason, then the connection is closed.
 
 from __future__ import annotations
 
-import itertools
-import secrets
+import os
 import time
 from urllib.parse import unquote_to_bytes
 
@@ -55,15 +54,19 @@ SHUTDOWN_GRACE_SECONDS = 0.5
 _ACCESS_LINE = "%s %s %s %d incidents=%d bytes=%d %.1fms id=%s"
 
 
-# Request ids: random per process, then counted, so two processes (workers,
-# restarts) do not repeat each other's, without a system call per request.
-_ids = itertools.count()
-_ID_PREFIX = secrets.token_hex(4)
+# Request ids: 64 random bits each, as 16 hex digits, cut from one read of
+# the system's randomness per 256 ids (a counter would be cheaper, but would
+# tell anyone who gets two ids how many requests came in between).
+_IDS_PER_READ = 256
+_unused_ids: list[str] = []
 
 
 def next_request_id() -> str:
-    """A new request id: 16 hex digits, unique within this process."""
-    return "%s%08x" % (_ID_PREFIX, next(_ids) & 0xFFFFFFFF)
+    """A new request id: 16 random hex digits."""
+    if not _unused_ids:
+        digits = os.urandom(8 * _IDS_PER_READ).hex()
+        _unused_ids.extend(digits[i : i + 16] for i in range(0, len(digits), 16))
+    return _unused_ids.pop()
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -199,13 +202,15 @@ class LimitedChannel(http.HTTPChannel):
             self._phaseEnds = None
             return
         timer = self._deadline
-        if timer is None or not timer.active():
-            self._deadline = self.callLater(seconds, self._tick)
-            self._phaseEnds = self._deadline.getTime()
-            return
-        self._phaseEnds = timer.seconds() + seconds
-        if timer.getTime() > self._phaseEnds:
-            timer.reset(seconds)
+        if timer is not None and timer.active():
+            self._phaseEnds = timer.seconds() + seconds
+            if timer.getTime() <= self._phaseEnds:
+                return
+            # Sooner: a new timer (DelayedCall.reset to an earlier time
+            # searches every pending timer of the reactor).
+            timer.cancel()
+        self._deadline = self.callLater(seconds, self._tick)
+        self._phaseEnds = self._deadline.getTime()
 
     def _seconds(self, phase: str | None) -> float | None:
         if phase is None:
