@@ -47,8 +47,11 @@ _NEXT_ID = (
     " coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0),"
     " coalesce((SELECT max(id) FROM {table}), 0))"
 )
-_NEXT_REQUEST_ID = _NEXT_ID.format(table="requests")
-_NEXT_INCIDENT_ID = _NEXT_ID.format(table="incidents")
+# Both tables' next ids in one statement: each statement is a trip out of
+# Python and back (the GIL given up and taken again) on a shared core.
+_NEXT_IDS = "SELECT ({}), ({})".format(
+    _NEXT_ID.format(table="requests"), _NEXT_ID.format(table="incidents")
+)
 
 # Incidents per INSERT statement at most (800 values: under SQLite's oldest
 # limit of 999).  One statement for many rows does SQLite's per-statement
@@ -304,17 +307,18 @@ class IncidentStore:
         A fault of the store itself fails the batch.
         """
         created = format_utc(datetime.now(timezone.utc))
-        (request_id,) = cursor.execute(_NEXT_REQUEST_ID).fetchone()
-        (incident_id,) = cursor.execute(_NEXT_INCIDENT_ID).fetchone()
-        cursor.execute("SAVEPOINT batch")
+        request_id, incident_id = cursor.execute(_NEXT_IDS).fetchone()
         try:
             results = self._insert_all(cursor, batch, request_id, incident_id, created)
         except sqlite3.OperationalError:
             raise
         except Exception:
-            cursor.execute("ROLLBACK TO batch")
+            # Undone whole (the batch is all this transaction holds; the
+            # writer lock is still ours), then done again a request at a time.
+            cursor.execute("ROLLBACK")
+            cursor.execute("BEGIN IMMEDIATE")
+            request_id, incident_id = cursor.execute(_NEXT_IDS).fetchone()
             results = self._insert_each(cursor, batch, request_id, incident_id, created)
-        cursor.execute("RELEASE batch")
         if self.keep_samples:
             kept = [s for stored in results if isinstance(stored, list) for s in stored]
             self._keep_samples(cursor, kept)

@@ -83,6 +83,32 @@ async def test_a_request_that_cannot_be_stored_fails_alone(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_row_sqlite_refuses_mid_batch_leaves_no_trace_of_its_request(store):
+    """
+    A row SQLite itself refuses (after the batch's requests were inserted)
+    undoes the whole first try: its request is not kept, the others are.
+    """
+    adds = [
+        store.add(REQUEST, [draft("first")]),
+        store.add(REQUEST, [draft("one")]),
+        store.add(REQUEST, [draft("two"), draft(("not", "bindable"))]),
+        store.add(REQUEST, [draft("three")]),
+    ]
+    results = outcomes(await DeferredList(adds, consumeErrors=True))
+    assert isinstance(results[2], sqlite3.Error)
+    assert [r[0].name for i, r in enumerate(results) if i != 2] == [
+        "first",
+        "one",
+        "three",
+    ]
+    names = rows(store, "SELECT name FROM incidents ORDER BY id")
+    assert names == [("first",), ("one",), ("three",)]
+    assert rows(store, "SELECT count(*) FROM requests") == [(3,)]
+    ids = [int(r[0].id) for i, r in enumerate(results) if i != 2]
+    assert ids == sorted(ids) and len(set(ids)) == 3
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_full_store_fails_the_whole_batch_and_keeps_nothing(store):
     """When the store cannot commit, every request of the batch is unavailable."""
     await store.add(REQUEST, [draft("before")])
@@ -181,10 +207,10 @@ def test_the_writer_lock_is_let_go_when_checking_it_fails(tmp_path, monkeypatch)
     lock = WriterLock(str(tmp_path / "s.sqlite"))
 
     def broken(*args):
-        raise PermissionError("the directory turned unreadable")
+        raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(os, "stat", broken)
-    with pytest.raises(PermissionError):
+    monkeypatch.setattr(WriterLock, "_is_current", broken)
+    with pytest.raises(OSError, match="Input/output"):
         lock.acquire(1)
     monkeypatch.undo()
     other = os.open(lock.path, os.O_RDWR)
