@@ -359,14 +359,8 @@ class IncidentStore:
         for request, drafts in batch:
             cursor.execute("SAVEPOINT request")
             try:
-                _insert_rows(
-                    cursor, _insert_requests, 7, _request_row(request_id, request)
-                )
-                _insert_rows(
-                    cursor,
-                    _insert_incidents,
-                    8,
-                    _incident_rows(incident_id, request_id, drafts, created),
+                [stored] = IncidentStore._insert_all(
+                    cursor, [(request, drafts)], request_id, incident_id, created
                 )
             except sqlite3.OperationalError:
                 raise
@@ -374,7 +368,7 @@ class IncidentStore:
                 cursor.execute("ROLLBACK TO request")
                 results.append(Failure())
             else:
-                results.append(_stored(incident_id, drafts, created))
+                results.append(stored)
                 request_id += 1
                 incident_id += len(drafts)
             cursor.execute("RELEASE request")
