@@ -208,3 +208,16 @@ def run_twistd(
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture
+def spawn(tmp_path, pki):
+    """
+    ``twistd gwebhook`` processes with their own environment, logger or
+    command line (service_support.Processes), all stopped at teardown.
+    """
+    # Imported here: service_support imports Daemon from this module.
+    from service_support import Processes
+
+    with Processes(tmp_path, pki) as started:
+        yield started

@@ -46,12 +46,6 @@ HEADERS = basic("admin", "pw")
 UNAVAILABLE = "incident store unavailable; retry later"
 
 
-@pytest.fixture
-def spawn(tmp_path, pki):
-    with Processes(tmp_path, pki) as started:
-        yield started
-
-
 def post(d, *names: str, timeout: float = 15):
     body = [{"name": n} for n in names]
     return send(d, json.dumps(body).encode(), HEADERS, timeout=timeout)

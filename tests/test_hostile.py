@@ -36,19 +36,13 @@ from hostile_support import (
     wait_closed,
     wait_until,
 )
-from service_support import Processes, basic, sample, scrape
+from service_support import basic, sample, scrape
 
 AUTH = ["--username", "admin", "--password", "pw"]
 HEADERS = basic("admin", "pw")
 WRONG = basic("admin", "not-the-password")
 HEADERS_LINE = f"Authorization: {HEADERS['Authorization']}\r\n".encode("ascii")
 TIMEOUTS = ["--header-timeout", "1", "--body-timeout", "1", "--idle-timeout", "1"]
-
-
-@pytest.fixture
-def spawn(tmp_path, pki):
-    with Processes(tmp_path, pki) as started:
-        yield started
 
 
 def assert_json_error(reply, status: int, message: str | None = None) -> None:

@@ -18,7 +18,6 @@ import sqlite3
 import pytest
 from conftest import free_port
 from service_support import (
-    Processes,
     basic,
     listening_sockets,
     log_text,
@@ -37,12 +36,6 @@ ACCESS = re.compile(
     r"(?P<status>\d{3}) incidents=(?P<incidents>\d+) bytes=(?P<bytes>\d+) "
     r"(?P<duration>[\d.]+)ms id=(?P<id>[0-9a-f]{16})(?: refused: .+)?$"
 )
-
-
-@pytest.fixture
-def spawn(tmp_path, pki):
-    with Processes(tmp_path, pki) as started:
-        yield started
 
 
 def access_lines(log: str, request_id: str) -> list[dict[str, str]]:

@@ -25,16 +25,10 @@ from hostile_support import (
     status_kib,
     wait_until,
 )
-from service_support import Processes, basic
+from service_support import basic
 
 AUTH = ["--username", "admin", "--password", "pw"]
 HEADERS = basic("admin", "pw")
-
-
-@pytest.fixture
-def spawn(tmp_path, pki):
-    with Processes(tmp_path, pki) as started:
-        yield started
 
 
 # -- memory ----------------------------------------------------------------------

@@ -25,7 +25,6 @@ import time
 import pytest
 from conftest import make_pki
 from service_support import (
-    Processes,
     ask,
     basic,
     connect_tls,
@@ -44,12 +43,6 @@ from service_support import (
 
 AUTH = ["--username", "admin", "--password", "pw"]
 HEADERS = basic("admin", "pw")
-
-
-@pytest.fixture
-def spawn(tmp_path, pki):
-    with Processes(tmp_path, pki) as started:
-        yield started
 
 
 def incidents(db) -> list[tuple[int, str]]:

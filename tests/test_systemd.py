@@ -26,7 +26,6 @@ import pytest
 from conftest import TWISTD, free_port
 from service_support import (
     NotifySocket,
-    Processes,
     basic,
     leaf_fingerprint,
     listening_sockets,
@@ -52,12 +51,6 @@ os.environ["LISTEN_FDNAMES"] = "gwebhook.socket"
 os.environ["LISTEN_PID"] = str(os.getpid())
 os.execv(sys.argv[2], sys.argv[2:])
 """
-
-
-@pytest.fixture
-def spawn(tmp_path, pki):
-    with Processes(tmp_path, pki) as started:
-        yield started
 
 
 @pytest.fixture
