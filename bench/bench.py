@@ -813,6 +813,18 @@ def source_state() -> str:
     return commit + (f" + uncommitted changes in {files} file(s)" if files else "")
 
 
+def _functions_table(title: str, rows: list[dict]) -> list[str]:
+    """A profile's functions as a markdown table under ``title``."""
+    return [
+        "",
+        title,
+        "",
+        "| function | own % | total % |",
+        "|---|---|---|",
+        *(f"| {r['function']} | {r['own']:.1f} | {r['total']:.1f} |" for r in rows),
+    ]
+
+
 def table(runs: list[Run]) -> str:
     head = (
         "scen",
@@ -1196,27 +1208,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"thread {thread}: "
                 f"{p['samples']} py-spy samples, busy {p['busy_percent']:.0f}% "
                 "of the time (idle excluded); own and total % of its samples",
-                "",
-                "top by own time:",
-                "",
-                "| function | own % | total % |",
-                "|---|---|---|",
             ]
-            lines += [
-                f"| {r['function']} | {r['own']:.1f} | {r['total']:.1f} |"
-                for r in p["by_own"][:20]
-            ]
-            lines += [
-                "",
+            lines += _functions_table("top by own time:", p["by_own"][:20])
+            lines += _functions_table(
                 "top by total time (without the main loop's chain):",
-                "",
-                "| function | own % | total % |",
-                "|---|---|---|",
-            ]
-            lines += [
-                f"| {r['function']} | {r['own']:.1f} | {r['total']:.1f} |"
-                for r in p["by_total"][:25]
-            ]
+                p["by_total"][:25],
+            )
             lines += [
                 "",
                 "own time by package:",
