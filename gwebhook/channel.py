@@ -20,6 +20,7 @@ from twisted.web import http, server
 from gwebhook.answers import RETRY_AFTER_SECONDS, error_answer, raw_response
 from gwebhook.gate import Gate
 from gwebhook.headers import is_printable_ascii
+from gwebhook.logs import as_format
 from gwebhook.metrics import Metrics
 
 log = Logger()
@@ -589,12 +590,11 @@ class WebhookSite(server.Site):
         )
         if reason:
             line = f"{line} {reason}"
-        # The line is formatted here, once, and handed over as a format with
-        # no fields (braces doubled), so observers do not parse it again; the
-        # fields ride along for observers that want them (the JSON log).
+        # Formatted here, once (see as_format); the fields ride along for
+        # observers that want them (the JSON log).
         log.emit(
             LogLevel.info,
-            line.replace("{", "{{").replace("}", "}}"),
+            as_format(line),
             client=client,
             method=method_text,
             path=path_text,

@@ -19,51 +19,59 @@ from collections.abc import Callable
 from typing import IO
 
 from twisted.logger import (
-    FileLogObserver,
+    ILogObserver,
     formatEvent,
     formatEventAsClassicLogText,
     formatTime,
+    timeFormatRFC3339,
 )
 from twisted.python.threadable import isInIOThread
+from zope.interface import implementer
 
 _SCALARS = (str, int, float, bool, type(None))
-# The last whole second stamped, its text and its zone: most lines share one.
-_second: tuple[int, str, str] = (-1, "", "")
+
+
+def as_format(text: str) -> str:
+    """
+    ``text`` as a log format that says exactly that: a line formatted once,
+    by its emitter, is not parsed for fields again (braces in a client's path
+    included).
+    """
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+class _PerSecond:
+    """
+    ``formatTime(second, time_format)`` for whole seconds, formatted once per
+    second rather than per line: a busy daemon writes a line per request.
+    """
+
+    def __init__(self, time_format: str) -> None:
+        self.time_format = time_format
+        self.second: int | None = None
+        self.text = ""
+
+    def __call__(self, second: int) -> str:
+        if second != self.second:
+            self.second, self.text = second, formatTime(second, self.time_format)
+        return self.text
+
+
+_date, _zone = _PerSecond("%Y-%m-%dT%H:%M:%S"), _PerSecond("%z")
+_classic = _PerSecond(timeFormatRFC3339)
 
 
 def timestamp(when: float | None) -> str:
-    """
-    ``when`` as ``formatTime(when, "%Y-%m-%dT%H:%M:%S.%f%z")`` writes it, but
-    with the date and zone formatted once per second rather than per line:
-    a busy daemon writes a line per request.
-    """
-    global _second
+    """``formatTime(when, "%Y-%m-%dT%H:%M:%S.%f%z")``, for the JSON log."""
     if when is None:
         return "-"
     whole = int(when // 1)
-    cached = _second
-    if cached[0] != whole:
-        cached = _second = (
-            whole,
-            formatTime(whole, "%Y-%m-%dT%H:%M:%S"),
-            formatTime(whole, "%z"),
-        )
-    return f"{cached[1]}.{int((when - whole) * 1_000_000):06d}{cached[2]}"
-
-
-# twistd's own stamp (whole seconds): the last second stamped and its text.
-_classic: tuple[int, str] = (-1, "")
+    return f"{_date(whole)}.{int((when - whole) * 1_000_000):06d}{_zone(whole)}"
 
 
 def classic_time(when: float | None) -> str:
-    """``formatTime(when)``, as twistd's lines stamp them, once per second."""
-    global _classic
-    if when is None:
-        return "-"
-    whole = int(when // 1)
-    if _classic[0] != whole:
-        _classic = (whole, formatTime(whole))
-    return _classic[1]
+    """``formatTime(when)``, as twistd's text lines stamp them."""
+    return "-" if when is None else _classic(int(when // 1))
 
 
 def to_text(event: dict) -> str | None:
@@ -92,9 +100,11 @@ def to_json(event: dict) -> str:
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
-class BatchingLogObserver(FileLogObserver):
+@implementer(ILogObserver)
+class BatchingLogObserver:
     """
-    A FileLogObserver that flushes its stream once per reactor turn instead
+    Writes each event as ``formatter`` renders it, as FileLogObserver does,
+    but flushes its stream once per reactor turn instead
     of once per line: a busy daemon writes a line per request, and one
     system call per line was a tenth of its CPU.  Lines are flushed at the
     end of the reactor turn that wrote them; at once when a thread other
@@ -105,7 +115,6 @@ class BatchingLogObserver(FileLogObserver):
     """
 
     def __init__(self, stream: IO[str], formatter: Callable, reactor=None) -> None:
-        super().__init__(stream, formatter)
         self._stream = stream
         self._formatter = formatter
         if reactor is None:
@@ -139,11 +148,11 @@ class BatchingLogObserver(FileLogObserver):
             self._stream.flush()
 
 
-def text_observer(stream: IO[str] | None = None, reactor=None) -> FileLogObserver:
+def text_observer(stream: IO[str] | None = None, reactor=None) -> BatchingLogObserver:
     """A log observer writing twistd's text lines to ``stream`` (default stdout)."""
     return BatchingLogObserver(stream or sys.stdout, to_text, reactor)
 
 
-def json_observer(stream: IO[str] | None = None, reactor=None) -> FileLogObserver:
+def json_observer(stream: IO[str] | None = None, reactor=None) -> BatchingLogObserver:
     """A log observer writing JSON lines to ``stream`` (default stdout)."""
     return BatchingLogObserver(stream or sys.stdout, to_json, reactor)

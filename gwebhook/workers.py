@@ -26,6 +26,7 @@ from twisted.logger import InvalidLogLevelError, Logger, LogLevel
 from zope.interface import implementer
 
 from gwebhook import affinity
+from gwebhook.logs import as_format
 
 log = Logger()
 
@@ -175,11 +176,11 @@ class _Worker(ProcessProtocol):
         if isinstance(record.get("traceback"), str):
             fields["worker_traceback"] = record["traceback"]
         message = str(record.get("message", ""))
-        # Formatted here, once, as the access line is (see channel._access):
-        # every request a worker serves passes through here.
+        # Formatted here, once (see as_format): every request a worker
+        # serves passes through here.
         log.emit(
             level,
-            f"worker {self.index}: {message}".replace("{", "{{").replace("}", "}}"),
+            as_format(f"worker {self.index}: {message}"),
             worker=self.index,
             worker_message=message,
             **fields,
