@@ -64,7 +64,8 @@ class WriterLock:
                 if time.monotonic() >= deadline:
                     raise TimeoutError(
                         f"the writer lock {self.path} was held for over "
-                        f"{timeout:g} s by another gwebhook process"
+                        f"{timeout:g} s by another gwebhook process (one that "
+                        "is stopped, or waiting on another program's write)"
                     ) from None
                 time.sleep(pause)
                 pause = min(pause * 2, LAST_PAUSE)
