@@ -39,6 +39,8 @@ from twisted.web import client
 from twisted.web.iweb import IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
+from gwebhook.payload import PayloadError, parse_json
+
 DEFAULT_TIMEOUT = 15.0  # Wallarm's "Request timeout"
 DEFAULT_CONNECT_TIMEOUT = 20.0  # Wallarm's "Connection timeout"
 METHODS = ("POST", "PUT")
@@ -151,19 +153,15 @@ def request_headers(
     return [d for d in defaults if d[0].lower() not in names] + headers
 
 
-def _no_constants(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
 def json_body(raw: bytes, source: str = "--data") -> bytes:
-    """Return ``raw`` unchanged if it is UTF-8 JSON (as gwebhook reads it)."""
+    """
+    Return ``raw`` unchanged if gwebhook's receiver would read it as JSON;
+    else refuse it, nothing sent, with the reason the receiver would give.
+    """
     try:
-        json.loads(raw.decode("utf-8-sig"), parse_constant=_no_constants)
-    except UnicodeDecodeError:
-        raise ArgumentError(f"{source} is not UTF-8; nothing sent") from None
-    except (ValueError, RecursionError) as e:
-        reason = str(e) or "too deeply nested"
-        raise ArgumentError(f"{source} is not JSON ({reason}); nothing sent") from None
+        parse_json(raw)
+    except PayloadError as e:
+        raise ArgumentError(f"{source}: {e}; nothing sent") from None
     return raw
 
 

@@ -188,7 +188,7 @@ def test_bad_data_is_refused_before_sending(daemon, pki):
     """--data that is not JSON, or a file that cannot be read, sends nothing."""
     d = daemon(*AUTH)
     for data, reason in [
-        ('{"name": ', "--data is not JSON"),
+        ('{"name": ', "--data: body is not JSON"),
         ("@/nonexistent/file.json", "cannot read it (No such file or directory)"),
     ]:
         result = send(url(d), "--cacert", str(pki.ca), "-u", "admin:pw", "-d", data)
@@ -338,3 +338,30 @@ def test_status_line():
         "HTTP/1.1 401 Unauthorized"
     )
     assert sender.status_line((b"HTTP", 1, 1), 599, b"") == "HTTP/1.1 599"
+
+
+# One rule for what JSON is: the receiver's ------------------------------------
+
+
+def test_data_the_receiver_refuses_is_refused_with_its_reason(daemon):
+    """
+    --data the receiver answers with 400 (a number too large for a double, an
+    unpaired surrogate escape, NaN) is refused with the receiver's own reason,
+    exit status 2, and no connection is made.
+    """
+    d = daemon(*AUTH)
+    authorization = {"Authorization": "Basic " + base64.b64encode(b"admin:pw").decode()}
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        target = f"https://127.0.0.1:{listener.getsockname()[1]}/"
+        for data in ['{"a": 1e400}', '{"a": "\\ud800"}', "[NaN]"]:
+            reply = d.request(body=data.encode(), headers=authorization)
+            assert reply.status == 400, data
+            reason = reply.json()["error"]
+            line = assert_one_line_error(send(target, "--data", data), status=2)
+            assert line == f"gwebhook send: --data: {reason}; nothing sent\n"
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    assert requests_stored(d) == 0
