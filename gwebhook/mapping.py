@@ -45,7 +45,22 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 def dotted(*keys: str) -> str:
     """A key's path as TOML writes it: ``fields."a b"``, ``map.name``."""
-    return ".".join(k if _BARE_KEY.fullmatch(k) else json.dumps(k) for k in keys)
+    return ".".join(k if _BARE_KEY.fullmatch(k) else _quoted(k) for k in keys)
+
+
+def _quoted(key: str) -> str:
+    # Escapes keep a message on one line whatever the key holds.
+    out = []
+    for c in key:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif c.isprintable():
+            out.append(c)
+        elif ord(c) > 0xFFFF:
+            out.append(f"\\U{ord(c):08x}")
+        else:
+            out.append(f"\\u{ord(c):04x}")
+    return '"' + "".join(out) + '"'
 
 
 # ParsedResult.search builds an interpreter (and its function table) per call,

@@ -1,0 +1,651 @@
+"""
+``--config FILE``: the instances a TOML file declares, each with its own
+credentials, client CA, port and mapping, checked whole when the file is read.
+
+Every refusal is a ConfigError whose message is one line: the file, the
+instance (by name, or ``#N`` counting ``[[instance]]`` tables from 1 while it
+has no usable name), the key as TOML writes it, what is wrong and the fix.
+Reading stops at the first problem, in file order.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from cryptography import x509
+
+from gwebhook.credentials import HEADER_PREFIX, Credentials
+from gwebhook.headers import is_printable_ascii, is_token
+from gwebhook.mapping import (
+    MAP_KEYS,
+    Mapping,
+    MappingError,
+    compile_mapping,
+    dotted,
+)
+
+INSTANCE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+# The instance the command-line options describe, which ``/`` and unknown
+# names reach.  A file instance of that name would be a second "default"
+# that paths, metrics and ``--instance default`` could not tell apart from
+# the first, so the name is the command line's alone.
+DEFAULT_INSTANCE = "default"
+
+_TOP_KEYS = ("instance",)
+_INSTANCE_KEYS = (
+    "name",
+    "incident_type",
+    "store_samples",
+    "port",
+    "cert",
+    "key",
+    "anonymous",
+    "auth",
+    "mtls",
+    "map",
+    "fields",
+)
+_AUTH_KEYS = ("username", "password", "password_file", "password_env")
+_PASSWORD_SOURCES = ("password", "password_file", "password_env")
+_MTLS_KEYS = ("client_ca", "client_names")
+
+# Keys of features this version does not have yet.  Refused with their own
+# message: "unknown key" would send the operator looking for a typo.
+_TOP_LATER = ("api", "forward", "db", "db_password_file")
+_INSTANCE_LATER = ("signature", "dedup")
+
+_CA_FIX = "give the PEM file of the CA that issues the senders' certificates"
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message is one line."""
+
+
+@dataclass(frozen=True)
+class MTLSConfig:
+    """
+    Who may send by client certificate: one chaining to ``client_ca``
+    (absolute path) and, when ``client_names`` is not empty, whose subject CN
+    or a SAN DNS name is in it.  ``ca_certificates`` are the file's
+    certificates as read at load; they take part in equality, so a CA file
+    whose content changed makes a changed instance on a re-read.
+    """
+
+    client_ca: str
+    client_names: tuple[str, ...]
+    ca_certificates: tuple[x509.Certificate, ...] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    """
+    One ``[[instance]]``.  ``incident_type`` None means the command line's
+    (else ``Unclassified``); ``port`` None means the main listener only;
+    ``cert`` and ``key`` (absolute paths, only with ``port``) None mean the
+    main certificate; ``mapping`` None means incidents are read as the
+    element says.
+    """
+
+    name: str
+    incident_type: str | None
+    store_samples: bool
+    port: int | None
+    cert: str | None
+    key: str | None
+    anonymous: bool
+    # Kept out of repr: it holds the secret, and configs end up in logs.
+    credentials: Credentials | None = field(repr=False)
+    mtls: MTLSConfig | None
+    mapping: Mapping | None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A config file's instances, in file order."""
+
+    path: str
+    instances: tuple[InstanceConfig, ...]
+
+
+def load_config(path: str, environ: collections.abc.Mapping[str, str]) -> Config:
+    """
+    Read and check a config file.  Secrets named by ``password_env`` come
+    from ``environ``; relative paths are relative to the file's directory.
+    Raises ConfigError.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(
+            f"{path}: cannot read: {e.strerror}; give a TOML file the daemon can read"
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not UTF-8 (byte {e.start}); save the file as UTF-8"
+        ) from None
+    try:
+        # Editors on Windows may start the file with a BOM; TOML does not.
+        document = tomllib.loads(text.removeprefix("\ufeff"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(
+            f"{path}: not valid TOML: {e}; fix the syntax there"
+        ) from None
+    return parse_config(document, path, environ)
+
+
+def parse_config(
+    document: dict[str, Any], path: str, environ: collections.abc.Mapping[str, str]
+) -> Config:
+    """
+    Check a parsed config document (what ``tomllib`` gives).  ``path`` names
+    the file in messages and anchors relative paths.  Raises ConfigError.
+    """
+    reader = _Reader(path, environ)
+    reader.check_keys(None, document, None, _TOP_KEYS, _TOP_LATER)
+    tables = document.get("instance", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise reader.error(
+            None,
+            "instance",
+            f"must be [[instance]] tables, got {_kind(tables)}; "
+            'write each instance as [[instance]] with name = "..." below it',
+        )
+    if not tables:
+        raise reader.error(
+            None,
+            None,
+            "declares no instance; add an [[instance]] with a name and who may "
+            "send to it",
+        )
+    names: dict[str, int] = {}
+    ports: dict[int, str] = {}
+    instances = [
+        reader.instance(table, number, names, ports)
+        for number, table in enumerate(tables, start=1)
+    ]
+    return Config(path, tuple(instances))
+
+
+class _Reader:
+    """The checks, with what every message needs: the file and its directory."""
+
+    def __init__(self, path: str, environ: collections.abc.Mapping[str, str]):
+        self.path = path
+        self.environ = environ
+        self.base = os.path.dirname(os.path.abspath(path))
+
+    def error(self, where: str | None, key: str | None, problem: str) -> ConfigError:
+        parts = [self.path, where, key, problem]
+        return ConfigError(": ".join(p for p in parts if p))
+
+    def check_keys(
+        self,
+        where: str | None,
+        table: dict[str, Any],
+        section: str | None,
+        allowed: tuple[str, ...],
+        later: tuple[str, ...] = (),
+    ) -> None:
+        """Refuse the first key of ``table`` not in ``allowed``."""
+        prefix = () if section is None else (section,)
+        for key in table:
+            if key in later:
+                raise self.error(
+                    where,
+                    dotted(*prefix, key),
+                    "not supported by this version of gwebhook; remove it",
+                )
+            if key not in allowed:
+                if where is None:
+                    takes = "the file takes only [[instance]] tables"
+                else:
+                    scope = (
+                        "[[instance]]" if section is None else f"[instance.{section}]"
+                    )
+                    takes = f"{scope} takes {', '.join(allowed)}"
+                raise self.error(where, dotted(*prefix, key), f"unknown key; {takes}")
+
+    def instance(
+        self,
+        table: dict[str, Any],
+        number: int,
+        names: dict[str, int],
+        ports: dict[int, str],
+    ) -> InstanceConfig:
+        name = table.get("name")
+        usable = isinstance(name, str) and INSTANCE_NAME.fullmatch(name)
+        where = f"instance '{name}'" if usable else f"instance #{number}"
+        self.check_keys(where, table, None, _INSTANCE_KEYS, _INSTANCE_LATER)
+        self._name(where, name, number, names)
+
+        incident_type = self._optional(where, table, "incident_type", str, "a string")
+        if incident_type is not None and not incident_type.strip():
+            raise self.error(
+                where,
+                "incident_type",
+                "must not be empty; leave it out to use the default type",
+            )
+        store_samples = self._optional(where, table, "store_samples", bool, "a boolean")
+        anonymous = self._optional(where, table, "anonymous", bool, "a boolean")
+        port = self._port(where, table, ports)
+        cert, key = self._own_certificate(where, table, port)
+
+        self._who_may_send(where, table, anonymous)
+        credentials = None
+        if "auth" in table:
+            credentials = self._auth(where, self._table(where, table, "auth"))
+        mtls = None
+        if "mtls" in table:
+            mtls = self._mtls(where, self._table(where, table, "mtls"))
+        mapping = self._mapping(where, table)
+
+        if port is not None:
+            ports[port] = where
+        return InstanceConfig(
+            name=name,
+            incident_type=incident_type,
+            store_samples=bool(store_samples),
+            port=port,
+            cert=cert,
+            key=key,
+            anonymous=bool(anonymous),
+            credentials=credentials,
+            mtls=mtls,
+            mapping=mapping,
+        )
+
+    # -- the instance's own keys ---------------------------------------------
+
+    def _name(self, where: str, name: Any, number: int, names: dict[str, int]) -> None:
+        fix = "use 1 to 64 letters, digits, '_', '.' or '-'"
+        if name is None:
+            raise self.error(
+                where, "name", f'required; give the instance a name = "..." ({fix})'
+            )
+        if not isinstance(name, str):
+            raise self.error(where, "name", f"must be a string, got {_kind(name)}")
+        if not INSTANCE_NAME.fullmatch(name):
+            raise self.error(where, "name", f"{name!r} is not a valid name; {fix}")
+        if name == DEFAULT_INSTANCE:
+            raise self.error(
+                where,
+                "name",
+                f"'{DEFAULT_INSTANCE}' is the instance the command line describes; "
+                "choose another name",
+            )
+        if name in names:
+            raise self.error(
+                where,
+                "name",
+                f"instance #{names[name]} has this name too; "
+                "give each instance its own name",
+            )
+        names[name] = number
+
+    def _port(
+        self, where: str, table: dict[str, Any], ports: dict[int, str]
+    ) -> int | None:
+        port = self._optional(where, table, "port", int, "an integer")
+        if port is None:
+            return None
+        # 0 would be a port the kernel picks, which no sender could be told.
+        if not 1 <= port <= 65535:
+            raise self.error(
+                where, "port", f"{port} is out of range; give a port from 1 to 65535"
+            )
+        if port in ports:
+            raise self.error(
+                where,
+                "port",
+                f"{port} is already the port of {ports[port]}; "
+                "give each instance its own port",
+            )
+        return port
+
+    def _own_certificate(
+        self, where: str, table: dict[str, Any], port: int | None
+    ) -> tuple[str | None, str | None]:
+        cert = self._optional(where, table, "cert", str, "a string (a path)")
+        key = self._optional(where, table, "key", str, "a string (a path)")
+        if cert is None and key is None:
+            return None, None
+        if cert is None or key is None:
+            given, missing = ("cert", "key") if key is None else ("key", "cert")
+            raise self.error(
+                where,
+                given,
+                f"given without {missing}; give both cert and key, or neither "
+                "to serve the main certificate",
+            )
+        if port is None:
+            raise self.error(
+                where,
+                "cert",
+                "needs port: an instance's own certificate is served on its own "
+                "port only; add port = N, or drop cert and key",
+            )
+        # Only whether they can be read: the TLS code loads and pairs them.
+        cert = self._readable(
+            where, "cert", cert, "give the PEM file of this instance's certificate"
+        )
+        key = self._readable(
+            where, "key", key, "give the PEM file of the certificate's private key"
+        )
+        return cert, key
+
+    def _who_may_send(
+        self, where: str, table: dict[str, Any], anonymous: bool | None
+    ) -> None:
+        doors = [k for k in ("auth", "mtls") if k in table]
+        if anonymous and doors:
+            # When an instance has several ways in, all must pass; next to a
+            # credential "anonymous" would change nothing, so it can only be
+            # a misunderstanding of what the file says.
+            sections = " and ".join(f"[instance.{k}]" for k in doors)
+            raise self.error(
+                where,
+                "anonymous",
+                f"true contradicts {sections}; drop anonymous to require them, "
+                f"or drop {sections} to accept anyone",
+            )
+        if not anonymous and not doors:
+            raise self.error(
+                where,
+                None,
+                "nobody could send to it; add [instance.auth] or [instance.mtls], "
+                "or anonymous = true to accept anyone",
+            )
+
+    # -- [instance.auth] ------------------------------------------------------
+
+    def _auth(self, where: str, table: dict[str, Any]) -> Credentials:
+        self.check_keys(where, table, "auth", _AUTH_KEYS)
+        username = self._optional(where, table, "username", str, "a string", "auth")
+        if username is None:
+            raise self.error(
+                where,
+                "auth.username",
+                "required; give the Basic user name, or _header:NAME to take the "
+                "password from header NAME",
+            )
+        header_mode = username.startswith(HEADER_PREFIX)
+        if header_mode:
+            if not is_token(username[len(HEADER_PREFIX) :].strip()):
+                raise self.error(
+                    where,
+                    "auth.username",
+                    f"{username!r} needs a header name after {HEADER_PREFIX!r} "
+                    "(letters, digits and !#$%&'*+-.^_`|~), e.g. _header:Authorization",
+                )
+        elif not username:
+            raise self.error(
+                where,
+                "auth.username",
+                "must not be empty; give the Basic user name, or _header:NAME",
+            )
+        elif ":" in username:
+            raise self.error(
+                where, "auth.username", "cannot contain ':' (HTTP Basic forbids it)"
+            )
+        password = self._password(where, table)
+        if header_mode and not _sendable_header_value(password):
+            # Header values are printable ASCII (anything else is refused
+            # with 400) and arrive with surrounding spaces and tabs removed:
+            # a secret outside that could never match.
+            raise self.error(
+                where,
+                "auth",
+                "the password of a _header: credential must be printable ASCII "
+                "without leading or trailing spaces, or no request could carry it",
+            )
+        return Credentials.from_options(username, password)
+
+    def _password(self, where: str, table: dict[str, Any]) -> str:
+        sources = [k for k in _PASSWORD_SOURCES if k in table]
+        if not sources:
+            raise self.error(
+                where,
+                "auth",
+                "no password; give one of password_file, password_env or password",
+            )
+        if len(sources) > 1:
+            raise self.error(
+                where,
+                "auth",
+                f"{sources[0]} and {sources[1]} both given; give exactly one of "
+                "password, password_file, password_env",
+            )
+        [source] = sources
+        value = self._optional(where, table, source, str, "a string", "auth")
+        key = f"auth.{source}"
+        if source == "password":
+            if not value:
+                raise self.error(
+                    where,
+                    key,
+                    "must not be empty; give the password, or use password_file "
+                    "to keep it out of this file",
+                )
+            return value
+        if source == "password_env":
+            if not value:
+                raise self.error(
+                    where, key, "must name an environment variable; give its name"
+                )
+            secret = self.environ.get(value)
+            if secret is None:
+                raise self.error(
+                    where,
+                    key,
+                    f"environment variable ${value} is not set; set it in the "
+                    "daemon's environment, or use password_file",
+                )
+            if not secret:
+                raise self.error(
+                    where,
+                    key,
+                    f"environment variable ${value} is empty; set it to the "
+                    "password, or use password_file",
+                )
+            return secret
+        path = self._path(where, key, value)
+        fix = "give a file the daemon can read, holding just the password"
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise self.error(
+                where, key, f"cannot read {path}: {e.strerror}; {fix}"
+            ) from None
+        except UnicodeDecodeError as e:
+            raise self.error(
+                where, key, f"{path} is not UTF-8 (byte {e.start}); {fix}"
+            ) from None
+        # One trailing newline is what an editor or `echo` leaves; the same
+        # rule as --password-file.
+        secret = text[:-1] if text.endswith("\n") else text
+        if not secret:
+            raise self.error(where, key, f"{path} is empty; {fix}")
+        return secret
+
+    # -- [instance.mtls] ------------------------------------------------------
+
+    def _mtls(self, where: str, table: dict[str, Any]) -> MTLSConfig:
+        self.check_keys(where, table, "mtls", _MTLS_KEYS)
+        client_ca = self._optional(
+            where, table, "client_ca", str, "a string (a path)", "mtls"
+        )
+        if client_ca is None:
+            raise self.error(where, "mtls.client_ca", f"required; {_CA_FIX}")
+        names = table.get("client_names", [])
+        if not isinstance(names, list):
+            raise self.error(
+                where,
+                "mtls.client_names",
+                f"must be an array of strings, got {_kind(names)}",
+            )
+        for number, name in enumerate(names, start=1):
+            if not isinstance(name, str) or not name:
+                raise self.error(
+                    where,
+                    "mtls.client_names",
+                    f"entry {number} must be a non-empty string, got {_kind(name)}",
+                )
+        if "client_names" in table and not names:
+            raise self.error(
+                where,
+                "mtls.client_names",
+                "an empty list would refuse every client; leave it out to accept "
+                "any certificate the CA issued",
+            )
+        path = self._path(where, "mtls.client_ca", client_ca)
+        return MTLSConfig(path, tuple(names), self._ca_certificates(where, path))
+
+    def _ca_certificates(self, where: str, path: str) -> tuple[x509.Certificate, ...]:
+        key = "mtls.client_ca"
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise self.error(
+                where, key, f"cannot read {path}: {e.strerror}; {_CA_FIX}"
+            ) from None
+        if b"-----BEGIN CERTIFICATE-----" not in data:
+            raise self.error(where, key, f"{path} holds no PEM certificate; {_CA_FIX}")
+        try:
+            certificates = x509.load_pem_x509_certificates(data)
+        except ValueError:
+            raise self.error(
+                where,
+                key,
+                f"{path} holds a certificate that cannot be parsed; {_CA_FIX}",
+            ) from None
+        for certificate in certificates:
+            try:
+                constraints = certificate.extensions.get_extension_for_class(
+                    x509.BasicConstraints
+                ).value
+                is_ca = constraints.ca
+            except x509.ExtensionNotFound:
+                is_ca = False
+            if not is_ca:
+                subject = certificate.subject.rfc4514_string() or "no subject"
+                raise self.error(
+                    where,
+                    key,
+                    f"{path} holds a certificate that is not a CA ({subject}); "
+                    f"{_CA_FIX}, not one it issued",
+                )
+        return tuple(certificates)
+
+    # -- [instance.map] and [instance.fields] ---------------------------------
+
+    def _mapping(self, where: str, table: dict[str, Any]) -> Mapping | None:
+        expressions = {}
+        for section, allowed in (("map", MAP_KEYS), ("fields", None)):
+            if section not in table:
+                expressions[section] = {}
+                continue
+            entries = self._table(where, table, section)
+            if allowed is not None:
+                self.check_keys(where, entries, section, allowed)
+            for key, value in entries.items():
+                if not isinstance(value, str):
+                    raise self.error(
+                        where,
+                        dotted(section, key),
+                        f"must be a string (a JMESPath expression), got {_kind(value)}",
+                    )
+            expressions[section] = entries
+        if not expressions["map"] and not expressions["fields"]:
+            return None
+        try:
+            return compile_mapping(expressions["map"], expressions["fields"])
+        except MappingError as e:
+            raise self.error(where, e.key, e.message) from None
+
+    # -- helpers -------------------------------------------------------------
+
+    def _optional(
+        self,
+        where: str,
+        table: dict[str, Any],
+        key: str,
+        kind: type,
+        described: str,
+        section: str | None = None,
+    ) -> Any:
+        """``table[key]`` if present, checked to be of ``kind``; else None."""
+        if key not in table:
+            return None
+        value = table[key]
+        # TOML booleans are Python ints: never let true pass as a port.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            name = dotted(section, key) if section else key
+            raise self.error(where, name, f"must be {described}, got {_kind(value)}")
+        return value
+
+    def _table(self, where: str, table: dict[str, Any], key: str) -> dict[str, Any]:
+        value = table[key]
+        if not isinstance(value, dict):
+            raise self.error(
+                where,
+                key,
+                f"must be a table ([instance.{key}]), got {_kind(value)}",
+            )
+        return value
+
+    def _path(self, where: str, key: str, value: str) -> str:
+        if not value:
+            raise self.error(where, key, "must not be empty; give a path")
+        # join keeps an absolute value as it is.
+        return os.path.normpath(os.path.join(self.base, value))
+
+    def _readable(self, where: str, key: str, value: str, fix: str) -> str:
+        path = self._path(where, key, value)
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise self.error(
+                where, key, f"cannot read {path}: {e.strerror}; {fix}"
+            ) from None
+        return path
+
+
+def _sendable_header_value(value: str) -> bool:
+    return (
+        value.isascii()
+        and is_printable_ascii(value.encode("ascii"))
+        and value == value.strip(" \t")
+    )
+
+
+def _kind(value: Any) -> str:
+    """A TOML value's type as a message names it, with its article."""
+    if isinstance(value, bool):
+        return "a boolean"
+    for kind, name in (
+        (str, "a string"),
+        (int, "an integer"),
+        (float, "a float"),
+        (list, "an array"),
+        (dict, "a table"),
+    ):
+        if isinstance(value, kind):
+            return name
+    # tomllib's dates and times.
+    return "a date or time"
