@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
-import re
 import sys
 from dataclasses import dataclass
 from typing import IO, Any
@@ -41,6 +40,7 @@ from zope.interface import implementer
 
 from gwebhook.headers import is_printable_ascii, is_token
 from gwebhook.payload import PayloadError, parse_json
+from gwebhook.tls import TLSConfigError, load_chain
 
 DEFAULT_TIMEOUT = 15.0  # Wallarm's "Request timeout"
 DEFAULT_CONNECT_TIMEOUT = 20.0  # Wallarm's "Connection timeout"
@@ -301,22 +301,13 @@ def read_data(argument: str | None, stdin: IO[bytes] | None = None) -> bytes:
 
 
 def read_cacert(path: str) -> list[Certificate]:
-    """Every PEM certificate in ``--cacert FILE``."""
+    """Every PEM certificate in ``--cacert FILE``, read as the daemon reads its own."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ArgumentError(f"--cacert {path}: cannot read it ({e.strerror})") from None
-    blocks = re.findall(
-        rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", data, re.DOTALL
-    )
-    try:
-        certificates = [Certificate.loadPEM(block) for block in blocks]
-    except crypto.Error:
-        certificates = []
-    if not certificates:
-        raise ArgumentError(f"--cacert {path} holds no PEM certificate")
-    return certificates
+        chain = load_chain(path)
+    except TLSConfigError as e:
+        # load_chain's messages name the daemon's option; this one is ours.
+        raise ArgumentError(str(e).replace("--cert", "--cacert")) from None
+    return [Certificate(crypto.X509.from_cryptography(c)) for c in chain]
 
 
 def prepare(

@@ -284,7 +284,7 @@ def test_cacert_must_hold_a_certificate(tmp_path, pki):
     empty.write_text("nothing here")
     with pytest.raises(sender.ArgumentError, match="holds no PEM certificate"):
         sender.read_cacert(str(empty))
-    with pytest.raises(sender.ArgumentError, match="cannot read it"):
+    with pytest.raises(sender.ArgumentError, match="does not exist"):
         sender.read_cacert(str(tmp_path / "absent.pem"))
 
 
@@ -365,3 +365,32 @@ def test_data_the_receiver_refuses_is_refused_with_its_reason(daemon):
         with pytest.raises(BlockingIOError):
             listener.accept()
     assert requests_stored(d) == 0
+
+
+# One reader for PEM certificates: the daemon's ------------------------------
+
+
+def test_cacert_bundle_trusts_each_of_its_certificates(daemon, tmp_path, pki):
+    """--cacert with several CAs, the right one last, verifies the server."""
+    d = daemon(*AUTH)
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(
+        b"# a bundle as distributions ship them\n"
+        + trustme.CA().cert_pem.bytes()
+        + pki.ca.read_bytes()
+    )
+    result = send(url(d), "--cacert", str(bundle), "-u", "admin:pw", "-d", "{}")
+    assert result.returncode == 0, result.stderr
+    assert requests_stored(d) == 1
+
+
+def test_cacert_without_a_certificate_is_refused_naming_cacert(tmp_path):
+    """A --cacert file with no PEM certificate is one line naming --cacert, status 2."""
+    der = tmp_path / "ca.der"
+    der.write_bytes(b"0\x82\x01\x0a not PEM")
+    port = free_port()
+    line = assert_one_line_error(
+        send(f"https://127.0.0.1:{port}/", "--cacert", str(der)), status=2
+    )
+    assert line.startswith(f"gwebhook send: --cacert: {der} holds no PEM certificate")
+    assert "--cert " not in line and "--cert:" not in line
