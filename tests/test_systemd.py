@@ -213,6 +213,17 @@ def test_service_unit_is_hardened_and_reloadable():
     assert sockets["ListenStream"], "the socket unit listens on nothing"
 
 
+def test_service_unit_leaves_tls_the_memory_it_needs():
+    """
+    The unit does not deny writable and executable memory: pyOpenSSL's
+    callbacks (ALPN among them) are cffi closures made in such memory, and
+    without it every TLS handshake fails.
+    """
+    unit = unit_settings(UNITS / "gwebhook.service")
+    denied = unit.get("MemoryDenyWriteExecute", ["no"])[-1].lower()
+    assert denied in ("no", "false", "off", "0"), "MemoryDenyWriteExecute= breaks TLS"
+
+
 def test_unit_exec_start_runs_as_written(tmp_path, pki, spawn, notify_socket):
     """The unit's ExecStart, paths moved into tmp, starts a daemon that stores."""
     state = tmp_path / "state"
