@@ -37,7 +37,15 @@ def _export(args) -> None:
 
 
 def _samples(args) -> None:
-    _emit(readback.samples(readback.open_store(args.db)))
+    kept = readback.samples(readback.open_store(args.db))
+    if not kept:
+        # A note, not an error: `[]` is still the true answer for a script.
+        print(
+            f"gwebhook samples: {args.db} holds no samples; they are kept only "
+            "when the daemon runs with --store-samples",
+            file=sys.stderr,
+        )
+    _emit(kept)
 
 
 def _make_cert(args) -> None:

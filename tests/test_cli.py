@@ -149,9 +149,18 @@ def test_samples_are_the_last_20(daemon):
 
 
 def test_no_samples_without_store_samples(written):
-    """'samples' prints an empty array when the daemon runs without --store-samples."""
+    """
+    'samples' on a store without samples prints an empty array, exit status 0,
+    and says on stderr that samples need --store-samples.
+    """
     d, _ = written
-    assert json.loads(cli("--db", str(d.db), "samples")) == []
+    result = run_cli("--db", str(d.db), "samples")
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == []
+    assert result.stderr == (
+        f"gwebhook samples: {d.db} holds no samples; they are kept only when the "
+        "daemon runs with --store-samples\n"
+    )
 
 
 def test_reads_while_the_daemon_writes(daemon):
