@@ -81,6 +81,11 @@ _VERIFY_ERRORS = {
 }
 _UNKNOWN_ISSUER = {2, 20, 21}
 _UNTRUSTED_SELF_SIGNED = {18, 19}
+# What to do when the chain is sound but its CA is not trusted.
+TRUST_HINT = (
+    "to trust it, give its CA certificate with --cacert FILE"
+    " (or -k to skip verification, for a trial only)"
+)
 TLS_MINIMUM = TLSVersion.TLSv1_2
 
 
@@ -188,15 +193,17 @@ def check_url(url: str) -> str:
 def verify_problem(code: int, subject: str, issuer: str, trusted: str) -> str:
     """
     Why a certificate did not verify: OpenSSL's words for its error ``code``
-    and, when the trust is what failed, which CA was missing from ``trusted``.
+    and, when the trust is what failed, which CA was missing from ``trusted``
+    and how to trust it.
     """
     words = _VERIFY_ERRORS.get(code, f"OpenSSL verify error {code}")
     if code in _UNKNOWN_ISSUER:
         return (
-            f"{words}: '{subject}' was issued by '{issuer}', which is not in {trusted}"
+            f"{words}: '{subject}' was issued by '{issuer}', which is not in "
+            f"{trusted}; {TRUST_HINT}"
         )
     if code in _UNTRUSTED_SELF_SIGNED:
-        return f"{words}: '{subject}' is not in {trusted}"
+        return f"{words}: '{subject}' is not in {trusted}; {TRUST_HINT}"
     return f"{words} ('{subject}')"
 
 

@@ -300,7 +300,7 @@ def test_verify_problem_names_the_missing_ca():
     """A certificate error says OpenSSL's reason and what trust was missing."""
     assert sender.verify_problem(20, "CN=inter", "CN=root", "--cacert ca.pem") == (
         "unable to get local issuer certificate: 'CN=inter' was issued by"
-        " 'CN=root', which is not in --cacert ca.pem"
+        " 'CN=root', which is not in --cacert ca.pem; " + sender.TRUST_HINT
     )
     assert sender.verify_problem(18, "CN=me", "CN=me", "--cacert x").startswith(
         "self-signed certificate: 'CN=me' is not in --cacert x"
@@ -394,3 +394,20 @@ def test_cacert_without_a_certificate_is_refused_naming_cacert(tmp_path):
     )
     assert line.startswith(f"gwebhook send: --cacert: {der} holds no PEM certificate")
     assert "--cert " not in line and "--cert:" not in line
+
+
+def test_untrusted_server_suggests_cacert_or_insecure(daemon):
+    """
+    A server whose CA the system does not trust fails in one line that says
+    which CA is missing and suggests --cacert FILE, or -k for a trial.
+    """
+    d = daemon(*AUTH)
+    line = assert_one_line_error(send(url(d), "-u", "admin:pw", "-d", "{}"))
+    where = f"127.0.0.1:{d.port}"
+    assert line.startswith(f"gwebhook: certificate verification failed for {where}: ")
+    assert "which is not in the system's trusted CAs; " in line
+    assert line.endswith(
+        "give its CA certificate with --cacert FILE"
+        " (or -k to skip verification, for a trial only)\n"
+    )
+    assert requests_stored(d) == 0
