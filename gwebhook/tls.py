@@ -6,7 +6,7 @@ server cipher order, forward-secret AEAD suites only).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
+    IProtocolNegotiationFactory,
     IStreamServerEndpoint,
 )
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
@@ -35,6 +36,10 @@ TLS12_CIPHERS = ":".join(
         "ECDHE-RSA-AES128-GCM-SHA256",
     ]
 )
+
+
+HTTP_1_1 = b"http/1.1"
+HTTP_1_0 = b"http/1.0"
 
 
 class TLSConfigError(Exception):
@@ -109,10 +114,45 @@ def load_pair(cert_path: str, key_path: str) -> tuple[list[crypto.X509], crypto.
     return chain, crypto.PKey.from_cryptography_key(private_key)
 
 
+def choose_protocol(offered: Sequence[bytes], served: Sequence[bytes]) -> bytes | None:
+    """
+    The ALPN protocol to answer a client that offers ``offered``: the first
+    of ``served`` it offers, else None, meaning "no protocol chosen, carry
+    on".  RFC 7301 would have the handshake fail then, but a client that
+    names only what we do not (curl --http1.0 offers just "http/1.0") may
+    well speak what we serve; if it does not, it says so in HTTP.  An
+    HTTP/1.1 server serves HTTP/1.0, so "http/1.0" is chosen when offered
+    alone.
+    """
+    if HTTP_1_1 in served and HTTP_1_0 not in served:
+        served = [*served, HTTP_1_0]
+    for protocol in served:
+        if protocol in offered:
+            return protocol
+    return None
+
+
+def _served_protocols(connection: SSL.Connection) -> Sequence[bytes]:
+    # As Twisted finds them: the application factory behind this
+    # connection's TLS layer names the protocols it speaks, if any.
+    tls_protocol = connection.get_app_data()
+    wrapped = IProtocolNegotiationFactory(tls_protocol.factory.wrappedFactory, None)
+    return wrapped.acceptableProtocols() if wrapped is not None else ()
+
+
+def _select_protocol(connection: SSL.Connection, offered: list[bytes]):
+    chosen = choose_protocol(offered, _served_protocols(connection))
+    return SSL.NO_OVERLAPPING_PROTOCOLS if chosen is None else chosen
+
+
 def options_for(chain: list[crypto.X509], key: crypto.PKey) -> CertificateOptions:
     """
     The TLS policy for this chain and key.  Each call makes a new context
     and so a new random session-ticket key.
+
+    The context is made here rather than at the first connection, and then
+    adjusted: CertificateOptions makes it once and every connection it
+    creates uses that one.
     """
     options = CertificateOptions(
         privateKey=key,
@@ -128,6 +168,11 @@ def options_for(chain: list[crypto.X509], key: crypto.PKey) -> CertificateOption
     # TLS 1.2 renegotiation started by a client is a cheap way to make the
     # server do handshakes; nothing gwebhook serves needs it.
     options._options |= SSL.OP_NO_RENEGOTIATION
+    context = options.getContext()
+    # Twisted's own ALPN callback fails the handshake when the client offers
+    # nothing the application names (it answers b"", which pyOpenSSL takes
+    # as "abort"): ours lets it go on (see choose_protocol).
+    context.set_alpn_select_callback(_select_protocol)
     return options
 
 
