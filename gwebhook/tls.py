@@ -165,10 +165,11 @@ def options_for(chain: list[crypto.X509], key: crypto.PKey) -> CertificateOption
         enableSessions=True,
         enableSessionTickets=True,
     )
-    # TLS 1.2 renegotiation started by a client is a cheap way to make the
-    # server do handshakes; nothing gwebhook serves needs it.
-    options._options |= SSL.OP_NO_RENEGOTIATION
     context = options.getContext()
+    # TLS 1.2 renegotiation started by a client is a cheap way to make the
+    # server do handshakes; nothing gwebhook serves needs it.  (OpenSSL 3
+    # refuses it by default already; this holds whatever the build.)
+    context.set_options(SSL.OP_NO_RENEGOTIATION)
     # Twisted's own ALPN callback fails the handshake when the client offers
     # nothing the application names (it answers b"", which pyOpenSSL takes
     # as "abort"): ours lets it go on (see choose_protocol).
