@@ -107,7 +107,7 @@ def _send(args) -> int:
     from gwebhook import sender
 
     try:
-        outgoing = sender.prepare(
+        outgoing = sender.build_request(
             args.url,
             method=args.method,
             data=args.data,

@@ -317,7 +317,7 @@ def read_cacert(path: str) -> list[Certificate]:
     return [Certificate(crypto.X509.from_cryptography(c)) for c in chain]
 
 
-def prepare(
+def build_request(
     url: str,
     *,
     method: str = "POST",
@@ -329,7 +329,10 @@ def prepare(
     timeout: float = DEFAULT_TIMEOUT,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
 ) -> Outgoing:
-    """Check the command line and read what it names; raise ArgumentError."""
+    """
+    The request the command line describes, checked, with the body and the
+    --cacert file read; ArgumentError if anything cannot be used.
+    """
     url = check_url(url)
     method = method.upper()
     if method not in METHODS:

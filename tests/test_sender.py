@@ -288,12 +288,12 @@ def test_cacert_must_hold_a_certificate(tmp_path, pki):
         sender.read_cacert(str(tmp_path / "absent.pem"))
 
 
-def test_prepare_refuses_contradictions(pki):
+def test_build_request_refuses_contradictions(pki):
     """--cacert with --insecure, or either with an http:// URL, is refused."""
     with pytest.raises(sender.ArgumentError, match="not both"):
-        sender.prepare("https://h/", cacert=str(pki.ca), insecure=True)
+        sender.build_request("https://h/", cacert=str(pki.ca), insecure=True)
     with pytest.raises(sender.ArgumentError, match="https:// URLs only"):
-        sender.prepare("http://h/", insecure=True)
+        sender.build_request("http://h/", insecure=True)
 
 
 def test_verify_problem_names_the_missing_ca():
@@ -320,7 +320,9 @@ def test_certificate_names(pki):
 
 def test_connect_timeout_and_name_failures_are_described():
     """A connect timeout names --connect-timeout; an unknown host says so."""
-    outgoing = sender.prepare("https://example.invalid:8443/", connect_timeout=2.5)
+    outgoing = sender.build_request(
+        "https://example.invalid:8443/", connect_timeout=2.5
+    )
     timeout = Failure(error.TimeoutError())
     assert sender.describe_failure(timeout, outgoing, None) == (
         "cannot connect to example.invalid:8443: no answer within 2.5 s"
