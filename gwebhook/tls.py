@@ -42,8 +42,15 @@ HTTP_1_1 = b"http/1.1"
 HTTP_1_0 = b"http/1.0"
 
 
+NO_EXECUTABLE_MEMORY = (
+    "TLS cannot be set up: this process may not have memory that is both "
+    "writable and executable, which pyOpenSSL's callbacks need; lift that "
+    "restriction (MemoryDenyWriteExecute= in a systemd unit, prctl PR_SET_MDWE)"
+)
+
+
 class TLSConfigError(Exception):
-    """The certificate or key cannot be served; the message says how to fix it."""
+    """TLS cannot be served as configured; the message says how to fix it."""
 
 
 def _read(path: str, what: str, option: str) -> bytes:
@@ -165,7 +172,15 @@ def options_for(chain: list[crypto.X509], key: crypto.PKey) -> CertificateOption
         enableSessions=True,
         enableSessionTickets=True,
     )
-    context = options.getContext()
+    try:
+        context = options.getContext()
+    except MemoryError as e:
+        if "write+execute" not in str(e):
+            raise
+        # Twisted's ALPN callback is a cffi closure: where no memory may be
+        # both writable and executable, no context can be made.  Said now,
+        # in one line, rather than with every handshake after "ready".
+        raise TLSConfigError(NO_EXECUTABLE_MEMORY) from None
     # TLS 1.2 renegotiation started by a client is a cheap way to make the
     # server do handshakes; nothing gwebhook serves needs it.  (OpenSSL 3
     # refuses it by default already; this holds whatever the build.)
