@@ -68,5 +68,15 @@ def encoded_answer(request, status: int, body: bytes) -> bytes:
 
 
 def error_answer(request, status: int, message: str) -> bytes:
-    """An error answer: ``{"error": message}``."""
+    """
+    An error answer: ``{"error": message}``.  The message is kept on the
+    request too, so its access line says why.
+    """
+    request.error = message
     return json_answer(request, status, {"error": message})
+
+
+NOT_FOUND_MESSAGE = (
+    "no such path; send webhooks to /, /instance/execute/<name> "
+    "or /xsoar/instance/execute/<name>"
+)

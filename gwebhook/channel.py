@@ -9,21 +9,24 @@ its own status and a JSON reason, then the connection is closed.
 
 from __future__ import annotations
 
-import os
-import time
+from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger, LogLevel
+from twisted.internet.interfaces import IReactorTime
 from twisted.web import http, server
 
-from gwebhook.answers import RETRY_AFTER_SECONDS, error_answer, raw_response
+from gwebhook.accesslog import CLIENT_CLOSED_REQUEST, AccessLog, next_request_id
+from gwebhook.addresses import client_key, display_host
+from gwebhook.answers import (
+    NOT_FOUND_MESSAGE,
+    RETRY_AFTER_SECONDS,
+    error_answer,
+    raw_response,
+)
 from gwebhook.gate import Gate
 from gwebhook.headers import is_printable_ascii
-from gwebhook.logs import as_format
 from gwebhook.metrics import Metrics
-
-log = Logger()
 
 DEFAULT_MAX_HEADER_BYTES = 65536
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -39,12 +42,10 @@ DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 100
 CLOSE_GRACE_SECONDS = 5.0
 # The site's attribute holding each phase's limit, in seconds.
 _PHASE_LIMITS = {
-    "idle": "idleTimeout",
-    "headers": "headerTimeout",
-    "body": "bodyTimeout",
+    "idle": "idle_timeout",
+    "headers": "header_timeout",
+    "body": "body_timeout",
 }
-# As nginx logs it: the client closed the connection before the answer.
-CLIENT_CLOSED_REQUEST = 499
 # A connection over a cap gets this long to send its first bytes (and read
 # its 503); then it is dropped, so it cannot hold a descriptor for long.
 OVER_LIMIT_SECONDS = 2.0
@@ -52,22 +53,17 @@ OVER_LIMIT_SECONDS = 2.0
 SHUTDOWN_GRACE_SECONDS = 0.5
 
 
-_ACCESS_LINE = "%s %s %s %d incidents=%d bytes=%d %.1fms id=%s"
+@dataclass(frozen=True)
+class ChannelLimits:
+    """What one connection and one request may take: bytes, seconds, count."""
 
-
-# Request ids: 64 random bits each, as 16 hex digits, cut from one read of
-# the system's randomness per 256 ids (a counter would be cheaper, but would
-# tell anyone who gets two ids how many requests came in between).
-_IDS_PER_READ = 256
-_unused_ids: list[str] = []
-
-
-def next_request_id() -> str:
-    """A new request id: 16 random hex digits."""
-    if not _unused_ids:
-        digits = os.urandom(8 * _IDS_PER_READ).hex()
-        _unused_ids.extend(digits[i : i + 16] for i in range(0, len(digits), 16))
-    return _unused_ids.pop()
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -88,6 +84,9 @@ class WebhookRequest(server.Request):
     incidents = 0
     route = "other"
     admitted = False
+    # The message of an error answer (see answers.error_answer), for the
+    # access line.
+    error: str | None = None
 
     def process(self) -> None:
         # Twisted answers a path of "*" itself (in HTML) and Klein answers a
@@ -96,7 +95,7 @@ class WebhookRequest(server.Request):
         if self.path == b"*" or not _is_utf8(unquote_to_bytes(self.path)):
             self.site = self.channel.site
             self._identify()
-            self.write(error_answer(self, 404, "no such path; send webhooks to /"))
+            self.write(error_answer(self, 404, NOT_FOUND_MESSAGE))
             self.finish()
             return
         super().process()
@@ -115,7 +114,7 @@ class WebhookRequest(server.Request):
         super().render(resource)
 
     def gotLength(self, length: int | None) -> None:
-        self.startedAt = time.monotonic()
+        self.startedAt = self.channel.site.reactor.seconds()
         self.requestId = next_request_id()
         self._bodyBytes = 0
         self.channel.site.track(self)
@@ -123,7 +122,7 @@ class WebhookRequest(server.Request):
 
     def handleContentChunk(self, data: bytes) -> None:
         self._bodyBytes += len(data)
-        if self._bodyBytes > self.channel.maxBodyBytes:
+        if self._bodyBytes > self.channel.limits.max_body_bytes:
             self.channel.refuse(413, self.channel.bodyLimitMessage())
             return
         super().handleContentChunk(data)
@@ -141,8 +140,7 @@ class LimitedChannel(http.HTTPChannel):
     While a request is handled there is no deadline: shutdown bounds that.
     """
 
-    maxHeaderBytes = DEFAULT_MAX_HEADER_BYTES
-    maxBodyBytes = DEFAULT_MAX_BODY_BYTES
+    limits = ChannelLimits()
     _refused = False
     _headerBytes = 0
     _phase: str | None = None
@@ -151,11 +149,12 @@ class LimitedChannel(http.HTTPChannel):
     _aborting = None
     _overLimit: str | None = None
     client = "-"
+    clientKey = "-"
     admitted = False
     requestStarted: float | None = None
 
     def bodyLimitMessage(self) -> str:
-        return f"body is over the limit of {self.maxBodyBytes} bytes"
+        return f"body is over the limit of {self.limits.max_body_bytes} bytes"
 
     def refuse(
         self,
@@ -197,7 +196,7 @@ class LimitedChannel(http.HTTPChannel):
         """
         self._phase = phase
         if phase == "headers":
-            self.requestStarted = time.monotonic()
+            self.requestStarted = self.site.reactor.seconds()
         seconds = self._seconds(phase)
         if not seconds:
             self._phaseEnds = None
@@ -218,7 +217,7 @@ class LimitedChannel(http.HTTPChannel):
             return None
         if phase == "refusing":
             return OVER_LIMIT_SECONDS
-        return getattr(self.site, _PHASE_LIMITS[phase])
+        return getattr(self.limits, _PHASE_LIMITS[phase])
 
     def _tick(self) -> None:
         timer, self._deadline = self._deadline, None
@@ -260,7 +259,7 @@ class LimitedChannel(http.HTTPChannel):
             self._enter("headers")
         first = self._headerBytes == 0
         self._headerBytes += len(line) + 2
-        if self._headerBytes > self.maxHeaderBytes:
+        if self._headerBytes > self.limits.max_header_bytes:
             self.refuse(431, self._headerLimitMessage())
             return
         if not is_printable_ascii(line):
@@ -269,7 +268,7 @@ class LimitedChannel(http.HTTPChannel):
         super().lineReceived(line)
 
     def allHeadersReceived(self) -> None:
-        if self.length is not None and self.length > self.maxBodyBytes:
+        if self.length is not None and self.length > self.limits.max_body_bytes:
             # Refused on the declared length, before a byte of it is read and
             # before any "100 Continue" invites the client to send it.
             self.refuse(413, self.bodyLimitMessage())
@@ -334,7 +333,7 @@ class LimitedChannel(http.HTTPChannel):
         self.refuse(400, "request is not valid HTTP/1.1")
 
     def _headerLimitMessage(self) -> str:
-        limit = self.maxHeaderBytes
+        limit = self.limits.max_header_bytes
         return f"request line and headers are over the limit of {limit} bytes"
 
 
@@ -347,6 +346,11 @@ def _non_ascii_message(line: bytes, first: bool) -> str:
             f"header {name.decode('ascii')!r} has a value that is not printable ASCII"
         )
     return "a header name is not printable ASCII"
+
+
+def _why(status: int, message: str) -> str:
+    """The reason an access line gives for an error answer."""
+    return f"{'refused' if status < 500 else 'failed'}: {message}"
 
 
 class WebhookSite(server.Site):
@@ -364,30 +368,26 @@ class WebhookSite(server.Site):
     def __init__(
         self,
         resource,
-        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        metrics: Metrics | None = None,
-        gate: Gate | None = None,
-        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
-        body_timeout: float = DEFAULT_BODY_TIMEOUT,
-        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
-        **kwargs,
+        *,
+        gate: Gate | None,
+        metrics: Metrics,
+        access_log: AccessLog,
+        limits: ChannelLimits,
+        reactor: IReactorTime,
     ) -> None:
+        """
+        ``gate`` decides at the end of a request's headers whether its body
+        may be read (None: anyone may send); ``reactor`` gives every
+        deadline and duration of the request path its time.
+        """
         # The channel's own deadlines replace Twisted's resettable timeout.
         super().__init__(
-            resource, parsePOSTFormSubmission=False, timeout=None, **kwargs
+            resource, parsePOSTFormSubmission=False, timeout=None, reactor=reactor
         )
-        self.maxHeaderBytes = max_header_bytes
-        self.maxBodyBytes = max_body_bytes
-        self.metrics = metrics or Metrics()
         self.gate = gate
-        self.headerTimeout = header_timeout
-        self.bodyTimeout = body_timeout
-        self.idleTimeout = idle_timeout
-        self.maxConnections = max_connections
-        self.maxConnectionsPerClient = max_connections_per_client
+        self.metrics = metrics
+        self.access = access_log
+        self.limits = limits
         self._channels: set[LimitedChannel] = set()
         self._perClient: dict[str, int] = {}
         self._admitted = 0
@@ -400,16 +400,17 @@ class WebhookSite(server.Site):
         Admit a connection, or say why it is refused.  Only admitted ones
         count against the caps: refused ones cannot crowd out other clients.
         """
-        client = getattr(channel.transport.getPeer(), "host", "-")
-        channel.client = client
+        channel.client = display_host(getattr(channel.transport.getPeer(), "host", "-"))
+        # Counted per client: an IPv4 address, or an IPv6 host's /64.
+        key = channel.clientKey = client_key(channel.client)
         self._channels.add(channel)
-        if self._admitted >= self.maxConnections:
+        if self._admitted >= self.limits.max_connections:
             return "too many connections; retry later"
-        if self._perClient.get(client, 0) >= self.maxConnectionsPerClient:
+        if self._perClient.get(key, 0) >= self.limits.max_connections_per_client:
             return "too many connections from this address; retry later"
         channel.admitted = True
         self._admitted += 1
-        self._perClient[client] = self._perClient.get(client, 0) + 1
+        self._perClient[key] = self._perClient.get(key, 0) + 1
         self.metrics.connections.inc()
         return None
 
@@ -418,9 +419,9 @@ class WebhookSite(server.Site):
         if channel.admitted:
             channel.admitted = False
             self._admitted -= 1
-            count = self._perClient.pop(channel.client) - 1
+            count = self._perClient.pop(channel.clientKey) - 1
             if count:
-                self._perClient[channel.client] = count
+                self._perClient[channel.clientKey] = count
             self.metrics.connections.dec()
         if self._allClosed is not None and not self._channels:
             self._allClosed, gone = None, self._allClosed
@@ -439,14 +440,14 @@ class WebhookSite(server.Site):
         if request not in self._inFlight:
             return  # answered by the channel (refused) already
         started = getattr(request, "startedAt", None)
-        self._access(
+        self.access.write(
             client=request.channel.client if request.channel else "-",
             method=request.method,
             path=getattr(request, "path", None) or b"-",
             status=CLIENT_CLOSED_REQUEST,
             incidents=request.incidents,
             body_bytes=getattr(request, "_bodyBytes", 0),
-            seconds=time.monotonic() - started if started else 0.0,
+            seconds=self._since(started),
             request_id=getattr(request, "requestId", "-"),
             route=request.route,
             reason="cut off: the client went away before its answer",
@@ -460,13 +461,14 @@ class WebhookSite(server.Site):
             self._drained, drained = None, self._drained
             drained.callback(None)
 
-    def drain(self, timeout: float, clock) -> Deferred[int]:
+    def drain(self, timeout: float) -> Deferred[int]:
         """
         Let the requests in flight finish (at most ``timeout`` seconds), then
         close every connection; those still unanswered are cut off, so they
         never get a 200.  Fires with the number cut off.
         """
         self.draining = True
+        clock = self.reactor
         waiting: Deferred[None] = Deferred()
         if self._inFlight:
             self._drained = waiting
@@ -505,28 +507,28 @@ class WebhookSite(server.Site):
 
     def buildProtocol(self, addr):
         channel = super().buildProtocol(addr)
-        channel.maxHeaderBytes = self.maxHeaderBytes
-        channel.maxBodyBytes = self.maxBodyBytes
+        channel.limits = self.limits
         # Our byte count is the one limit: Twisted's own line length, block
         # size and header count limits must never fire first.
-        channel.MAX_LENGTH = self.maxHeaderBytes
-        channel.totalHeadersSize = self.maxHeaderBytes
-        channel.maxHeaders = self.maxHeaderBytes
+        channel.MAX_LENGTH = self.limits.max_header_bytes
+        channel.totalHeadersSize = self.limits.max_header_bytes
+        channel.maxHeaders = self.limits.max_header_bytes
         return channel
 
     def log(self, request: WebhookRequest) -> None:
         """Count a request a route answered, and write its access line."""
         started = getattr(request, "startedAt", None)
-        self._access(
-            client=request.getClientAddress().host or "-",
+        self.access.write(
+            client=display_host(request.getClientAddress().host or "-"),
             method=request.method,
             path=request.path,
             status=request.code,
             incidents=request.incidents,
             body_bytes=getattr(request, "_bodyBytes", 0),
-            seconds=time.monotonic() - started if started else 0.0,
+            seconds=self._since(started),
             request_id=getattr(request, "requestId", "-"),
             route=request.route,
+            reason=request.error and _why(request.code, request.error),
         )
 
     def refused(
@@ -540,7 +542,7 @@ class WebhookSite(server.Site):
         """Count a request the channel refused, and write its access line."""
         self.metrics.refusals.labels(str(status)).inc()
         started = channel.requestStarted
-        self._access(
+        self.access.write(
             client=channel.client,
             # The request line, when it was read before the refusal.
             method=getattr(channel, "_command", b"-"),
@@ -548,60 +550,11 @@ class WebhookSite(server.Site):
             status=status,
             incidents=0,
             body_bytes=getattr(request, "_bodyBytes", 0),
-            seconds=time.monotonic() - started if started else 0.0,
+            seconds=self._since(started),
             request_id=request_id,
             route="channel",
             reason=f"refused: {reason}",
         )
 
-    def _access(
-        self,
-        *,
-        client: str,
-        method: bytes,
-        path: bytes,
-        status: int,
-        incidents: int,
-        body_bytes: int,
-        seconds: float,
-        request_id: str,
-        route: str,
-        reason: str | None = None,
-    ) -> None:
-        """
-        One access line per request: client, method, path, status, incidents,
-        body bytes, duration, request id (and why the channel refused it) —
-        never a header value, a credential or a body.
-        """
-        method_text = method.decode("ascii", "replace")
-        path_text = path.decode("ascii", "replace")
-        self.metrics.answered(
-            method_text, route, status, seconds, body_bytes, incidents
-        )
-        line = _ACCESS_LINE % (
-            client,
-            method_text,
-            path_text,
-            status,
-            incidents,
-            body_bytes,
-            seconds * 1000,
-            request_id,
-        )
-        if reason:
-            line = f"{line} {reason}"
-        # Formatted here, once (see as_format); the fields ride along for
-        # observers that want them (the JSON log).
-        log.emit(
-            LogLevel.info,
-            as_format(line),
-            client=client,
-            method=method_text,
-            path=path_text,
-            status=status,
-            incidents=incidents,
-            bytes=body_bytes,
-            duration_ms=seconds * 1000,
-            request_id=request_id,
-            reason=reason,
-        )
+    def _since(self, started: float | None) -> float:
+        return self.reactor.seconds() - started if started else 0.0

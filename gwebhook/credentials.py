@@ -1,4 +1,4 @@
-"""Who may send: the credential rules of SPEC section 3 (pure, no I/O)."""
+"""Who may send: the credential rules of docs/reference.md 3 (pure, no I/O)."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ class Refusal:
 
 
 class Gate:
-    """The credential check of SPEC section 3, with a throttle on failures."""
+    """The credential check (docs/reference.md 3), with a throttle on failures."""
 
     def __init__(
         self,

@@ -13,13 +13,16 @@ import socket
 from prometheus_client.twisted import MetricsResource
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.internet.defer import fail, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.python import usage
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from gwebhook.metrics import Metrics
 from gwebhook.tls import TLSServerEndpoint
-from gwebhook.workers import ReusePortEndpoint
 
 # Twisted's default of 50 overflows under a burst of new connections.
 LISTEN_BACKLOG = 1024
@@ -51,21 +54,69 @@ def check_bindable(option: str, interface: str, port: int) -> None:
     privileged), rather than with the traceback twistd prints when the
     listener fails later.
     """
-    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        # As Twisted's listener does, so a port in TIME_WAIT is not "in use".
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        bound_socket(interface, port).close()
+    except OSError as e:
+        where = interface or "all interfaces"
+        raise usage.UsageError(
+            f"{option} {port}: cannot listen on {where}: {e.strerror}; "
+            f"choose another {option} or interface, or stop what holds it"
+        ) from None
+
+
+@implementer(IStreamServerEndpoint)
+class SocketEndpoint:
+    """
+    A TCP listening socket made here rather than by Twisted, for what its
+    endpoints cannot ask for: other processes binding the same port
+    (``reuse_port``, for ``--workers``), and on ``::`` one socket for IPv6
+    and IPv4 clients alike whatever the host's ``bindv6only`` says.
+    """
+
+    def __init__(
+        self, reactor, port: int, interface: str, backlog: int, reuse_port: bool
+    ) -> None:
+        self.reactor = reactor
+        self.port = port
+        self.interface = interface
+        self.backlog = backlog
+        self.reuse_port = reuse_port
+
+    def listen(self, factory):
         try:
-            probe.bind((interface, port))
+            s = bound_socket(self.interface, self.port, self.reuse_port)
         except OSError as e:
-            where = interface or "all interfaces"
-            raise usage.UsageError(
-                f"{option} {port}: cannot listen on {where}: {e.strerror}; "
-                f"choose another {option} or interface, or stop what holds it"
-            ) from None
+            return fail(CannotListenError(self.interface, self.port, e))
+        with s:
+            s.listen(self.backlog)
+            s.setblocking(False)
+            # Twisted takes a duplicate; this one closes on leaving.
+            return succeed(self.reactor.adoptStreamPort(s.fileno(), s.family, factory))
+
+
+def bound_socket(interface: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """
+    A TCP socket bound to ``interface`` and ``port`` as the listener binds
+    it; ``::`` serves IPv4 clients too (as ``::ffff:a.b.c.d``).
+    """
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # As Twisted's listener does, so a port in TIME_WAIT is not "in use".
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6 and interface == "::":
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind((interface, port))
+    except BaseException:
+        s.close()
+        raise
+    return s
 
 
 def webhook_endpoint(reactor, config, metrics: Metrics):
+    """Where the webhooks arrive, as the options say: TLS over TCP, usually."""
     fd = config["inherited-socket"]
     interface = config["interface"]
     if fd is not None:
@@ -76,16 +127,10 @@ def webhook_endpoint(reactor, config, metrics: Metrics):
         # Twisted closes the descriptor it adopts; fd itself stays open for
         # the workers, which are handed it as their fd 3.
         plain = endpoints.AdoptedStreamServerEndpoint(reactor, os.dup(fd), family)
-    elif config["workers"] > 1 or config.worker:
-        plain = ReusePortEndpoint(reactor, config["port"], interface, LISTEN_BACKLOG)
     else:
-        tcp = (
-            endpoints.TCP6ServerEndpoint
-            if ":" in interface
-            else endpoints.TCP4ServerEndpoint
-        )
-        plain = tcp(
-            reactor, config["port"], backlog=LISTEN_BACKLOG, interface=interface
+        reuse_port = config["workers"] > 1 or config.worker
+        plain = SocketEndpoint(
+            reactor, config["port"], interface, LISTEN_BACKLOG, reuse_port
         )
     if config["tls"] is None:
         return plain

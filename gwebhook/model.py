@@ -10,8 +10,8 @@ class IncidentDraft(NamedTuple):
     """
     One incident read from a payload, not yet stored.  ``details`` are the
     incident's as sent, without a ``headers`` key: that key is the request's
-    headers, kept once with the request (SPEC 2, 4).  A tuple because an
-    array of incidents makes one per element.
+    headers, kept once with the request (docs/reference.md 2.4, 4.3).  A
+    tuple because an array of incidents makes one per element.
     """
 
     name: str
@@ -45,7 +45,7 @@ class StoredIncident(NamedTuple):
     created: str
 
     def summary(self) -> dict[str, str]:
-        """The incident as the answer lists it (SPEC 2)."""
+        """The incident as the answer lists it (docs/reference.md 2.5)."""
         return {
             "id": self.id,
             "name": self.name,

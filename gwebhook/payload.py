@@ -150,7 +150,8 @@ def _draft(
         raise PayloadError(f"{_where(index)}: field {key!r} must be a JSON object")
     if "headers" in details:
         # The request's headers take this key when the incident is read back
-        # (SPEC 2); the sender's own stay in the body kept with the request.
+        # (docs/reference.md 2.4); the sender's own stay in the body kept
+        # with the request.
         details = {k: v for k, v in details.items() if k != "headers"}
     return IncidentDraft(name, kind, occurred, details)
 
@@ -165,8 +166,9 @@ def incidents_from(
     received: str,
 ) -> list[IncidentDraft]:
     """
-    Apply SPEC section 2 to a parsed JSON document: an object is one incident,
-    an array of objects one incident per element, in order.
+    Apply the body rules (docs/reference.md 2.2, 2.3) to a parsed JSON
+    document: an object is one incident, an array of objects one incident
+    per element, in order.
 
     The drafts' details do not hold the request's ``headers``: those are
     kept once, with the request, and put back under ``headers`` when an

@@ -1,5 +1,5 @@
 """
-Reading incidents back (SPEC section 5): read-only queries on the store,
+Reading incidents back (docs/reference.md 5): read-only queries on the store,
 safe while the daemon writes (WAL readers never block the writer).
 """
 

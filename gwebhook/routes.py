@@ -12,25 +12,26 @@ request.  Klein still declares those routes, so the rest of their URL space
 from __future__ import annotations
 
 import re
-import time
 from datetime import datetime, timezone
 
 from klein import Klein
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from gwebhook.addresses import display_host
 from gwebhook.answers import (
+    NOT_FOUND_MESSAGE,
     RETRY_AFTER_SECONDS,
     encoded_answer,
     error_answer,
     incidents_json,
     json_answer,
 )
-from gwebhook.credentials import Credentials
 from gwebhook.gate import Gate
 from gwebhook.headers import headers_for_details
 from gwebhook.metrics import Metrics
@@ -43,7 +44,6 @@ from gwebhook.payload import (
     parse_json,
 )
 from gwebhook.store import IncidentStore, StoreUnavailable
-from gwebhook.throttle import AuthThrottle
 from gwebhook.timestamps import format_utc
 
 log = Logger()
@@ -64,25 +64,26 @@ def is_webhook_path(path: bytes) -> bool:
 
 
 class WebhookRoutes:
-    """Klein routes bound to one store and one set of credentials."""
+    """Klein routes bound to one store and one gate."""
 
     app = Klein()
 
     def __init__(
         self,
         store: IncidentStore,
-        credentials: Credentials | None,
-        incident_type: str | None = None,
-        max_body_bytes: int = 10 * 1024 * 1024,
-        metrics: Metrics | None = None,
-        throttle: AuthThrottle | None = None,
+        gate: Gate,
+        metrics: Metrics,
+        clock: IReactorTime,
+        *,
+        incident_type: str | None,
+        max_body_bytes: int,
     ) -> None:
         self.store = store
-        self.credentials = credentials
+        self.gate = gate
+        self.metrics = metrics
+        self.clock = clock
         self.incident_type = incident_type or DEFAULT_TYPE
         self.max_body_bytes = max_body_bytes
-        self.metrics = metrics or Metrics()
-        self.gate = Gate(credentials, throttle, self.metrics)
         self.store_down = False
 
     def resource(self) -> Resource:
@@ -105,18 +106,20 @@ class WebhookRoutes:
         once they are committed.
         """
         request.route = "webhook"
-        received = format_utc(datetime.now(timezone.utc))
+        now = self.clock.seconds()
+        received = format_utc(datetime.fromtimestamp(now, timezone.utc))
 
         # Who sent it, before anything of the body is looked at.
-        client = request.getClientAddress().host or ""
+        client = display_host(request.getClientAddress().host or "")
         refusal = self._authenticate(request, client)
         if refusal is not None:
             return refusal
 
         # What it says.
+        credentials = self.gate.credentials
         headers = headers_for_details(
             request.requestHeaders.getAllRawHeaders(),
-            self.credentials.header if self.credentials else None,
+            credentials.header if credentials else None,
         )
         raw = request.content.read()
         try:
@@ -138,16 +141,15 @@ class WebhookRoutes:
             headers=headers,
             body=raw,
         )
-        started = time.monotonic()
         return self.store.add(kept, drafts).addCallbacks(
             self._stored,
             self._not_stored,
-            callbackArgs=(request, started),
+            callbackArgs=(request, now),
             errbackArgs=(request,),
         )
 
     def _stored(self, stored: list[StoredIncident], request, started: float) -> bytes:
-        self.metrics.commit_seconds.observe(time.monotonic() - started)
+        self.metrics.commit_seconds.observe(self.clock.seconds() - started)
         if self.store_down:
             self.store_down = False
             log.info("store available again")
@@ -208,9 +210,7 @@ class WebhookRoutes:
 
     @app.handle_errors(NotFound)
     def not_found(self, request, failure) -> bytes:
-        return error_answer(
-            request, 404, "no such path; send webhooks to / or /instance/execute/<name>"
-        )
+        return error_answer(request, 404, NOT_FOUND_MESSAGE)
 
     @app.handle_errors(MethodNotAllowed)
     def method_not_allowed(self, request, failure) -> bytes:
@@ -248,14 +248,17 @@ class Front(Resource):
             return self.routes.internal_error(request, Failure())
         if isinstance(answer, bytes):
             return answer
+        # As Klein does: the client may go while the store commits, and then
+        # there is nothing to write to.
+        gone: list[Failure] = []
+        request.notifyFinish().addErrback(gone.append)
         answer.addErrback(lambda failure: self.routes.internal_error(request, failure))
-        answer.addCallback(_send, request)
+        answer.addCallback(_send, request, gone)
         return NOT_DONE_YET
 
 
-def _send(body: bytes, request) -> None:
-    # The client may have gone while the store committed: nothing to write to.
-    if request._disconnected:
+def _send(body: bytes, request, gone: list[Failure]) -> None:
+    if gone:
         return
     request.write(body)
     request.finish()

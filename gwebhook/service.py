@@ -17,6 +17,7 @@ from gwebhook import systemd
 from gwebhook.channel import WebhookSite
 from gwebhook.store import IncidentStore
 from gwebhook.tls import ReloadableTLS
+from gwebhook.workerpool import WorkerPool
 
 log = Logger()
 
@@ -38,14 +39,19 @@ class WebhookService(service.MultiService):
         tls: ReloadableTLS | None,
         shutdown_timeout: float,
         reactor,
+        workers: WorkerPool | None = None,
     ) -> None:
+        """
+        ``workers``: the other processes of ``--workers N``, told of each
+        reload; they are a child service like the listeners.
+        """
         super().__init__()
         self.site = site
         self.store = store
         self.tls = tls
         self.shutdown_timeout = shutdown_timeout
         self.reactor = reactor
-        self.workers = None  # a WorkerPool with --workers N
+        self.workers = workers
         self._previous_hup = None
         self._rotation: LoopingCall | None = None
 
@@ -109,7 +115,7 @@ class WebhookService(service.MultiService):
         # retention, metrics) at the same moment as this process drains, so
         # the whole stop stays within one shutdown timeout ...
         children = super().stopService()
-        drained = self.site.drain(self.shutdown_timeout, self.reactor)
+        drained = self.site.drain(self.shutdown_timeout)
         _, cut = await gatherResults([children, drained])
         if cut:
             log.warn(

@@ -1,17 +1,19 @@
 """
-``twistd gwebhook``: the options of SPEC section 1 and the service they build.
+``twistd gwebhook``: its options (docs/reference.md 1.2) and the service
+they build, wired in one place.
 """
 
 from __future__ import annotations
 
 import os
 
-from twisted.application import service
 from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
 from gwebhook import affinity, systemd
+from gwebhook.accesslog import AccessLog
+from gwebhook.addresses import ipv6_available
 from gwebhook.channel import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -20,9 +22,11 @@ from gwebhook.channel import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
     DEFAULT_MAX_HEADER_BYTES,
+    ChannelLimits,
     WebhookSite,
 )
 from gwebhook.credentials import HEADER_PREFIX, Credentials
+from gwebhook.gate import Gate
 from gwebhook.headers import is_token
 from gwebhook.listen import (
     Listener,
@@ -39,7 +43,7 @@ from gwebhook.service import WebhookService
 from gwebhook.store import IncidentStore
 from gwebhook.throttle import AuthThrottle
 from gwebhook.tls import ReloadableTLS, TLSConfigError
-from gwebhook.workers import WorkerPool
+from gwebhook.workerpool import WorkerPool
 
 log = Logger()
 
@@ -98,8 +102,9 @@ class Options(usage.Options):
         [
             "interface",
             "i",
-            "",
-            "Address to bind (default: all IPv4 interfaces; '::' for IPv6).",
+            None,
+            "Address to bind (default: every interface, IPv6 and IPv4, where the "
+            "host has IPv6, else 0.0.0.0; 0.0.0.0 for IPv4 only).",
         ],
         ["cert", "c", None, "Server certificate PEM, leaf first then intermediates."],
         ["key", "k", None, "Private key PEM of that certificate."],
@@ -259,6 +264,9 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--pin-cpus needs an OS with CPU affinity (Linux); leave it out"
             )
+        if self["interface"] is None:
+            # Dual-stack where the host can: one socket for both families.
+            self["interface"] = "::" if ipv6_available() else "0.0.0.0"  # noqa: S104
         self["credentials"] = self._credentials()
         self["tls"] = self._tls()
         self["inherited-socket"] = systemd.inherited_socket()
@@ -353,7 +361,7 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
-def _throttle(config, reactor) -> AuthThrottle | None:
+def _throttle(config: Options, reactor) -> AuthThrottle | None:
     if config["credentials"] is None or not config["auth-fail-limit"]:
         return None
     return AuthThrottle(
@@ -361,8 +369,24 @@ def _throttle(config, reactor) -> AuthThrottle | None:
     )
 
 
-def makeService(config: Options, reactor=None) -> service.MultiService:
-    """The daemon: a TLS listener serving the webhook routes, and the store."""
+def _limits(config: Options) -> ChannelLimits:
+    return ChannelLimits(
+        max_header_bytes=config["max-header-bytes"],
+        max_body_bytes=config["max-body-bytes"],
+        header_timeout=config["header-timeout"],
+        body_timeout=config["body-timeout"],
+        idle_timeout=config["idle-timeout"],
+        max_connections=config["max-connections"],
+        max_connections_per_client=config["max-connections-per-client"],
+    )
+
+
+def makeService(config: Options, reactor=None) -> WebhookService:
+    """
+    The daemon, wired here and only here: every part is built from the
+    options and handed to the parts that use it.  ``reactor`` gives every
+    timer and clock of the request path its time (tests pass a Clock).
+    """
     if reactor is None:
         from twisted.internet import reactor
     cpus = affinity.usable_cpus() if config["pin-cpus"] else None
@@ -372,33 +396,26 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
         log.info("pinned to CPU {cpu}", cpu=affinity.cpu_for(0, cpus))
     metrics = Metrics()
     store = IncidentStore(config["db"], keep_samples=bool(config["store-samples"]))
+    gate = Gate(config["credentials"], _throttle(config, reactor), metrics)
     routes = WebhookRoutes(
         store,
-        config["credentials"],
+        gate,
+        metrics,
+        reactor,
         incident_type=config["incident-type"],
         max_body_bytes=config["max-body-bytes"],
-        metrics=metrics,
-        throttle=_throttle(config, reactor),
     )
     site = WebhookSite(
         routes.resource(),
-        max_header_bytes=config["max-header-bytes"],
-        max_body_bytes=config["max-body-bytes"],
+        gate=gate,
         metrics=metrics,
-        gate=routes.gate,
-        header_timeout=config["header-timeout"],
-        body_timeout=config["body-timeout"],
-        idle_timeout=config["idle-timeout"],
-        max_connections=config["max-connections"],
-        max_connections_per_client=config["max-connections-per-client"],
+        access_log=AccessLog(metrics),
+        limits=_limits(config),
+        reactor=reactor,
     )
-    top = WebhookService(
-        site, store, config["tls"], config["shutdown-timeout"], reactor
-    )
-    listener = Listener(webhook_endpoint(reactor, config, metrics), site)
-    listener.setServiceParent(top)
+    workers = None
     if config["workers"] > 1:
-        top.workers = WorkerPool(
+        workers = WorkerPool(
             config["workers"] - 1,
             config.argv,
             config["inherited-socket"],
@@ -406,7 +423,12 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
             reactor,
             cpus=cpus,
         )
-        top.workers.setServiceParent(top)
+    top = WebhookService(
+        site, store, config["tls"], config["shutdown-timeout"], reactor, workers
+    )
+    Listener(webhook_endpoint(reactor, config, metrics), site).setServiceParent(top)
+    if workers is not None:
+        workers.setServiceParent(top)
     if config["retain-days"] is not None:
         RetentionService(
             store.pool, config["retain-days"], clock=reactor, write=store.write

@@ -6,11 +6,14 @@ import math
 from collections import deque
 from collections.abc import Callable
 
+from gwebhook.addresses import client_key
+
 
 class AuthThrottle:
     """
-    An address with ``limit`` failed authentications within ``window``
+    A client with ``limit`` failed authentications within ``window``
     seconds is refused until the oldest of them is ``window`` seconds old.
+    A client is an IPv4 address or an IPv6 /64 (see ``addresses.client_key``).
     Memory is bounded: at most ``max_clients`` addresses are remembered, the
     least recently failing forgotten first.
     """
@@ -30,6 +33,7 @@ class AuthThrottle:
 
     def retry_after(self, client: str) -> int:
         """Seconds ``client`` must wait before trying again; 0 if it may try now."""
+        client = client_key(client)
         failures = self._failures.get(client)
         if failures is None or len(failures) < self.limit:
             return 0
@@ -41,6 +45,7 @@ class AuthThrottle:
 
     def failed(self, client: str) -> bool:
         """Record a failure; True when it is the one that blocks ``client``."""
+        client = client_key(client)
         now = self.now()
         failures = self._failures.pop(client, None) or deque(maxlen=self.limit)
         while failures and failures[0] <= now - self.window:

@@ -2,8 +2,9 @@
 ``--workers N``: serve from N processes on one port.  The main process serves
 and spawns N - 1 workers, each with its own reactor and its own connection to
 the same store (WAL; writers take turns).  Each process binds its own socket
-with SO_REUSEPORT, and the kernel spreads new connections across them; under
-socket activation the workers share the socket systemd passed instead.
+with SO_REUSEPORT (``listen.SocketEndpoint``), and the kernel spreads new
+connections across them; under socket activation the workers share the socket
+systemd passed instead.
 Worker log events come back to the main process's log.  SIGHUP and SIGTERM
 are forwarded; a worker that dies is replaced, after a delay that doubles
 while its replacements keep dying young.
@@ -14,16 +15,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import sys
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import CannotListenError, ProcessExitedAlready
-from twisted.internet.interfaces import IDelayedCall, IStreamServerEndpoint
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import InvalidLogLevelError, Logger, LogLevel
-from zope.interface import implementer
 
 from gwebhook import affinity
 from gwebhook.logs import as_format
@@ -108,31 +107,6 @@ def _safe_fields(record: dict) -> dict:
         and key not in _RECORD_KEYS
         and isinstance(value, _SCALARS)
     }
-
-
-@implementer(IStreamServerEndpoint)
-class ReusePortEndpoint:
-    """A TCP listening socket that other processes may bind too (SO_REUSEPORT)."""
-
-    def __init__(self, reactor, port: int, interface: str, backlog: int) -> None:
-        self.reactor = reactor
-        self.port = port
-        self.interface = interface
-        self.backlog = backlog
-
-    def listen(self, factory):
-        family = socket.AF_INET6 if ":" in self.interface else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            try:
-                s.bind((self.interface, self.port))
-            except OSError as e:
-                return fail(CannotListenError(self.interface, self.port, e))
-            s.listen(self.backlog)
-            s.setblocking(False)
-            # Twisted takes a duplicate; this one closes on leaving.
-            return succeed(self.reactor.adoptStreamPort(s.fileno(), family, factory))
 
 
 class _Worker(ProcessProtocol):
@@ -244,7 +218,7 @@ class WorkerPool(service.Service):
         self.processes[index] = self.reactor.spawnProcess(
             _Worker(self, index),
             sys.executable,
-            [sys.executable, "-m", "gwebhook.worker", str(index)],
+            [sys.executable, "-m", "gwebhook.workerprocess", str(index)],
             env=env,
             childFDs=fds,
         )

@@ -1,5 +1,5 @@
 """
-A worker process of ``--workers N`` (see gwebhook.workers): the same daemon,
+A worker process of ``--workers N`` (see gwebhook.workerpool): the same daemon,
 serving on the listening socket inherited from the main process as fd 3,
 logging JSON lines to stdout for the main process to relay.
 """
@@ -47,7 +47,7 @@ def main() -> None:
 
     from gwebhook.logs import json_observer
     from gwebhook.tap import Options, makeService
-    from gwebhook.workers import ARGV_ENVIRONMENT
+    from gwebhook.workerpool import ARGV_ENVIRONMENT
 
     globalLogBeginner.beginLoggingTo(
         [json_observer(sys.stdout)], redirectStandardIO=False
