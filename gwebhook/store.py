@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from twisted.enterprise import adbapi
+from twisted.internet import threads
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
@@ -132,6 +133,28 @@ def _stored(
     ]
 
 
+# SQLite's primary result code (the low byte of an extended one) after which
+# the store's connection is closed and the next call opens another.  SQLite
+# opens a file it may not write read-only, whatever the URI asks (mode=rw
+# only stops it creating one), and that connection never writes again, even
+# once the file may be written.  Other faults (an I/O error, a full disk)
+# leave a connection that writes once they clear; keeping it keeps the
+# write-ahead log as it is, where closing the last connection would
+# checkpoint it in the middle of the fault.
+_SQLITE_READONLY = 8
+
+
+def _spoils_connection(error: Exception) -> bool:
+    """Whether ``error`` calls for a new connection before the next try."""
+    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11 and later
+    if code is not None:
+        return code & 0xFF == _SQLITE_READONLY
+    # Python 3.10 gives only SQLite's message.
+    return isinstance(error, sqlite3.OperationalError) and (
+        "readonly database" in str(error)
+    )
+
+
 class StoreUnavailable(Exception):
     """The store could not commit (full, locked, read-only); retry later."""
 
@@ -143,18 +166,22 @@ class IncidentStore:
         schema.prepare(path)
         self.path = path
         self.keep_samples = keep_samples
-        self._inode: int | None = None
+        # The file prepared here is the store: a connection opened later (the
+        # first, or one after a fault) must be to this file, not to one put
+        # in its place since.
+        self._inode = os.stat(path).st_ino
         self._waiting: list[
             tuple[ReceivedRequest, Sequence[IncidentDraft], Deferred]
         ] = []
         self._committing = False
         self._writer_lock = WriterLock(path)
-        # Public for the other writers of the same file (retention).
+        # Public for the other writers of the same file (retention).  Its one
+        # thread runs every call of the store, on the one connection
+        # pool.connect() gives that thread: opened on first use, and again
+        # after a fault that spoiled it (see _on_connection).
         self.pool = adbapi.ConnectionPool(
             "sqlite3",
-            # mode=rw: a file SQLite may not write is an error, not a silently
-            # read-only connection the pool would keep after the file is
-            # writable again; a failed connection is retried next time.
+            # mode=rw: never create a store here (schema.prepare did).
             f"{Path(path).resolve().as_uri()}?mode=rw",
             uri=True,
             check_same_thread=False,
@@ -165,25 +192,66 @@ class IncidentStore:
             # Room for the multi-row INSERTs of every size (2 x 100).
             cached_statements=256,
         )
+        # The reactor the pool uses: the one installed by now (by twistd, or
+        # the tests), imported here as adbapi does, not when this module is.
+        from twisted.internet import reactor
+
+        self._reactor = reactor
 
     def _opened(self, connection: sqlite3.Connection) -> None:
-        schema.configure(connection)
-        self._inode = os.stat(self.path).st_ino
+        # A connection refused here is not the pool's: close it, or its
+        # descriptors stay open until the garbage collector finds it.
+        try:
+            if self._file_changed():
+                raise self._file_gone()
+            schema.configure(connection)
+        except BaseException:
+            connection.close()
+            raise
+
+    def _run(self, work, *args) -> Deferred:
+        """``work(connection, *args)`` in the pool's thread; fires with its result."""
+        return threads.deferToThreadPool(
+            self._reactor, self.pool.threadpool, self._on_connection, work, *args
+        )
+
+    def _on_connection(self, work, *args):
+        """
+        ``work`` on the pool's connection, in its thread.  After an error that
+        leaves a connection unable to write although the store is fine again
+        (read-only), the connection is closed, so that the next call opens a
+        new one: the store recovers without a restart, as from every other
+        fault.  (Not adbapi's runWithConnection: its rollback after a failure
+        would use the connection closed here.  ``work`` ends its own
+        transactions, so its commit and rollback add nothing.)
+        """
+        connection = self.pool.connect()
+        try:
+            return work(connection, *args)
+        except sqlite3.Error as e:
+            if _spoils_connection(e):
+                self.pool.disconnect(connection)
+            raise
 
     def _check_file(self) -> None:
         """
         Refuse to commit into a store file that was removed or replaced: the
         open connection would write to a file nobody will ever read again.
         """
+        if self._file_changed():
+            raise self._file_gone()
+
+    def _file_changed(self) -> bool:
         try:
-            inode = os.stat(self.path).st_ino
+            return os.stat(self.path).st_ino != self._inode
         except OSError:
-            inode = None
-        if inode != self._inode:
-            raise sqlite3.OperationalError(
-                f"the store file {self.path} was removed or replaced; "
-                "put it back, or restart gwebhook to start a new one"
-            )
+            return True
+
+    def _file_gone(self) -> sqlite3.OperationalError:
+        return sqlite3.OperationalError(
+            f"the store file {self.path} was removed or replaced; "
+            "put it back, or restart gwebhook to start a new one"
+        )
 
     def add(
         self, request: ReceivedRequest, drafts: Sequence[IncidentDraft]
@@ -198,9 +266,7 @@ class IncidentStore:
     def _commit_next(self) -> None:
         batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
         self._committing = True
-        done = self.pool.runWithConnection(
-            self._write, self._insert_batch, [(r, i) for r, i, _ in batch]
-        )
+        done = self._run(self._write, self._insert_batch, [(r, i) for r, i, _ in batch])
         done.addErrback(self._unavailable)
         done.addBoth(self._committed, [d for _, _, d in batch])
 
@@ -224,7 +290,7 @@ class IncidentStore:
         durable commit (a fault such as a full disk shows only then).  Fails
         with StoreUnavailable otherwise.
         """
-        d = self.pool.runWithConnection(self._probe, write)
+        d = self._run(self._probe, write)
         d.addErrback(self._unavailable)
         return d
 
@@ -249,7 +315,7 @@ class IncidentStore:
         the writer lock, as the store's own batches are (for retention).
         Fails with the database's own error.
         """
-        return self.pool.runWithConnection(self._write, work, *args)
+        return self._run(self._write, work, *args)
 
     def close(self) -> None:
         self.pool.close()

@@ -44,18 +44,17 @@ def outcomes(results):
 @pytest_twisted.ensureDeferred
 async def test_concurrent_requests_share_transactions(store):
     """Requests added together are committed in fewer transactions than requests."""
-    transactions = []
-    run = store.pool.runWithConnection
-
-    def counting(f, *args):
-        transactions.append(len(args[1]))
-        return run(f, *args)
-
-    store.pool.runWithConnection = counting
+    statements = []
+    # SQLite reports each statement the store's connection runs.
+    await store.pool.runWithConnection(
+        lambda connection: connection.set_trace_callback(statements.append)
+    )
     adds = [store.add(REQUEST, [draft(f"n{i}")]) for i in range(50)]
     results = outcomes(await DeferredList(adds, consumeErrors=True))
     assert [r[0].name for r in results] == [f"n{i}" for i in range(50)]
-    assert sum(transactions) == 50 and len(transactions) < 50
+    transactions = statements.count("BEGIN IMMEDIATE")
+    assert 1 <= transactions < 50
+    assert statements.count("COMMIT") == transactions
     ids = [int(r[0].id) for r in results]
     assert ids == sorted(ids) and len(set(ids)) == 50
     assert rows(store, "SELECT count(*) FROM samples") == [(20,)]
