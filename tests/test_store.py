@@ -33,7 +33,7 @@ def store(tmp_path):
 
 
 def rows(store, sql):
-    with sqlite3.connect(store.path) as db:
+    with contextlib.closing(sqlite3.connect(store.path)) as db:
         return db.execute(sql).fetchall()
 
 

@@ -1,11 +1,11 @@
 """
-The incident store through a store file that turns read-only and back, made
-so for real with the immutable flag (``chattr +i``), which stops root too:
-every write through a descriptor already open fails, and a file opened then
-is opened read-only.  The store refuses commits meanwhile, keeps nothing of
-them, and takes commits again once the file may be written, without being
-made anew; a running ``twistd gwebhook`` answers 503 meanwhile and 200 after,
-without a restart.
+The incident store through a store that turns read-only and back, made so for
+real: the immutable flag (``chattr +i``, which stops root too) on the store
+file or its directory, or its own file system remounted read-only.  A write
+through a descriptor already open then fails, and a file opened then is opened
+read-only.  The store refuses commits meanwhile, keeps nothing of them, and
+takes commits again once it may write, without being made anew; a running
+``twistd gwebhook`` answers 503 meanwhile and 200 after, without a restart.
 """
 
 from __future__ import annotations
@@ -78,12 +78,12 @@ def store(tmp_path, immutable):
 
 
 def names(store: IncidentStore) -> list[str]:
-    with sqlite3.connect(store.path) as db:
+    with contextlib.closing(sqlite3.connect(store.path)) as db:
         return [n for (n,) in db.execute("SELECT name FROM incidents ORDER BY id")]
 
 
 def requests(store: IncidentStore) -> int:
-    with sqlite3.connect(store.path) as db:
+    with contextlib.closing(sqlite3.connect(store.path)) as db:
         return db.execute("SELECT count(*) FROM requests").fetchone()[0]
 
 
@@ -170,6 +170,76 @@ async def test_a_file_put_in_the_stores_place_is_refused_after_a_fault(
     os.replace(aside, db)
     await store.add(REQUEST, [draft("after")])
     assert names(store) == ["after"]
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A file system of its own in ``tmp_path``; skipped where it cannot be mounted."""
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        timeout=10,
+    )
+    if made.returncode != 0:
+        pytest.skip("needs to mount a tmpfs: root, with CAP_SYS_ADMIN")
+    yield mount
+    if subprocess.run(["umount", str(mount)], timeout=10).returncode != 0:
+        subprocess.run(["umount", "--lazy", str(mount)], check=True, timeout=10)
+        pytest.fail("a file on the test's file system was left open")
+
+
+def remount(mount: Path, mode: str) -> None:
+    subprocess.run(
+        ["mount", "-o", f"remount,{mode}", str(mount)], check=True, timeout=10
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_store_whose_file_system_turned_read_only_takes_commits_once_writable(
+    tmpfs,
+):
+    """
+    A store on a file system remounted read-only before the store first wrote
+    refuses commits and the write probe; once read-write again, it takes them.
+    """
+    store = IncidentStore(str(tmpfs / "store.sqlite"))
+    try:
+        remount(tmpfs, "ro")
+        with pytest.raises(StoreUnavailable):
+            await store.add(REQUEST, [draft("refused")])
+        with pytest.raises(StoreUnavailable):
+            await store.ping(write=True)
+        remount(tmpfs, "rw")
+        await store.add(REQUEST, [draft("after")])
+        await store.ping(write=True)
+        assert names(store) == ["after"]
+    finally:
+        store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_store_whose_directory_turned_read_only_takes_commits_once_writable(
+    immutable, tmp_path
+):
+    """
+    A store whose directory turned read-only (SQLite cannot make its -wal and
+    -shm files there) before it first wrote refuses commits; once the
+    directory is writable, it takes them.
+    """
+    directory = tmp_path / "store"
+    directory.mkdir()
+    store = IncidentStore(str(directory / "store.sqlite"))
+    try:
+        immutable.set(directory)
+        with pytest.raises(StoreUnavailable):
+            await store.add(REQUEST, [draft("refused")])
+        immutable.clear(directory)
+        await store.add(REQUEST, [draft("after")])
+        assert names(store) == ["after"]
+    finally:
+        store.close()
 
 
 # -- a running daemon ---------------------------------------------------------
