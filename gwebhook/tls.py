@@ -1,26 +1,33 @@
 """
-TLS for the listener: the certificate chain and key read from PEM files and
-the policy of SPEC section 1 (TLS 1.2 minimum, 1.3 offered, no compression,
-server cipher order, forward-secret AEAD suites only).
+TLS for the listener: the certificate chain and key read from PEM files, the
+policy (TLS 1.2 minimum, 1.3 offered, no compression, the server's cipher
+order, forward-secret AEAD suites only), and what becomes of connections
+that fail before TLS is up: plain HTTP is answered 400 in clear text, and
+both it and failed handshakes leave a rate-limited log line (FailureLog).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL import SSL, crypto
+from twisted.internet.error import ConnectionAborted
 from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
     IProtocolNegotiationFactory,
+    IReactorTime,
     IStreamServerEndpoint,
 )
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from zope.interface import implementer
+
+from gwebhook.addresses import client_key, display_host
 
 log = Logger()
 
@@ -246,42 +253,259 @@ class ReloadableTLS:
         self.options = options_for(*self._pair)
 
 
+# ------------------------------------------------ connections that fail early
+
+# A request line's method word, whole or cut short, then a space: never the
+# first bytes of TLS (a handshake record starts with 0x16).
+_METHOD_WORD = re.compile(rb"[A-Z]{1,16}(?: |\Z)")
+PLAIN_HTTP = "plain HTTP sent to the TLS port; use https://"
+_PLAIN_HTTP_BODY = (
+    b'{"error": "plain HTTP request sent to the HTTPS port; use https://"}'
+)
+PLAIN_HTTP_ANSWER = (
+    b"HTTP/1.1 400 Bad Request\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Content-Length: %d\r\n"
+    b"Connection: close\r\n\r\n%s" % (len(_PLAIN_HTTP_BODY), _PLAIN_HTTP_BODY)
+)
+
+# OpenSSL's reasons, as what the operator can do about them.
+_REASONS = [
+    (("unsupported protocol", "version too low"),
+     "the client offers only TLS versions older than 1.2"),
+    (("no shared cipher",),
+     "no cipher suite in common (the client has no forward-secret AEAD suite)"),
+    (("alert unknown ca", "alert bad certificate", "alert certificate unknown",
+      "alert certificate expired", "alert certificate revoked"),
+     "the client does not accept the server's certificate; give it the CA, "
+     "or serve the whole chain"),
+    (("wrong version number", "http request", "https proxy request",
+      "unknown protocol", "packet length too long"),
+     "what the client sent is not TLS"),
+    (("unexpected eof while reading",),
+     "the client closed the connection during the handshake"),
+]  # fmt: skip
+
+
+def looks_like_plain_http(first: bytes) -> bool:
+    """Whether the first bytes of a connection begin an HTTP request, not TLS."""
+    return _METHOD_WORD.match(first[:17]) is not None
+
+
+def explain_handshake_failure(openssl_reasons: Sequence[str]) -> str:
+    """
+    Why a handshake failed, for the log: what it means, then OpenSSL's own
+    words (in parentheses) to search for.
+    """
+    said = "; ".join(openssl_reasons)
+    for markers, meaning in _REASONS:
+        if any(marker in said for marker in markers):
+            return f"{meaning} ({said})"
+    return f"TLS error ({said or 'no reason given'})"
+
+
+def _openssl_reasons(error: BaseException) -> list[str]:
+    # pyOpenSSL's SSL.Error carries OpenSSL's queue: (library, function, reason).
+    queue = error.args[0] if error.args else None
+    if not isinstance(queue, list):
+        return [str(error)] if str(error) else []
+    return [str(entry[-1]) for entry in queue if isinstance(entry, tuple) and entry]
+
+
+# A flood of failures, from a scanner or a sender set up wrong, is told in a
+# few lines: per window, one line per client and reason, this many in all.
+FAILURE_WINDOW_SECONDS = 10.0
+FAILURE_LINES_PER_WINDOW = 10
+# Distinct clients counted in a window's summary, at most (memory bound).
+_MAX_COUNTED_CLIENTS = 1024
+
+
+class FailureLog:
+    """
+    Log lines for connections that fail before TLS is up, each naming the
+    client's address and why, rate-limited so that no client can flood the
+    log: within a window of ``window`` seconds (starting with the first
+    failure after a quiet spell), at most one line per client and reason,
+    and ``lines`` lines in all.  A client is an IPv4 address or an IPv6 /64
+    (addresses.client_key).  What that holds back is counted, and told in
+    one summary line when the window ends ("N more ... from K clients").
+    ``flush`` tells it at once (the listener does when it stops).
+
+    Time comes from ``clock`` (the reactor, or ``task.Clock`` in tests).
+    Nothing a client sent is logged, only its address and OpenSSL's reason.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        window: float = FAILURE_WINDOW_SECONDS,
+        lines: int = FAILURE_LINES_PER_WINDOW,
+        logger: Logger | None = None,
+    ) -> None:
+        self.clock = clock
+        self.window = window
+        self.lines = lines
+        self.log = logger or log
+        self._ends: float | None = None
+        self._logged: set[tuple[str, str]] = set()
+        self._suppressed = 0
+        self._suppressedFrom: set[str] = set()
+        self._summary = None
+
+    def failed(self, client: str, why: str) -> None:
+        """A connection from ``client`` failed before TLS was up, because ``why``."""
+        now = self.clock.seconds()
+        if self._ends is None or now >= self._ends:
+            self.flush()
+            self._ends = now + self.window
+        key = (client_key(client), why)
+        if key in self._logged or len(self._logged) >= self.lines:
+            self._suppressed += 1
+            if len(self._suppressedFrom) < _MAX_COUNTED_CLIENTS:
+                self._suppressedFrom.add(key[0])
+            if self._summary is None:
+                self._summary = self.clock.callLater(self._ends - now, self.flush)
+            return
+        self._logged.add(key)
+        self.log.warn("{client}: {why}", client=client, why=why)
+
+    def flush(self) -> None:
+        """End the window now: the summary line, if anything was held back."""
+        if self._summary is not None and self._summary.active():
+            self._summary.cancel()
+        self._summary = None
+        if self._suppressed:
+            many = len(self._suppressedFrom)
+            sources = f"{many}+" if many >= _MAX_COUNTED_CLIENTS else str(many)
+            sources += " client" if many == 1 else " clients"
+            self.log.warn(
+                "{count} more connections failed before TLS was up, from "
+                "{sources}, in the last {window:g} s (not logged one by one)",
+                count=self._suppressed,
+                sources=sources,
+                window=self.window,
+            )
+        self._ends = None
+        self._logged = set()
+        self._suppressed = 0
+        self._suppressedFrom = set()
+
+
+def _default_clock() -> IReactorTime:
+    from twisted.internet import reactor
+
+    return reactor
+
+
 class _ServerTLSProtocol(BufferingTLSTransport):
-    # Twisted's default for TLSMemoryBIOFactory: an answer's headers and body,
-    # written separately, leave in one TLS record and one encryption call.
+    # BufferingTLSTransport is Twisted's default for TLSMemoryBIOFactory: an
+    # answer's headers and body, written separately, leave in one TLS record.
+    #
+    # _handshakeDone and _reason are the base class's documented instance
+    # variables: whether the handshake completed, and the OpenSSL error that
+    # ended the connection, if one did.
+    _received = False
+    _plainHTTP = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._plainHTTP:
+            return  # answered; the rest of its request is read and dropped
+        if not self._received:
+            self._received = True
+            if looks_like_plain_http(data):
+                self._answerPlainHTTP()
+                return
+        super().dataReceived(data)
+
+    def _answerPlainHTTP(self) -> None:
+        self._plainHTTP = True
+        self.factory.failures.failed(self._client(), PLAIN_HTTP)
+        # In clear text, as nginx does, so the sender's own log says what to
+        # fix.  Then a half-close: a full close with its request unread here
+        # would reset the connection and could take the answer with it.
+        self.transport.write(PLAIN_HTTP_ANSWER)
+        self.transport.loseWriteConnection()
+
+    def _client(self) -> str:
+        peer = self.transport.getPeer()
+        return display_host(str(getattr(peer, "host", peer)))
+
     def connectionLost(self, reason):
-        if not self._handshakeDone and self.factory.onHandshakeFailure:
-            self.factory.onHandshakeFailure()
+        if not self._handshakeDone:
+            if self.factory.onHandshakeFailure:
+                self.factory.onHandshakeFailure()
+            # A connection that sent nothing (a port probe, a TCP health
+            # check) is not worth a line.
+            if self._received and not self._plainHTTP:
+                self.factory.failures.failed(
+                    self._client(), "TLS handshake failed: " + self._why(reason)
+                )
         super().connectionLost(reason)
+
+    def _why(self, reason) -> str:
+        if self._reason is not None:
+            return explain_handshake_failure(_openssl_reasons(self._reason.value))
+        if reason.check(ConnectionAborted):
+            return "not completed before the server closed the connection (too slow)"
+        return "the client closed the connection during the handshake"
 
 
 class ServerTLSFactory(TLSMemoryBIOFactory):
-    """TLS over a wrapped factory, telling when a handshake never completes."""
+    """
+    TLS over a wrapped factory, telling when a handshake never completes
+    (``onHandshakeFailure``) and logging why (``failures``, by default on
+    the reactor's clock).
+    """
 
     protocol = _ServerTLSProtocol
 
     def __init__(
-        self, creator, wrapped, onHandshakeFailure: Callable[[], None] | None = None
+        self,
+        creator,
+        wrapped,
+        onHandshakeFailure: Callable[[], None] | None = None,
+        *,
+        failures: FailureLog | None = None,
     ):
         super().__init__(creator, False, wrapped)
         self.onHandshakeFailure = onHandshakeFailure
+        self.failures = (
+            failures if failures is not None else FailureLog(_default_clock())
+        )
+
+    def stopFactory(self) -> None:
+        # Not listening any more: the summary now, and no timer left behind.
+        self.failures.flush()
+        super().stopFactory()
 
 
 @implementer(IStreamServerEndpoint)
 class TLSServerEndpoint:
-    """TLS over any stream endpoint (TCP on IPv4 or IPv6, an adopted socket)."""
+    """
+    TLS over any stream endpoint (TCP on IPv4 or IPv6, an adopted socket).
+    ``failures`` logs connections that fail before TLS is up; by default
+    each listening port has its own, on the reactor's clock.
+    """
 
     def __init__(
         self,
         wrapped: IStreamServerEndpoint,
         creator: IOpenSSLServerConnectionCreator,
         onHandshakeFailure: Callable[[], None] | None = None,
+        *,
+        failures: FailureLog | None = None,
     ) -> None:
         self.wrapped = wrapped
         self.creator = creator
         self.onHandshakeFailure = onHandshakeFailure
+        self.failures = failures
 
     def listen(self, factory):
         return self.wrapped.listen(
-            ServerTLSFactory(self.creator, factory, self.onHandshakeFailure)
+            ServerTLSFactory(
+                self.creator,
+                factory,
+                self.onHandshakeFailure,
+                failures=self.failures,
+            )
         )
