@@ -4,6 +4,11 @@ policy (TLS 1.2 minimum, 1.3 offered, no compression, the server's cipher
 order, forward-secret AEAD suites only), and what becomes of connections
 that fail before TLS is up: plain HTTP is answered 400 in clear text, and
 both it and failed handshakes leave a rate-limited log line (FailureLog).
+
+When an instance takes client certificates, the listener asks every client
+for one and completes the handshake whatever it sends; ``peer_chain`` gives
+a request what its client sent, to be checked against the request's
+instance (gwebhook.clientcert).
 """
 
 from __future__ import annotations
@@ -159,10 +164,20 @@ def _select_protocol(connection: SSL.Connection, offered: list[bytes]):
     return SSL.NO_OVERLAPPING_PROTOCOLS if chosen is None else chosen
 
 
-def options_for(chain: list[crypto.X509], key: crypto.PKey) -> CertificateOptions:
+def options_for(
+    chain: list[crypto.X509],
+    key: crypto.PKey,
+    ask_client_certificate: bool = False,
+) -> CertificateOptions:
     """
     The TLS policy for this chain and key.  Each call makes a new context
     and so a new random session-ticket key.
+
+    With ``ask_client_certificate`` the server asks every client for a
+    certificate, requires none, and takes whatever is sent, unverified:
+    which CA a certificate must chain to depends on the instance a request
+    is for, known only once its headers are read.  Sessions are then not
+    resumed (see below).
 
     The context is made here rather than at the first connection, and then
     adjusted: CertificateOptions makes it once and every connection it
@@ -175,17 +190,29 @@ def options_for(chain: list[crypto.X509], key: crypto.PKey) -> CertificateOption
         raiseMinimumTo=TLSVersion.TLSv1_2,
         acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(TLS12_CIPHERS),
         # A sender that reconnects resumes (TLS 1.2 session cache and
-        # tickets, TLS 1.3 tickets) instead of a full handshake.
-        enableSessions=True,
-        enableSessionTickets=True,
+        # tickets, TLS 1.3 tickets) instead of a full handshake.  Not when
+        # client certificates are asked for: a session resumed from a ticket
+        # has the client's own certificate but not the intermediates it sent,
+        # so a certificate issued by an intermediate CA could not be checked
+        # on a resumed connection; and a session cache would hold every
+        # client's chain (up to 100 kB each) in memory until it expires.
+        enableSessions=not ask_client_certificate,
+        enableSessionTickets=not ask_client_certificate,
     )
     try:
         context = options.getContext()
+        if ask_client_certificate:
+            # VERIFY_PEER without VERIFY_FAIL_IF_NO_PEER_CERT: asked, not
+            # required.  Twisted's own verify=True would check every
+            # certificate against one set of CAs in the handshake and fail it
+            # for any other; here each instance has its own CA.
+            context.set_verify(SSL.VERIFY_PEER, _accept_any_certificate)
     except MemoryError as e:
         if "write+execute" not in str(e):
             raise
-        # Twisted's ALPN callback is a cffi closure: where no memory may be
-        # both writable and executable, no context can be made.  Said now,
+        # Twisted's ALPN callback (and the verify callback) is a cffi
+        # closure: where no memory may be both writable and executable, no
+        # context can be made.  Said now,
         # in one line, rather than with every handshake after "ready".
         raise TLSConfigError(NO_EXECUTABLE_MEMORY) from None
     # TLS 1.2 renegotiation started by a client is a cheap way to make the
@@ -199,9 +226,44 @@ def options_for(chain: list[crypto.X509], key: crypto.PKey) -> CertificateOption
     return options
 
 
-def certificate_options(cert_path: str, key_path: str) -> CertificateOptions:
-    """The server's TLS options from PEM files (see load_pair)."""
-    return options_for(*load_pair(cert_path, key_path))
+def _accept_any_certificate(
+    connection: SSL.Connection,
+    certificate: crypto.X509,
+    error: int,
+    depth: int,
+    ok: int,
+) -> bool:
+    # Called by OpenSSL for each certificate of the client's chain, with an
+    # error for each it cannot verify (its trust store here is empty): the
+    # handshake goes on, and the request is judged by its instance's CA.
+    return True
+
+
+def certificate_options(
+    cert_path: str, key_path: str, ask_client_certificate: bool = False
+) -> CertificateOptions:
+    """The server's TLS options from PEM files (see load_pair and options_for)."""
+    return options_for(*load_pair(cert_path, key_path), ask_client_certificate)
+
+
+def peer_chain(transport) -> list[x509.Certificate]:
+    """
+    The certificates the client of a TLS connection sent in its handshake:
+    its own first, then the intermediates it sent, as it sent them.  Empty
+    when it sent none, or when ``transport`` is not TLS.  Nothing here is
+    verified.
+    """
+    get_handle = getattr(transport, "getHandle", None)
+    connection = get_handle() if get_handle is not None else None
+    if not isinstance(connection, SSL.Connection):
+        return []  # plain TCP (--no-tls): getHandle is the socket
+    leaf = connection.get_peer_certificate(as_cryptography=True)
+    if leaf is None:
+        return []
+    # On the server side OpenSSL's peer chain leaves out the client's own
+    # certificate (a client's includes the server's): it is asked for apart.
+    intermediates = connection.get_peer_cert_chain(as_cryptography=True) or []
+    return [leaf, *intermediates]
 
 
 def describe(options: CertificateOptions) -> str:
@@ -222,35 +284,52 @@ class ReloadableTLS:
     connections keep theirs.  A bad new pair leaves the old one serving.
     The session-ticket key is replaced by ``rotate_ticket_key`` (hourly):
     a stolen key then opens at most an hour of resumed sessions.
+    ``ask_client_certificate`` (see options_for) is set at start and may be
+    changed by ``reload``, when the instances served here change.
     """
 
-    def __init__(self, cert_path: str, key_path: str) -> None:
+    def __init__(
+        self, cert_path: str, key_path: str, ask_client_certificate: bool = False
+    ) -> None:
         self.cert_path = cert_path
         self.key_path = key_path
+        self.ask_client_certificate = ask_client_certificate
         self._pair = load_pair(cert_path, key_path)
-        self.options = options_for(*self._pair)
+        self.options = options_for(*self._pair, ask_client_certificate)
 
     def serverConnectionForTLS(self, protocol):
         return self.options.serverConnectionForTLS(protocol)
 
-    def reload(self) -> bool:
-        """Re-read the pair; True if the new one is now served."""
+    def reload(self, ask_client_certificate: bool | None = None) -> bool:
+        """
+        Re-read the pair; True if the new one is now served.  New
+        connections are asked for a client certificate as
+        ``ask_client_certificate`` says (None: as before), even when the new
+        pair is bad and the old one stays in service.
+        """
+        if ask_client_certificate is None:
+            ask_client_certificate = self.ask_client_certificate
         try:
             pair = load_pair(self.cert_path, self.key_path)
-            options = options_for(*pair)
-            options.getContext()
+            options = options_for(*pair, ask_client_certificate)
         except (TLSConfigError, SSL.Error) as e:
             log.error(
                 "certificate not reloaded, the old one stays in service: {why}", why=e
             )
+            if ask_client_certificate != self.ask_client_certificate:
+                # The instances changed all the same: a new one that takes
+                # client certificates must get them from the next handshake.
+                self.ask_client_certificate = ask_client_certificate
+                self.options = options_for(*self._pair, ask_client_certificate)
             return False
         self._pair, self.options = pair, options
+        self.ask_client_certificate = ask_client_certificate
         log.info("certificate reloaded: {what}", what=describe(options))
         return True
 
     def rotate_ticket_key(self) -> None:
         """A new context for the same pair: new session-ticket key, empty cache."""
-        self.options = options_for(*self._pair)
+        self.options = options_for(*self._pair, self.ask_client_certificate)
 
 
 # ------------------------------------------------ connections that fail early
