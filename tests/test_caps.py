@@ -5,9 +5,7 @@ import os
 import socket
 import time
 
-from processes import basic
-
-AUTH = ("--username", "admin", "--password", "pw")
+from support.credentials import AUTH, HEADERS
 
 
 def idle_connections(
@@ -40,9 +38,7 @@ def test_one_address_over_its_cap_does_not_shut_out_others(daemon):
             context=d.pki.client_context(),
             source_address=("127.0.0.2", 0),
         )
-        connection.request(
-            "POST", "/", body=b'{"name": "other"}', headers=basic("admin", "pw")
-        )
+        connection.request("POST", "/", body=b'{"name": "other"}', headers=HEADERS)
         assert connection.getresponse().status == 200
         connection.close()
     finally:

@@ -10,13 +10,9 @@ import json
 
 import pytest
 import pytest_twisted
-from inprocess import (
-    BASIC_HEADER,
-    Wire,
-    count_rows,
-    make_site,
-    stored_incidents,
-)
+from support.credentials import BASIC_HEADER
+from support.inprocess import Wire, make_site
+from support.store import row_counts, stored_incidents
 from twisted.internet.defer import gatherResults
 from twisted.logger import globalLogPublisher
 
@@ -81,7 +77,7 @@ async def assert_refused(w: Wire, status: int, message: str) -> None:
     assert w.transport.disconnecting
     # Anything the routes had handed to the store would be written by now.
     await w.site.store.ping()
-    assert count_rows(w.site.store.path) == {"requests": 0, "incidents": 0}
+    assert row_counts(w.site.store.path) == {"requests": 0, "incidents": 0}
 
 
 def header_message(limit: int = MAX_HEADER) -> str:
@@ -377,7 +373,7 @@ async def test_accepted_request_is_stored_and_connection_kept(site):
         assert [i["name"] for i in reply.json()] == ["a", "b"]
         assert reply.headers["server"] == "gwebhook"
         assert not w.transport.disconnecting
-        assert count_rows(site.store.path) == {"requests": 1, "incidents": 2}
+        assert row_counts(site.store.path) == {"requests": 1, "incidents": 2}
         assert json.loads(reply.body)[0]["id"] != json.loads(reply.body)[1]["id"]
     finally:
         w.close()

@@ -12,10 +12,12 @@ import ssl
 
 import pytest
 from cryptography import x509
-from processes import SelfSigned, basic, json_lines, run_cli, run_senders, start_daemon
+from support.credentials import AUTH, BASIC_HEADER
+from support.daemon import assert_one_line_error, json_lines, run_cli, start_daemon
+from support.pki import SelfSigned
+from support.senders import run_senders
 
-AUTH = ["--username", "admin", "--password", "pw"]
-HEADERS = {**basic("admin", "pw"), "X-Sender": "cli-test"}
+HEADERS = {"Authorization": BASIC_HEADER, "X-Sender": "cli-test"}
 SUMMARY = {"id", "name", "type", "occurred", "created"}
 
 
@@ -31,13 +33,6 @@ def cli(*args: str, **kwargs) -> str:
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     return result.stdout
-
-
-def assert_one_line_error(result) -> None:
-    assert result.returncode == 1, result
-    assert result.stdout == ""
-    assert len(result.stderr.splitlines()) == 1, result.stderr
-    assert "Traceback" not in result.stderr
 
 
 @pytest.fixture

@@ -13,7 +13,10 @@ import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
-from inprocess import BASIC_HEADER, Wire, count_rows, make_site, parse_replies
+from support.credentials import BASIC_HEADER
+from support.http import parse_replies
+from support.inprocess import Wire, make_site
+from support.store import row_counts
 from twisted.logger import capturedLogs, formatEvent
 
 from gwebhook.answers import incidents_json
@@ -87,7 +90,7 @@ async def test_webhook_stored_either_way(site, path):
         w.send(request(b'{"name": "x"}', path))
         await w.finished()
         assert w.reply().status == 200
-        assert count_rows(site.store.path) == {"requests": 1, "incidents": 1}
+        assert row_counts(site.store.path) == {"requests": 1, "incidents": 1}
     finally:
         w.close()
 

@@ -12,10 +12,12 @@ import sqlite3
 import time
 from pathlib import Path
 
-from processes import SlowRequest, basic, run_senders, wait_until_not_listening
+from support.credentials import AUTH, BASIC_HEADER
+from support.http import SlowRequest
+from support.ports import wait_until_not_listening
+from support.senders import run_senders
 
-AUTH = ["--username", "admin", "--password", "pw"]
-HEADERS = {**basic("admin", "pw"), "Content-Type": "application/json"}
+HEADERS = {"Authorization": BASIC_HEADER, "Content-Type": "application/json"}
 SENDERS = 8
 
 

@@ -28,21 +28,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TWISTD
-from hostile_support import (
-    assert_no_half_requests,
-    https,
-    incidents_by_id,
-    log_lines,
-    row_counts,
-    send,
-)
-from service_support import Processes, basic
+from support.credentials import AUTH, HEADERS
+from support.daemon import TWISTD, Processes, log_lines
+from support.http import https, send
+from support.store import assert_no_half_requests, incidents_by_id, row_counts
 
 from gwebhook.schema import prepare
 
-AUTH = ["--username", "admin", "--password", "pw"]
-HEADERS = basic("admin", "pw")
 UNAVAILABLE = "incident store unavailable; retry later"
 
 

@@ -27,7 +27,9 @@ import pytest
 import pytest_twisted
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from inprocess import BASIC_HEADER, Wire, count_rows, make_site
+from support.credentials import BASIC_HEADER, PASSWORD
+from support.inprocess import Wire, make_site
+from support.store import row_counts
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
@@ -148,7 +150,7 @@ RIGHT = b"Authorization: " + BASIC_HEADER.encode()
 hostile_credentials = st.sampled_from(
     [
         [b"Authorization: Basic " + base64.b64encode(b"admin:wrong")],
-        [b"Authorization: Bearer s3cret"],
+        [b"Authorization: Bearer " + PASSWORD.encode()],
         [b"Authorization: Basic !!!"],
         [],
         [RIGHT, RIGHT],
@@ -394,7 +396,7 @@ async def test_any_bytes_get_well_formed_answers_and_all_or_nothing(
     """
     site, db = fuzz_site
     logged_failures.clear()
-    before = count_rows(db)
+    before = row_counts(db)
     wire = Wire(site, NetworkTransport())
     try:
         for piece in sent:
@@ -437,7 +439,7 @@ async def test_any_bytes_get_well_formed_answers_and_all_or_nothing(
         else:
             assert status >= 400, (status, document)
             assert list(document) == ["error"] and isinstance(document["error"], str)
-    after = count_rows(db)
+    after = row_counts(db)
     assert after["requests"] - before["requests"] == kept_requests
     assert after["incidents"] - before["incidents"] == len(created)
     event(f"stored: {bool(created)}")

@@ -19,28 +19,26 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import free_port
-from hostile_support import (
+from support.credentials import AUTH, HEADERS, USERNAME, basic
+from support.daemon import log_lines
+from support.http import (
     CLOSED,
-    Honest,
     connect,
     connect_raw,
-    incidents_by_id,
-    log_lines,
     parse_reply,
     read_reply,
     request_bytes,
-    row_counts,
     send,
     trickle,
     wait_closed,
-    wait_until,
 )
-from service_support import basic, sample, scrape
+from support.metrics import sample, scrape
+from support.ports import free_port
+from support.senders import Honest
+from support.store import incidents_by_id, row_counts
+from support.wait import wait_for
 
-AUTH = ["--username", "admin", "--password", "pw"]
-HEADERS = basic("admin", "pw")
-WRONG = basic("admin", "not-the-password")
+WRONG = basic(USERNAME, "not-the-password")
 HEADERS_LINE = f"Authorization: {HEADERS['Authorization']}\r\n".encode("ascii")
 TIMEOUTS = ["--header-timeout", "1", "--body-timeout", "1", "--idle-timeout", "1"]
 
@@ -189,10 +187,10 @@ def test_connection_over_per_client_cap_gets_503_other_address_is_served(spawn):
         *AUTH, "--max-connections-per-client", "3", "--metrics-port", str(metrics)
     )
     context = d.pki.client_context()
-    wait_until(lambda: open_connections(metrics) == 0, what="no connection open")
+    wait_for(lambda: open_connections(metrics) == 0, what="no connection open")
     held = [connect(d.port, context) for _ in range(3)]
     try:
-        wait_until(lambda: open_connections(metrics) == 3, what="3 connections")
+        wait_for(lambda: open_connections(metrics) == 3, what="3 connections")
         # The handshake completes: the refusal is the answer to the first request.
         with connect(d.port, context) as fourth:
             fourth.sendall(request_bytes(b'{"name": "fourth"}', HEADERS))
@@ -206,7 +204,7 @@ def test_connection_over_per_client_cap_gets_503_other_address_is_served(spawn):
         held[0].sendall(request_bytes(b'{"name": "held"}', HEADERS))
         assert read_reply(held[0]).status == 200
         held.pop().close()
-        wait_until(lambda: open_connections(metrics) == 2, what="2 connections")
+        wait_for(lambda: open_connections(metrics) == 2, what="2 connections")
         assert send(d, b'{"name": "after one closed"}', HEADERS).status == 200
     finally:
         for tls in held:
@@ -219,15 +217,15 @@ def test_connection_over_total_cap_gets_503(spawn):
     metrics = free_port()
     d = spawn(*AUTH, "--max-connections", "5", "--metrics-port", str(metrics))
     context = d.pki.client_context()
-    wait_until(lambda: open_connections(metrics) == 0, what="no connection open")
+    wait_for(lambda: open_connections(metrics) == 0, what="no connection open")
     held = [connect(d.port, context, source=f"127.0.0.{n + 1}") for n in range(5)]
     try:
-        wait_until(lambda: open_connections(metrics) == 5, what="5 connections")
+        wait_for(lambda: open_connections(metrics) == 5, what="5 connections")
         reply = send(d, b'{"name": "sixth"}', HEADERS, source="127.0.0.6")
         assert_json_error(reply, 503, "too many connections; retry later")
         assert reply.headers["retry-after"] == "5"
         held.pop().close()
-        wait_until(lambda: open_connections(metrics) == 4, what="4 connections")
+        wait_for(lambda: open_connections(metrics) == 4, what="4 connections")
         assert send(d, b'{"name": "after"}', HEADERS, source="127.0.0.6").status == 200
     finally:
         for tls in held:
@@ -496,7 +494,7 @@ def test_request_refused_in_its_body_is_logged_once_without_traceback(
         reply = read_reply(tls)
     assert reply.status == status
     request_id = reply.headers["x-request-id"]
-    wait_until(lambda: log_lines(d, request_id), what="the access line")
+    wait_for(lambda: log_lines(d, request_id), what="the access line")
     # A failure in a Deferred is logged when the Deferred is collected, and
     # a traceback's reference cycle waits for Python's cyclic collector: give
     # the daemon some work so that it runs.

@@ -16,19 +16,13 @@ import socket
 import sqlite3
 
 import pytest
-from conftest import free_port
-from service_support import (
-    basic,
-    listening_sockets,
-    log_text,
-    sample,
-    scrape,
-    wait_for,
-    wait_for_log,
-)
+from support.credentials import AUTH, HEADERS, USERNAME, basic
+from support.daemon import log_text, wait_for_log
+from support.metrics import sample, scrape
+from support.ports import free_port
+from support.proc import listening_sockets
+from support.wait import wait_for
 
-AUTH = ["--username", "admin", "--password", "pw"]
-HEADERS = basic("admin", "pw")
 REQUEST_ID = re.compile(r"[0-9a-f]{16}")
 # The access line of the text log, after twistd's "<time> [<namespace>#info] ".
 ACCESS = re.compile(
@@ -246,9 +240,9 @@ def test_log_never_holds_secrets_or_bodies(spawn):
     password = "pw-" + secrets.token_hex(8)
     body_marker = "body-" + secrets.token_hex(8)
     header_marker = "hdr-" + secrets.token_hex(8)
-    good = basic("admin", password)
-    wrong = basic("admin", "wrong-" + password)
-    d = spawn("--username", "admin", "--password", password)
+    good = basic(USERNAME, password)
+    wrong = basic(USERNAME, "wrong-" + password)
+    d = spawn("--username", USERNAME, "--password", password)
 
     body = {"name": body_marker, "rawJson": {"secret": body_marker}}
     sent = [

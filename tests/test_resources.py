@@ -8,28 +8,17 @@ Figures come from ``/proc/PID/status`` and ``/proc/PID/fd``.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import threading
 import time
 
 import pytest
-from hostile_support import (
-    connect,
-    open_files,
-    read_reply,
-    request_bytes,
-    row_counts,
-    send,
-    status_kib,
-    wait_until,
-)
-from service_support import basic
-
-AUTH = ["--username", "admin", "--password", "pw"]
-HEADERS = basic("admin", "pw")
-
+from support.credentials import AUTH, HEADERS, USERNAME, basic
+from support.http import connect, read_reply, request_bytes, send
+from support.proc import open_files, status_kib
+from support.store import row_counts
+from support.wait import wait_for
 
 # -- memory ----------------------------------------------------------------------
 
@@ -168,14 +157,14 @@ def cut_off(d, body: bytes) -> None:
     tls = connect(d.port, d.pki.client_context())
     try:
         tls.sendall(request_bytes(body, HEADERS)[: -len(body) // 2])
-        wait_until(lambda: deleted_files(pid), 5, "the body to be spooled to a file")
+        wait_for(lambda: deleted_files(pid), 5, "the body to be spooled to a file")
     finally:
         tls.close()
 
 
 def large_requests(d, round_: int) -> list[int]:
     """One round of every way a large body can end; the statuses answered."""
-    wrong = {"Authorization": "Basic " + base64.b64encode(b"admin:no").decode()}
+    wrong = basic(USERNAME, "no")
     statuses = [
         send(d, big_body(150_000, f"r{round_}-150k"), HEADERS).status,
         send(d, big_body(900_000, f"r{round_}-900k"), HEADERS).status,
@@ -199,13 +188,13 @@ def test_spooled_bodies_leave_no_temporary_files_or_descriptors(spawn):
     pid = d.process.pid
     assert send(d, b'{"name": "first"}', HEADERS).status == 200
     # Once the first connection is closed, the only socket left is the listener.
-    baseline = wait_until(lambda: quiet(pid), 10, "the first connection to close")
+    baseline = wait_for(lambda: quiet(pid), 10, "the first connection to close")
     expected = [200, 200, 200, 200, 401, 400, 413]
     for round_ in range(5):
         assert large_requests(d, round_) == expected, round_
 
     try:
-        after = wait_until(lambda: quiet(pid), 10, "connections and files to close")
+        after = wait_for(lambda: quiet(pid), 10, "connections and files to close")
     finally:
         print(
             f"open before: {baseline}\nopen after: {sorted(open_files(pid).values())}"

@@ -5,12 +5,10 @@ incidents received before a date, with their requests and samples rows.
 
 from __future__ import annotations
 
-import base64
 import fcntl
 import os
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from contextlib import closing
@@ -19,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from support.credentials import AUTH, HEADERS
+from support.daemon import assert_one_line_error, run_cli
 from twisted.enterprise import adbapi
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock, deferLater
@@ -29,9 +29,6 @@ from gwebhook.store import IncidentStore
 from gwebhook.timestamps import format_utc
 from gwebhook.writerlock import SUFFIX
 
-GWEBHOOK = str(Path(sys.executable).with_name("gwebhook"))
-AUTH = ["--username", "admin", "--password", "pw"]
-BASIC = {"Authorization": "Basic " + base64.b64encode(b"admin:pw").decode()}
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
 
 
@@ -83,16 +80,7 @@ def column(db: sqlite3.Connection | Path, query: str) -> list:
 
 
 def run_prune(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [GWEBHOOK, "prune", *args], capture_output=True, text=True, timeout=30
-    )
-
-
-def assert_one_line_error(result, status: int) -> None:
-    assert result.returncode == status, result
-    assert result.stdout == ""
-    assert len(result.stderr.splitlines()) == 1, result.stderr
-    assert "Traceback" not in result.stderr
+    return run_cli("prune", *args)
 
 
 # prune() and cutoff(): the rules -------------------------------------------
@@ -167,7 +155,7 @@ def test_prune_command_while_the_daemon_runs(daemon):
     d = daemon(*AUTH)
     answered = []
     for body in [b'{"name": "a"}', b'[{"name": "b"}, {"name": "c"}]', b'{"name": "d"}']:
-        reply = d.request(body=body, headers=BASIC)
+        reply = d.request(body=body, headers=HEADERS)
         assert reply.status == 200, reply.body
         answered += reply.json()
     # Age the first two requests as if they came 40 days ago.
@@ -185,7 +173,7 @@ def test_prune_command_while_the_daemon_runs(daemon):
     assert result.stdout == (
         f"deleted 3 incidents and 2 requests received before {cutoff}T00:00:00Z\n"
     )
-    reply = d.request(body=b'{"name": "e"}', headers=BASIC)
+    reply = d.request(body=b'{"name": "e"}', headers=HEADERS)
     assert reply.status == 200, reply.body
     [latest] = reply.json()
     assert int(latest["id"]) > max(int(i["id"]) for i in answered)

@@ -11,33 +11,23 @@ import json
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from contextlib import closing
-from pathlib import Path
 
 import pytest
 import trustme
+from support.credentials import AUTH
+from support.daemon import assert_one_line_error, run_cli
+from support.ports import free_port
 from twisted.internet import error
 from twisted.python.failure import Failure
 
 from gwebhook import sender
 
-GWEBHOOK = str(Path(sys.executable).with_name("gwebhook"))
-AUTH = ["--username", "admin", "--password", "pw"]
-
 
 def send(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     """Run ``gwebhook send ARGS`` to completion."""
-    return subprocess.run(
-        [GWEBHOOK, "send", *args], capture_output=True, text=True, timeout=timeout
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return run_cli("send", *args, timeout=timeout)
 
 
 def url(d) -> str:
@@ -61,14 +51,6 @@ def stored(d) -> list[tuple]:
 def requests_stored(d) -> int:
     with closing(sqlite3.connect(d.db)) as db:
         return db.execute("SELECT count(*) FROM requests").fetchone()[0]
-
-
-def assert_one_line_error(result, status: int = 1) -> str:
-    assert result.returncode == status, result
-    assert result.stdout == ""
-    assert len(result.stderr.splitlines()) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    return result.stderr
 
 
 # Against a real daemon -----------------------------------------------------

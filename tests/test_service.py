@@ -18,41 +18,25 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import sqlite3
 import ssl
 import time
 
 import pytest
-from conftest import make_pki
-from service_support import (
+from support.credentials import AUTH, HEADERS
+from support.daemon import log_text, wait_for_log
+from support.http import (
     ask,
-    basic,
-    connect_tls,
+    connect,
     keep_alive,
-    leaf_fingerprint,
-    log_text,
-    read_response,
+    read_reply,
     read_until_closed,
-    refuses_connections,
     served_fingerprint,
-    sha256,
     start_request,
-    wait_for,
-    wait_for_log,
 )
-
-AUTH = ["--username", "admin", "--password", "pw"]
-HEADERS = basic("admin", "pw")
-
-
-def incidents(db) -> list[tuple[int, str]]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
-        return connection.execute("SELECT id, name FROM incidents").fetchall()
-
-
-def stored_requests(db) -> int:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
-        return connection.execute("SELECT count(*) FROM requests").fetchone()[0]
+from support.pki import leaf_fingerprint, make_pki, sha256
+from support.ports import refuses_connections
+from support.store import incidents_by_id, row_counts
+from support.wait import wait_for
 
 
 def peer(connection) -> str:
@@ -66,10 +50,9 @@ def test_sighup_new_connections_get_new_pair_open_ones_keep_theirs(tmp_path, spa
     old_print, new_print = leaf_fingerprint(live), leaf_fingerprint(new)
     d = spawn(*AUTH, pki=live)
 
-    a = keep_alive(d.port, live.client_context())
+    a = keep_alive(d)
     try:
-        status, _, _ = ask(a, "POST", "/", b'{"name": "before"}', HEADERS)
-        assert status == 200
+        assert ask(a, "POST", "/", b'{"name": "before"}', HEADERS).status == 200
         assert peer(a) == old_print
 
         shutil.copyfile(new.cert, live.cert)
@@ -79,14 +62,13 @@ def test_sighup_new_connections_get_new_pair_open_ones_keep_theirs(tmp_path, spa
 
         assert served_fingerprint(d.port, new.client_context()) == new_print
         with pytest.raises(ssl.SSLCertVerificationError):
-            connect_tls(d.port, live.client_context())
+            connect(d.port, live.client_context())
 
-        status, _, _ = ask(a, "POST", "/", b'{"name": "after"}', HEADERS)
-        assert status == 200
+        assert ask(a, "POST", "/", b'{"name": "after"}', HEADERS).status == 200
         assert peer(a) == old_print
     finally:
         a.close()
-    assert [name for _, name in incidents(d.db)] == ["before", "after"]
+    assert list(incidents_by_id(d.db).values()) == ["before", "after"]
     assert "certificate not reloaded" not in log_text(d)
 
 
@@ -141,7 +123,7 @@ def test_sigterm_refuses_new_connections_and_stores_request_in_flight(spawn):
         tls.close()
     # twistd re-raises SIGTERM after a clean stop: -15 is success.
     assert d.wait(5) == -signal.SIGTERM
-    assert [name for _, name in incidents(d.db)] == ["in flight"]
+    assert list(incidents_by_id(d.db).values()) == ["in flight"]
     assert "stopped: store closed" in log_text(d)
 
 
@@ -150,10 +132,10 @@ def test_sigterm_answers_request_in_flight_then_exits(spawn):
     d = spawn(*AUTH)
     tls = finish_after_sigterm(d, "in flight")
     try:
-        reply = read_response(tls)
+        reply = read_reply(tls)
         answered = time.monotonic()
         assert reply.status == 200, reply.body
-        assert reply.getheader("Connection") == "close"
+        assert reply.headers["connection"] == "close"
         [incident] = json.loads(reply.body)
         assert incident["name"] == "in flight"
         assert read_until_closed(tls) == b""
@@ -161,7 +143,7 @@ def test_sigterm_answers_request_in_flight_then_exits(spawn):
         tls.close()
     assert d.wait(5) == -signal.SIGTERM
     assert time.monotonic() - answered < 3
-    assert incidents(d.db) == [(int(incident["id"]), "in flight")]
+    assert incidents_by_id(d.db) == {int(incident["id"]): "in flight"}
 
 
 def test_shutdown_timeout_cuts_off_unfinished_request(spawn):
@@ -176,18 +158,16 @@ def test_shutdown_timeout_cuts_off_unfinished_request(spawn):
         tls.close()
     assert status == -signal.SIGTERM
     assert 0.9 <= took < 3, took
-    assert incidents(d.db) == []
-    assert stored_requests(d.db) == 0
+    assert row_counts(d.db) == {"requests": 0, "incidents": 0}
 
 
 def test_idle_connections_do_not_delay_shutdown(spawn):
     """Idle keep-alive connections are closed at SIGTERM; the daemon exits at once."""
     d = spawn(*AUTH)  # --shutdown-timeout 30 and an idle timeout of 60 s
-    used = keep_alive(d.port, d.pki.client_context())
-    fresh = connect_tls(d.port, d.pki.client_context())  # handshake, no request yet
+    used = keep_alive(d)
+    fresh = connect(d.port, d.pki.client_context())  # handshake, no request yet
     try:
-        status, _, _ = ask(used, "POST", "/", b'{"name": "one"}', HEADERS)
-        assert status == 200
+        assert ask(used, "POST", "/", b'{"name": "one"}', HEADERS).status == 200
         status, took = d.terminate(timeout=10)
         assert status == -signal.SIGTERM
         assert took < 2, took

@@ -2,13 +2,13 @@
 
 import sqlite3
 
+from support.credentials import AUTH, HEADERS
+
 
 def test_basic_auth_post_is_stored(daemon):
     """A POST with Basic credentials is answered 200 with its incident, and stored."""
-    d = daemon("--username", "admin", "--password", "pw")
-    reply = d.request(
-        body=b'{"name": "x"}', headers={"Authorization": "Basic YWRtaW46cHc="}
-    )
+    d = daemon(*AUTH)
+    reply = d.request(body=b'{"name": "x"}', headers=HEADERS)
     assert reply.status == 200, reply.body
     [incident] = reply.json()
     assert incident["name"] == "x"

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import PKI, run_twistd
 from cryptography.hazmat.primitives import serialization
-from processes import basic, last_line, occupied_port
-
-CREDENTIALS = ["--username", "admin", "--password", "pw"]
+from support.credentials import AUTH as CREDENTIALS
+from support.credentials import basic
+from support.daemon import last_line, run_twistd
+from support.pki import PKI
+from support.ports import occupied_port
 
 
 @dataclass
@@ -200,10 +201,9 @@ def test_password_file(daemon, tmp_path):
     assert d.request(headers=basic("admin", "wrong")).status == 401
 
 
-def test_password_from_environment(daemon, monkeypatch):
+def test_password_from_environment(daemon):
     """The password read from $GWEBHOOK_PASSWORD authenticates, a wrong one does not."""
-    monkeypatch.setenv("GWEBHOOK_PASSWORD", "from-the-environment")
-    d = daemon("--username", "admin")
+    d = daemon("--username", "admin", env={"GWEBHOOK_PASSWORD": "from-the-environment"})
     assert d.request(headers=basic("admin", "from-the-environment")).status == 200
     assert d.request(headers=basic("admin", "wrong")).status == 401
 

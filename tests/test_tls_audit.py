@@ -15,22 +15,14 @@ key exchange and ROBOT only mean something with an RSA key).
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import shutil
-import ssl
 import subprocess
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from service_support import Processes
+from support.credentials import AUTH
+from support.daemon import Processes
+from support.pki import make_strict_chain
 
-AUTH = ["--username", "admin", "--password", "pw"]
 TLS12_FORWARD_SECRET_AEAD = ("_GCM_", "_CHACHA20_POLY1305_")
 
 pytestmark = [
@@ -42,130 +34,11 @@ pytestmark = [
 ]
 
 
-# -- a chain that strict path validation accepts -------------------------------
-
-
-@dataclass
-class Chain:
-    """PEM files of a root CA, and the served chain (leaf, intermediate) and key."""
-
-    ca: Path
-    cert: Path
-    key: Path
-    leaf_subject: x509.Name
-
-    def client_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.ca))
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "gwebhook tests"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-
-
-def _issue(subject, key, issuer, issuer_key, ca: bool, leaf_sans=None):
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-            critical=False,
-        )
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.BasicConstraints(ca=True, path_length=None), critical=True
-        ).add_extension(
-            x509.KeyUsage(
-                digital_signature=False, content_commitment=False,
-                key_encipherment=False, data_encipherment=False, key_agreement=False,
-                key_cert_sign=True, crl_sign=True, encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )  # fmt: skip
-    else:
-        builder = (
-            builder.add_extension(
-                x509.BasicConstraints(ca=False, path_length=None), critical=True
-            )
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=isinstance(key, rsa.RSAPrivateKey),
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )  # fmt: skip
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-            )
-            .add_extension(x509.SubjectAlternativeName(leaf_sans), critical=False)
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def make_chain(directory: Path, key_type: str) -> Chain:
-    """Write a root, an intermediate, and a leaf for localhost/127.0.0.1."""
-    directory.mkdir(parents=True, exist_ok=True)
-    root_key = ec.generate_private_key(ec.SECP256R1())
-    middle_key = ec.generate_private_key(ec.SECP256R1())
-    if key_type == "rsa":
-        leaf_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    else:
-        leaf_key = ec.generate_private_key(ec.SECP256R1())
-    root_name, middle_name = _name("Audit Root CA"), _name("Audit Intermediate CA")
-    leaf_name = _name("localhost")
-    root = _issue(root_name, root_key, root_name, root_key, ca=True)
-    middle = _issue(middle_name, middle_key, root_name, root_key, ca=True)
-    sans = [
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-    ]
-    leaf = _issue(
-        leaf_name, leaf_key, middle_name, middle_key, ca=False, leaf_sans=sans
-    )
-    pem = serialization.Encoding.PEM
-    chain = Chain(
-        directory / "ca.pem",
-        directory / "server.crt",
-        directory / "server.key",
-        leaf_name,
-    )
-    chain.ca.write_bytes(root.public_bytes(pem))
-    chain.cert.write_bytes(leaf.public_bytes(pem) + middle.public_bytes(pem))
-    chain.key.write_bytes(
-        leaf_key.private_bytes(
-            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return chain
-
-
 @pytest.fixture(scope="module", params=["ecdsa", "rsa"])
 def audited(request, tmp_path_factory):
     """A daemon serving an RFC 5280-clean chain with an ECDSA or RSA leaf key."""
     directory = tmp_path_factory.mktemp(f"audit-{request.param}")
-    chain = make_chain(directory / "chain", request.param)
+    chain = make_strict_chain(directory / "chain", request.param)
     with Processes(directory, chain) as started:
         d = started(*AUTH)
         d.chain = chain

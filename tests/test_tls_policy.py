@@ -12,9 +12,10 @@ import ssl
 import pytest
 import pytest_twisted
 import trustme
-from conftest import PKI
-from inprocess import client_hello, handshake, serve_tls
 from OpenSSL import SSL
+from support.http import client_hello, handshake
+from support.inprocess import serve_tls
+from support.pki import PKI, make_pki
 from twisted.internet.threads import deferToThread
 
 from gwebhook.tls import certificate_options
@@ -29,15 +30,7 @@ LEGACY_VERSION = {
 @pytest.fixture(scope="module")
 def rsa_pki(tmp_path_factory) -> PKI:
     """As the ``pki`` fixture, with RSA keys (which static-RSA suites could use)."""
-    directory = tmp_path_factory.mktemp("rsa-pki")
-    root = trustme.CA(key_type=trustme.KeyType.RSA)
-    intermediate = root.create_child_ca(key_type=trustme.KeyType.RSA)
-    leaf = intermediate.issue_cert("localhost", key_type=trustme.KeyType.RSA)
-    ca, cert, key = (directory / n for n in ("ca.pem", "server.crt", "server.key"))
-    root.cert_pem.write_to_path(str(ca))
-    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    leaf.private_key_pem.write_to_path(str(key))
-    return PKI(root, intermediate, leaf, ca, cert, key)
+    return make_pki(tmp_path_factory.mktemp("rsa-pki"), trustme.KeyType.RSA)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import ssl
 
 import pytest
 import pytest_twisted
-from inprocess import make_site
+from support.inprocess import make_site
 from twisted.internet import endpoints, reactor
 from twisted.internet.threads import deferToThread
 

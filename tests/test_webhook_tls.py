@@ -15,7 +15,10 @@ from dataclasses import dataclass
 
 import pytest
 import pytest_twisted
-from inprocess import BASIC, BASIC_HEADER, count_rows, serve_tls, stored_incidents
+from support import credentials
+from support.credentials import BASIC, BASIC_HEADER, PASSWORD
+from support.inprocess import serve_tls
+from support.store import row_counts, stored_incidents
 
 from gwebhook.credentials import Credentials
 
@@ -75,7 +78,7 @@ def assert_error(answer: Answer, status: int, message: str, server) -> None:
         assert error["error"].startswith(message[:-3]), error
     else:
         assert error["error"] == message
-    assert count_rows(server.db) == NOTHING
+    assert row_counts(server.db) == NOTHING
 
 
 # -- the reference documents' examples ---------------------------------------
@@ -174,7 +177,7 @@ async def test_array_of_two_incidents_example(serve):
         (ids[0], "incident1", 0),
         (ids[1], "incident2", 1),
     ]
-    assert count_rows(server.db) == {"requests": 1, "incidents": 2}
+    assert row_counts(server.db) == {"requests": 1, "incidents": 2}
 
 
 @pytest_twisted.ensureDeferred
@@ -216,7 +219,7 @@ async def test_empty_array_answers_empty_list(serve):
     answer = await send(server, b"[]", basic())
     assert answer.status == 200
     assert answer.json() == []
-    assert count_rows(server.db) == NOTHING
+    assert row_counts(server.db) == NOTHING
 
 
 @pytest_twisted.ensureDeferred
@@ -348,7 +351,7 @@ async def test_head_is_405_with_allow(serve):
     assert answer.status == 405
     assert answer.header("allow") == ["POST, PUT"]
     assert answer.body == b""
-    assert count_rows(server.db) == NOTHING
+    assert row_counts(server.db) == NOTHING
 
 
 # -- credentials -------------------------------------------------------------
@@ -361,8 +364,8 @@ UNAUTHORIZED = "missing or wrong credentials"
     [
         None,
         "Basic YWRtaW46d3Jvbmc=",  # admin:wrong
-        "Basic cm9vdDpzM2NyZXQ=",  # root:s3cret
-        "Bearer s3cret",
+        credentials.basic("root", PASSWORD)["Authorization"],  # right password
+        f"Bearer {PASSWORD}",
         "Basic not-base64",
     ],
 )

@@ -7,8 +7,10 @@ import sqlite3
 import time
 
 import pytest
-from processes import basic, run_senders
-from service_support import wait_for, wait_for_log
+from support.credentials import HEADERS, PASSWORD, USERNAME, basic
+from support.daemon import wait_for_log
+from support.senders import run_senders
+from support.wait import wait_for
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
@@ -17,8 +19,7 @@ from twisted.python.failure import Failure
 from gwebhook.logs import to_json
 from gwebhook.workers import STABLE_AFTER_SECONDS, WorkerPool, _Worker, respawn_delay
 
-AUTH = ("--username", "admin", "--password", "pw", "--workers", "2")
-HEADERS = basic("admin", "pw")
+AUTH = ("--username", USERNAME, "--password", PASSWORD, "--workers", "2")
 
 
 def workers_of(pid: int) -> list[int]:
