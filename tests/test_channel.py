@@ -380,18 +380,27 @@ async def test_accepted_request_is_stored_and_connection_kept(site):
 
 
 @pytest_twisted.ensureDeferred
-async def test_bad_request_does_not_fail_another_in_the_same_commit(site):
-    """A valid request committed beside one the store cannot take is still stored."""
+async def test_a_refused_request_does_not_fail_those_arriving_with_it(site):
+    """
+    Of three requests arriving at once, the one whose body UTF-8 cannot hold
+    (an unpaired surrogate escape) is answered 400 and stores nothing; the
+    two others are answered 200 and stored.
+    """
     wires = [Wire(site) for _ in range(3)]
     bodies = [b'{"name": "a"}', b'{"name": "\\ud800"}', b'{"name": "c"}']
     try:
-        # All in one reactor turn: "a" commits alone, the other two wait together.
+        # All in one reactor turn: "a" commits alone, "c" in the next commit.
         for w, body in zip(wires, bodies, strict=True):
             w.send(post(body, b"Authorization: " + BASIC_HEADER.encode()))
         await gatherResults([w.finished() for w in wires])
-        statuses = [w.reply().status for w in wires]
-        assert statuses[0] == statuses[2] == 200
-        assert statuses[1] in (200, 400)
+        replies = [w.reply() for w in wires]
+        assert [r.status for r in replies] == [200, 400, 200]
+        assert replies[1].json() == {
+            "error": "body is not JSON that UTF-8 can hold: "
+            "an unpaired surrogate escape (\\udXXX)"
+        }
+        assert [i["name"] for i in stored_incidents(site.store.path)] == ["a", "c"]
+        assert row_counts(site.store.path) == {"requests": 2, "incidents": 2}
     finally:
         for w in wires:
             w.close()
