@@ -10,19 +10,26 @@ class IncidentDraft(NamedTuple):
     """
     One incident read from a payload, not yet stored.  ``details`` are the
     incident's as sent, without a ``headers`` key: that key is the request's
-    headers, kept once with the request (docs/reference.md 2.4, 4.3).  A
-    tuple because an array of incidents makes one per element.
+    headers, kept once with the request (docs/reference.md 2.4, 4.3).
+    ``fields`` are the extra incident fields the instance's mapping gave
+    (``{}`` when none).  A tuple because an array of incidents makes one per
+    element.
     """
 
     name: str
     type: str
     occurred: str
     details: dict[str, Any]
+    fields: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class ReceivedRequest:
-    """What is kept of the HTTP request that carried incidents."""
+    """
+    What is kept of the HTTP request that carried incidents: ``instance`` is
+    the name of the instance it was for, ``client_cert`` the certificate the
+    client presented (``{"subject": RFC 4514, "sha256": hex}``), or None.
+    """
 
     received: str
     client: str
@@ -30,6 +37,8 @@ class ReceivedRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+    instance: str
+    client_cert: dict[str, str] | None
 
 
 class StoredIncident(NamedTuple):

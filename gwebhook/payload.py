@@ -153,7 +153,7 @@ def _draft(
         # (docs/reference.md 2.4); the sender's own stay in the body kept
         # with the request.
         details = {k: v for k, v in details.items() if k != "headers"}
-    return IncidentDraft(name, kind, occurred, details)
+    return IncidentDraft(name, kind, occurred, details, {})
 
 
 def _where(index: int | None) -> str:

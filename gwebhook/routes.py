@@ -140,6 +140,8 @@ class WebhookRoutes:
             path=request.path.decode("ascii"),
             headers=headers,
             body=raw,
+            instance="default",
+            client_cert=None,
         )
         return self.store.add(kept, drafts).addCallbacks(
             self._stored,

@@ -43,6 +43,17 @@ MIGRATIONS: list[str] = [
         checked TEXT NOT NULL
     );
     """,
+    # 3: instances.  Every row stored before belongs to the default instance
+    # and has no extra fields.  ADD COLUMN with a constant default rewrites
+    # no row, so even a large store upgrades at once; only the index reads
+    # the incidents.
+    """
+    ALTER TABLE incidents ADD COLUMN instance TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE incidents ADD COLUMN fields TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE requests ADD COLUMN instance TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE requests ADD COLUMN client_cert TEXT;
+    CREATE INDEX incidents_by_instance ON incidents (instance, id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -128,6 +139,10 @@ def prepare(path: str) -> int:
             )
         for number in range(version, SCHEMA_VERSION):
             connection.execute("BEGIN IMMEDIATE")
+            # Another process may have upgraded the store since it was read.
+            if connection.execute("PRAGMA user_version").fetchone()[0] > number:
+                connection.execute("COMMIT")
+                continue
             for statement in MIGRATIONS[number].split(";"):
                 if statement.strip():
                     connection.execute(statement)

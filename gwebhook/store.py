@@ -32,6 +32,7 @@ from gwebhook.model import IncidentDraft, ReceivedRequest, StoredIncident
 from gwebhook.timestamps import format_utc
 from gwebhook.writerlock import WriterLock
 
+# Samples kept of each instance that keeps them: its most recent incidents.
 SAMPLE_COUNT = 20
 # Requests per transaction at most, so one commit's latency stays bounded.
 MAX_BATCH = 512
@@ -54,37 +55,55 @@ _NEXT_IDS = "SELECT ({}), ({})".format(
     _NEXT_ID.format(table="requests"), _NEXT_ID.format(table="incidents")
 )
 
-# Incidents per INSERT statement at most (800 values: under SQLite's oldest
-# limit of 999).  One statement for many rows does SQLite's per-statement
+# Rows per INSERT statement at most (990 values: under SQLite's oldest limit
+# of 999).  One statement for many rows does SQLite's per-statement
 # work (AUTOINCREMENT's bookkeeping) once, and lets go of the GIL once:
 # sqlite3 releases it around every step, and on a core the reactor shares,
 # each release can be a switch to the reactor thread and back.
-ROWS_PER_INSERT = 100
+ROWS_PER_INSERT = 99
 _INSERT_INCIDENTS = (
     "INSERT INTO incidents (id, request_id, position, name, type, occurred,"
-    " created, details) VALUES "
+    " created, details, instance, fields) VALUES "
 )
+_INCIDENT_WIDTH = 10
 
 
 _INSERT_REQUESTS = (
-    "INSERT INTO requests (id, received, client, method, path, headers, body) VALUES "
+    "INSERT INTO requests (id, received, client, method, path, headers, body,"
+    " instance, client_cert) VALUES "
+)
+_REQUEST_WIDTH = 9
+
+_INSERT_SAMPLES = "INSERT INTO samples (incident_id) VALUES "
+# An instance's samples past its SAMPLE_COUNT most recent.  The samples
+# table is small (SAMPLE_COUNT rows for each instance that keeps them).
+_TRIM_SAMPLES = (
+    "DELETE FROM samples WHERE incident_id IN (SELECT s.incident_id FROM samples s"
+    " JOIN incidents i ON i.id = s.incident_id WHERE i.instance = ?"
+    " ORDER BY s.incident_id DESC LIMIT -1 OFFSET ?)"
 )
 
 
 @functools.lru_cache(maxsize=ROWS_PER_INSERT)
 def _insert_incidents(rows: int) -> str:
     """The statement inserting ``rows`` incidents: placeholders only, no data."""
-    return _INSERT_INCIDENTS + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return _INSERT_INCIDENTS + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
 
 
 @functools.lru_cache(maxsize=ROWS_PER_INSERT)
 def _insert_requests(rows: int) -> str:
     """The statement inserting ``rows`` requests: placeholders only, no data."""
-    return _INSERT_REQUESTS + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return _INSERT_REQUESTS + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+
+
+@functools.lru_cache(maxsize=SAMPLE_COUNT)
+def _insert_samples(rows: int) -> str:
+    """The statement inserting ``rows`` samples: placeholders only, no data."""
+    return _INSERT_SAMPLES + ", ".join(["(?)"] * rows)
 
 
 def _insert_rows(cursor, statement, width: int, values: list) -> None:
-    """Insert ``values`` (rows of ``width`` flattened) 100 rows a statement."""
+    """Insert ``values`` (rows of ``width`` flattened) 99 rows a statement."""
     step = ROWS_PER_INSERT * width
     for start in range(0, len(values), step):
         chunk = values[start : start + step]
@@ -101,15 +120,21 @@ def _request_row(request_id: int, request: ReceivedRequest) -> tuple:
         request.path,
         _encode_details(request.headers),
         request.body,
+        request.instance,
+        None if request.client_cert is None else _encode_details(request.client_cert),
     )
 
 
 def _incident_rows(
-    first_id: int, request_id: int, drafts: Sequence[IncidentDraft], created: str
+    first_id: int,
+    request_id: int,
+    instance: str,
+    drafts: Sequence[IncidentDraft],
+    created: str,
 ) -> list:
     """A request's incidents, numbered from ``first_id``, as flat row values."""
     values: list = []
-    for position, (name, kind, occurred, details) in enumerate(drafts):
+    for position, (name, kind, occurred, details, fields) in enumerate(drafts):
         values += (
             first_id + position,
             request_id,
@@ -119,6 +144,9 @@ def _incident_rows(
             occurred,
             created,
             _encode_details(details),
+            instance,
+            # Most incidents have none: no encoder call for them.
+            _encode_details(fields) if fields else "{}",
         )
     return values
 
@@ -129,7 +157,7 @@ def _stored(
     """What the sender is told of a request's incidents once committed."""
     return [
         StoredIncident(str(first_id + position), name, kind, occurred, created)
-        for position, (name, kind, occurred, _) in enumerate(drafts)
+        for position, (name, kind, occurred, _, _) in enumerate(drafts)
     ]
 
 
@@ -159,20 +187,31 @@ class StoreUnavailable(Exception):
     """The store could not commit (full, locked, read-only); retry later."""
 
 
+# One request waiting for its commit: what to store, whether its incidents
+# are kept as samples of its instance, and who waits for the answer.
+_Waiting = tuple[ReceivedRequest, Sequence[IncidentDraft], bool, Deferred]
+# The same, as the pool's thread gets it.
+_Entry = tuple[ReceivedRequest, Sequence[IncidentDraft], bool]
+
+
 class IncidentStore:
-    """Stores requests and their incidents; durable before it answers."""
+    """
+    Stores requests and their incidents; durable before it answers.  Keeps
+    the SAMPLE_COUNT most recent incidents of each instance whose requests
+    say to keep samples.
+    """
 
     def __init__(self, path: str, keep_samples: bool = False) -> None:
         schema.prepare(path)
         self.path = path
-        self.keep_samples = keep_samples
+        # Transitional: what ``add`` does when its caller does not say, for
+        # the callers that do not say yet.  To go once every caller does.
+        self._keep_samples_by_default = keep_samples
         # The file prepared here is the store: a connection opened later (the
         # first, or one after a fault) must be to this file, not to one put
         # in its place since.
         self._inode = os.stat(path).st_ino
-        self._waiting: list[
-            tuple[ReceivedRequest, Sequence[IncidentDraft], Deferred]
-        ] = []
+        self._waiting: list[_Waiting] = []
         self._committing = False
         self._writer_lock = WriterLock(path)
         # Public for the other writers of the same file (retention).  Its one
@@ -189,7 +228,7 @@ class IncidentStore:
             cp_min=1,
             cp_max=1,
             cp_openfun=self._opened,
-            # Room for the multi-row INSERTs of every size (2 x 100).
+            # Room for the multi-row INSERTs of every size (2 x 99, and 20).
             cached_statements=256,
         )
         # The reactor the pool uses: the one installed by now (by twistd, or
@@ -254,11 +293,20 @@ class IncidentStore:
         )
 
     def add(
-        self, request: ReceivedRequest, drafts: Sequence[IncidentDraft]
+        self,
+        request: ReceivedRequest,
+        drafts: Sequence[IncidentDraft],
+        keep_samples: bool | None = None,
     ) -> Deferred[list[StoredIncident]]:
-        """Commit the request and its incidents together; fire with them."""
+        """
+        Commit the request and its incidents together; fire with them.  With
+        ``keep_samples`` (its instance's setting) they are kept as samples of
+        the request's instance too.
+        """
+        if keep_samples is None:
+            keep_samples = self._keep_samples_by_default
         d: Deferred[list[StoredIncident]] = Deferred()
-        self._waiting.append((request, drafts, d))
+        self._waiting.append((request, drafts, keep_samples, d))
         if not self._committing:
             self._commit_next()
         return d
@@ -266,9 +314,10 @@ class IncidentStore:
     def _commit_next(self) -> None:
         batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
         self._committing = True
-        done = self._run(self._write, self._insert_batch, [(r, i) for r, i, _ in batch])
+        entries = [(r, i, k) for r, i, k, _ in batch]
+        done = self._run(self._write, self._insert_batch, entries)
         done.addErrback(self._unavailable)
-        done.addBoth(self._committed, [d for _, _, d in batch])
+        done.addBoth(self._committed, [d for _, _, _, d in batch])
 
     def _committed(self, result, waiters: list[Deferred]) -> None:
         self._committing = False
@@ -358,9 +407,7 @@ class IncidentStore:
         return result
 
     def _insert_batch(
-        self,
-        cursor: sqlite3.Cursor,
-        batch: list[tuple[ReceivedRequest, Sequence[IncidentDraft]]],
+        self, cursor: sqlite3.Cursor, batch: list[_Entry]
     ) -> list[list[StoredIncident] | Failure]:
         """
         Every request of the batch, in the transaction ``_write`` opened.
@@ -385,15 +432,13 @@ class IncidentStore:
             cursor.execute("BEGIN IMMEDIATE")
             request_id, incident_id = cursor.execute(_NEXT_IDS).fetchone()
             results = self._insert_each(cursor, batch, request_id, incident_id, created)
-        if self.keep_samples:
-            kept = [s for stored in results if isinstance(stored, list) for s in stored]
-            self._keep_samples(cursor, kept)
+        self._keep_samples(cursor, batch, results)
         return results
 
     @staticmethod
     def _insert_all(
         cursor: sqlite3.Cursor,
-        batch: list[tuple[ReceivedRequest, Sequence[IncidentDraft]]],
+        batch: list[_Entry],
         request_id: int,
         incident_id: int,
         created: str,
@@ -402,31 +447,33 @@ class IncidentStore:
         requests: list = []
         incidents: list = []
         results: list[list[StoredIncident] | Failure] = []
-        for request, drafts in batch:
+        for request, drafts, _ in batch:
             requests += _request_row(request_id, request)
-            incidents += _incident_rows(incident_id, request_id, drafts, created)
+            incidents += _incident_rows(
+                incident_id, request_id, request.instance, drafts, created
+            )
             results.append(_stored(incident_id, drafts, created))
             request_id += 1
             incident_id += len(drafts)
-        _insert_rows(cursor, _insert_requests, 7, requests)
-        _insert_rows(cursor, _insert_incidents, 8, incidents)
+        _insert_rows(cursor, _insert_requests, _REQUEST_WIDTH, requests)
+        _insert_rows(cursor, _insert_incidents, _INCIDENT_WIDTH, incidents)
         return results
 
     @staticmethod
     def _insert_each(
         cursor: sqlite3.Cursor,
-        batch: list[tuple[ReceivedRequest, Sequence[IncidentDraft]]],
+        batch: list[_Entry],
         request_id: int,
         incident_id: int,
         created: str,
     ) -> list[list[StoredIncident] | Failure]:
         """The batch a request at a time: one that cannot be stored fails alone."""
         results: list[list[StoredIncident] | Failure] = []
-        for request, drafts in batch:
+        for entry in batch:
             cursor.execute("SAVEPOINT request")
             try:
                 [stored] = IncidentStore._insert_all(
-                    cursor, [(request, drafts)], request_id, incident_id, created
+                    cursor, [entry], request_id, incident_id, created
                 )
             except sqlite3.OperationalError:
                 raise
@@ -436,23 +483,30 @@ class IncidentStore:
             else:
                 results.append(stored)
                 request_id += 1
-                incident_id += len(drafts)
+                incident_id += len(stored)
             cursor.execute("RELEASE request")
         return results
 
     @staticmethod
-    def _keep_samples(cursor: sqlite3.Cursor, stored: list[StoredIncident]) -> None:
-        if not stored:
-            return
-        cursor.executemany(
-            "INSERT INTO samples (incident_id) VALUES (?)",
-            [(int(s.id),) for s in stored[-SAMPLE_COUNT:]],
-        )
-        cursor.execute(
-            "DELETE FROM samples WHERE incident_id NOT IN"
-            " (SELECT incident_id FROM samples ORDER BY incident_id DESC LIMIT ?)",
-            (SAMPLE_COUNT,),
-        )
+    def _keep_samples(
+        cursor: sqlite3.Cursor,
+        batch: list[_Entry],
+        results: list[list[StoredIncident] | Failure],
+    ) -> None:
+        """
+        The incidents stored of the requests that keep samples, as samples of
+        their instances; then each of those instances' SAMPLE_COUNT most
+        recent only.  Statements per instance, not per incident.
+        """
+        kept: dict[str, list[int]] = {}
+        for (request, _, keep), stored in zip(batch, results, strict=True):
+            if keep and isinstance(stored, list) and stored:
+                newest = (int(s.id) for s in stored[-SAMPLE_COUNT:])
+                kept.setdefault(request.instance, []).extend(newest)
+        for instance, ids in kept.items():
+            newest = ids[-SAMPLE_COUNT:]
+            cursor.execute(_insert_samples(len(newest)), newest)
+            cursor.execute(_TRIM_SAMPLES, (instance, SAMPLE_COUNT))
 
     @staticmethod
     def _unavailable(failure):

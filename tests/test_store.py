@@ -2,6 +2,7 @@
 
 import contextlib
 import fcntl
+import json
 import os
 import sqlite3
 import time
@@ -13,21 +14,24 @@ from twisted.internet.defer import DeferredList
 
 from gwebhook import schema
 from gwebhook.model import IncidentDraft, ReceivedRequest
-from gwebhook.payload import incidents_from
 from gwebhook.readback import open_store, show_incident
 from gwebhook.store import IncidentStore, StoreUnavailable
 from gwebhook.writerlock import WriterLock
 
-REQUEST = ReceivedRequest("2026-01-01T00:00:00Z", "127.0.0.1", "POST", "/", {}, b"{}")
+REQUEST = ReceivedRequest(
+    "2026-01-01T00:00:00Z", "127.0.0.1", "POST", "/", {}, b"{}", "default", None
+)
 
 
-def draft(name, details=None):
-    return IncidentDraft(name, "Unclassified", "2026-01-01T00:00:00Z", details or {})
+def draft(name, details=None, fields=None):
+    return IncidentDraft(
+        name, "Unclassified", "2026-01-01T00:00:00Z", details or {}, fields or {}
+    )
 
 
 @pytest.fixture
 def store(tmp_path):
-    s = IncidentStore(str(tmp_path / "store.sqlite"), keep_samples=True)
+    s = IncidentStore(str(tmp_path / "store.sqlite"))
     yield s
     s.close()
 
@@ -49,7 +53,7 @@ async def test_concurrent_requests_share_transactions(store):
     await store.pool.runWithConnection(
         lambda connection: connection.set_trace_callback(statements.append)
     )
-    adds = [store.add(REQUEST, [draft(f"n{i}")]) for i in range(50)]
+    adds = [store.add(REQUEST, [draft(f"n{i}")], keep_samples=True) for i in range(50)]
     results = outcomes(await DeferredList(adds, consumeErrors=True))
     assert [r[0].name for r in results] == [f"n{i}" for i in range(50)]
     transactions = statements.count("BEGIN IMMEDIATE")
@@ -238,12 +242,17 @@ async def test_headers_are_stored_once_per_request(store):
     """Many incidents of one request do not each store the request's headers."""
     headers = {"x-big": "v" * 10_000}
     request = ReceivedRequest(
-        "2026-01-01T00:00:00Z", "127.0.0.1", "POST", "/", headers, b"[]"
+        "2026-01-01T00:00:00Z",
+        "127.0.0.1",
+        "POST",
+        "/",
+        headers,
+        b"[]",
+        "default",
+        None,
     )
-    document = [
-        {"name": f"n{i}", "i": i, "headers": "the sender's"} for i in range(200)
-    ]
-    drafts = incidents_from(document, "Unclassified", "2026-01-01T00:00:00Z")
+    # As the payload leaves them: the sender's own "headers" key taken out.
+    drafts = [draft(f"n{i}", {"name": f"n{i}", "i": i}) for i in range(200)]
     stored = await store.add(request, drafts)
     [(total,)] = rows(store, "SELECT sum(length(details)) FROM incidents")
     assert total < 200 * 100
@@ -301,3 +310,129 @@ async def test_sqlite_keeps_counting_from_the_ids_the_store_gives(store):
     assert other == int(stored[-1].id) + 1
     [after] = await store.add(REQUEST, [draft("after")])
     assert int(after.id) == other + 1
+
+
+# -- instances ----------------------------------------------------------------
+
+
+def sent_to(instance, client_cert=None):
+    """A request for ``instance``, with the client certificate given, if any."""
+    return ReceivedRequest(
+        "2026-01-01T00:00:00Z", "127.0.0.1", "POST", "/", {}, b"{}", instance,
+        client_cert,
+    )  # fmt: skip
+
+
+def samples_by_instance(store):
+    kept = {}
+    for instance, name in rows(
+        store,
+        "SELECT i.instance, i.name FROM samples s"
+        " JOIN incidents i ON i.id = s.incident_id ORDER BY i.id",
+    ):
+        kept.setdefault(instance, []).append(name)
+    return kept
+
+
+@pytest_twisted.ensureDeferred
+async def test_incidents_and_requests_record_instance_fields_and_client_cert(store):
+    """
+    Each incident records its request's instance and its own fields, as JSON
+    encoded as its details are; the request records the client certificate,
+    or NULL.
+    """
+    cert = {"subject": "CN=sensor-1.example.com", "sha256": "ab" * 32}
+    [one, two] = await store.add(
+        sent_to("wallarm", cert),
+        [draft("one", fields={"severity": 3, "tags": ["a", "é"]}), draft("two")],
+    )
+    [three] = await store.add(sent_to("other"), [draft("three")])
+    assert rows(store, "SELECT id, instance, fields FROM incidents ORDER BY id") == [
+        (int(one.id), "wallarm", '{"severity": 3, "tags": ["a", "é"]}'),
+        (int(two.id), "wallarm", "{}"),
+        (int(three.id), "other", "{}"),
+    ]
+    assert rows(store, "SELECT instance, client_cert FROM requests ORDER BY id") == [
+        (
+            "wallarm",
+            json.dumps(cert),
+        ),
+        ("other", None),
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_fields_that_are_not_json_fail_their_request_alone(store):
+    """An incident whose fields cannot be stored fails its request only."""
+    adds = [
+        store.add(REQUEST, [draft("first")]),
+        store.add(REQUEST, [draft("bad", fields={"x": {1, 2}})]),  # not JSON
+        store.add(REQUEST, [draft("second")]),
+    ]
+    results = outcomes(await DeferredList(adds, consumeErrors=True))
+    assert isinstance(results[1], TypeError)
+    assert rows(store, "SELECT name FROM incidents ORDER BY id") == [
+        ("first",),
+        ("second",),
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_samples_are_the_20_most_recent_of_each_instance(store):
+    """
+    Each instance that keeps samples keeps its own 20 most recent incidents,
+    whatever the others receive, in batches and alone; an instance that
+    keeps none has none.
+    """
+    adds = []
+    for i in range(30):
+        adds.append(store.add(sent_to("a"), [draft(f"a{i}")], keep_samples=True))
+        if i < 7:
+            adds.append(store.add(sent_to("b"), [draft(f"b{i}")], keep_samples=True))
+        adds.append(store.add(sent_to("c"), [draft(f"c{i}")], keep_samples=False))
+    await DeferredList(adds, fireOnOneErrback=True)
+    # One request of many incidents, alone in its transaction.
+    await store.add(
+        sent_to("b"), [draft(f"b{i}") for i in range(7, 12)], keep_samples=True
+    )
+    assert samples_by_instance(store) == {
+        "a": [f"a{i}" for i in range(10, 30)],
+        "b": [f"b{i}" for i in range(12)],
+    }
+    # A flood of one instance leaves the others' samples as they were.
+    await store.add(sent_to("b"), [draft(f"B{i}") for i in range(300)], True)
+    kept = samples_by_instance(store)
+    assert kept["a"] == [f"a{i}" for i in range(10, 30)]
+    assert kept["b"] == [f"B{i}" for i in range(280, 300)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_that_fails_leaves_no_sample(store):
+    """A request that fails alone in its batch is no sample; the others are."""
+    adds = [
+        store.add(sent_to("a"), [draft("first")], keep_samples=True),
+        store.add(sent_to("a"), [draft("bad", {"x": {1, 2}})], keep_samples=True),
+        store.add(sent_to("a"), [draft("second")], keep_samples=True),
+    ]
+    await DeferredList(adds, consumeErrors=True)
+    assert samples_by_instance(store) == {"a": ["first", "second"]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_statements_of_a_request_do_not_grow_with_its_incidents(store):
+    """
+    A request of 250 incidents, kept as samples, runs no more statements than
+    one of a single incident but the incident INSERTs of 99 rows each: the
+    store makes no query per incident.
+    """
+    statements = []
+    await store.pool.runWithConnection(
+        lambda connection: connection.set_trace_callback(statements.append)
+    )
+    await store.add(sent_to("a"), [draft("one")], keep_samples=True)
+    one = len(statements)
+    statements.clear()
+    await store.add(
+        sent_to("a"), [draft(f"n{i}") for i in range(250)], keep_samples=True
+    )
+    assert len(statements) == one + 2, statements

@@ -70,13 +70,13 @@ def writer(db: str) -> None:
 
         def add(self, name: str, count: int) -> None:
             request = ReceivedRequest(
-                "2026-01-01T00:00:00Z", "127.0.0.1", "POST", "/", {}, b"[]"
+                "2026-01-01T00:00:00Z", "127.0.0.1", "POST", "/", {}, b"[]", "w", None
             )
             drafts = [
-                IncidentDraft(f"{name}-{i}", "T", "2026-01-01T00:00:00Z", {"i": i})
+                IncidentDraft(f"{name}-{i}", "T", "2026-01-01T00:00:00Z", {"i": i}, {})
                 for i in range(count)
             ]
-            d = store.add(request, drafts)
+            d = store.add(request, drafts, keep_samples=False)
             d.addCallback(
                 lambda stored: self.say(
                     f"stored {time.monotonic():.6f} "

@@ -26,11 +26,13 @@ import pytest_twisted
 from gwebhook.model import IncidentDraft, ReceivedRequest
 from gwebhook.store import IncidentStore, StoreUnavailable
 
-REQUEST = ReceivedRequest("2026-01-01T00:00:00Z", "127.0.0.1", "POST", "/", {}, b"{}")
+REQUEST = ReceivedRequest(
+    "2026-01-01T00:00:00Z", "127.0.0.1", "POST", "/", {}, b"{}", "default", None
+)
 
 
 def draft(name: str) -> IncidentDraft:
-    return IncidentDraft(name, "Unclassified", "2026-01-01T00:00:00Z", {})
+    return IncidentDraft(name, "Unclassified", "2026-01-01T00:00:00Z", {}, {})
 
 
 def chattr(flag: str, *paths: Path) -> subprocess.CompletedProcess:

@@ -1,0 +1,222 @@
+"""
+A store written by the gwebhook before instances (schema version 2) is
+upgraded in place: every incident it holds is kept, belongs to the default
+instance and has no fields, and a real daemon serves and stores on it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from gwebhook import schema
+
+# The whole schema as version 2 of gwebhook wrote it, word for word: what
+# the upgrade finds in the field.
+V2_SCHEMA = """
+    CREATE TABLE requests (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        received TEXT NOT NULL,
+        client TEXT NOT NULL,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        headers TEXT NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE TABLE incidents (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id INTEGER NOT NULL REFERENCES requests (id),
+        position INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        type TEXT NOT NULL,
+        occurred TEXT NOT NULL,
+        created TEXT NOT NULL,
+        details TEXT NOT NULL
+    );
+    CREATE INDEX incidents_by_request ON incidents (request_id);
+    CREATE TABLE samples (
+        incident_id INTEGER PRIMARY KEY REFERENCES incidents (id)
+    );
+    CREATE TABLE health (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        checked TEXT NOT NULL
+    );
+    PRAGMA user_version = 2;
+"""
+
+# Everything version 2 kept of each incident and request.
+V2_INCIDENTS = (
+    "SELECT id, request_id, position, name, type, occurred, created, details"
+    " FROM incidents WHERE id <= ? ORDER BY id"
+)
+V2_REQUESTS = (
+    "SELECT id, received, client, method, path, headers, body FROM requests ORDER BY id"
+)
+
+EVERY_ID = 2**62
+
+USERNAME, PASSWORD = "admin", "pw"
+AUTH = ["--username", USERNAME, "--password", PASSWORD]
+BASIC = "Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
+
+
+def write_v2_store(path: Path, requests: int = 16) -> None:
+    """
+    A version 2 store as its daemon left it (WAL, a health row): requests of
+    one or two incidents, the 20 most recent of them kept as samples, and
+    the newest incident deleted since (so its id is not to be given again).
+    """
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.executescript(V2_SCHEMA)
+        db.execute("BEGIN")
+        for r in range(requests):
+            received = f"2025-05-01T10:{r:02d}:00Z"
+            request_id = db.execute(
+                "INSERT INTO requests (received, client, method, path, headers, body)"
+                " VALUES (?, '192.0.2.7', 'POST', '/', ?, ?)",
+                (received, json.dumps({"x-sender": f"old-{r}"}), b'{"old": true}'),
+            ).lastrowid
+            for position in range(1 + r % 2):
+                db.execute(
+                    "INSERT INTO incidents (request_id, position, name, type,"
+                    " occurred, created, details) VALUES (?, ?, ?, 'Old', ?, ?, ?)",
+                    (
+                        request_id,
+                        position,
+                        f"old-{r}-{position}",
+                        received,
+                        received,
+                        json.dumps({"r": r, "position": position}),
+                    ),
+                )
+        db.execute(
+            "INSERT INTO samples (incident_id) SELECT id FROM incidents"
+            " ORDER BY id DESC LIMIT 20"
+        )
+        db.execute(
+            "INSERT INTO health (id, checked) VALUES (1, '2025-05-01T11:00:00Z')"
+        )
+        db.execute(
+            "DELETE FROM samples WHERE incident_id = (SELECT max(id) FROM incidents)"
+        )
+        db.execute("DELETE FROM incidents WHERE id = (SELECT max(id) FROM incidents)")
+        db.execute("COMMIT")
+
+
+def read(path: Path, query: str, *args) -> list[tuple]:
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        return db.execute(query, args).fetchall()
+
+
+def columns(path: Path, table: str) -> list[str]:
+    return [row[1] for row in read(path, f"PRAGMA table_info({table})")]
+
+
+@pytest.fixture
+def v2_store(tmp_path) -> Path:
+    path = tmp_path / "gwebhook.sqlite"
+    write_v2_store(path)
+    return path
+
+
+def test_a_version_2_store_is_upgraded_without_losing_anything(v2_store):
+    """
+    Upgrading keeps every request, incident, sample and id sequence as it
+    was; old incidents and requests belong to the default instance, old
+    incidents have no fields and old requests no client certificate.
+    """
+    incidents = read(v2_store, V2_INCIDENTS, EVERY_ID)
+    requests = read(v2_store, V2_REQUESTS)
+    samples = read(v2_store, "SELECT incident_id FROM samples ORDER BY incident_id")
+    sequences = read(v2_store, "SELECT name, seq FROM sqlite_sequence ORDER BY name")
+    assert len(incidents) == 23 and len(samples) == 19
+
+    assert schema.prepare(str(v2_store)) == schema.SCHEMA_VERSION == 3
+
+    assert read(v2_store, "PRAGMA user_version") == [(3,)]
+    assert read(v2_store, V2_INCIDENTS, EVERY_ID) == (incidents)
+    assert read(v2_store, V2_REQUESTS) == requests
+    assert read(v2_store, "SELECT incident_id FROM samples ORDER BY incident_id") == (
+        samples
+    )
+    assert read(v2_store, "SELECT name, seq FROM sqlite_sequence ORDER BY name") == (
+        sequences
+    )
+    assert read(v2_store, "SELECT DISTINCT instance, fields FROM incidents") == [
+        ("default", "{}")
+    ]
+    assert read(v2_store, "SELECT DISTINCT instance, client_cert FROM requests") == [
+        ("default", None)
+    ]
+    assert read(v2_store, "PRAGMA integrity_check") == [("ok",)]
+    assert read(v2_store, "PRAGMA index_info(incidents_by_instance)") == [
+        (0, columns(v2_store, "incidents").index("instance"), "instance"),
+        (1, 0, "id"),
+    ]
+    # Once is enough: opening the upgraded store again changes nothing.
+    assert schema.prepare(str(v2_store)) == 3
+    assert columns(v2_store, "incidents")[-2:] == ["instance", "fields"]
+    assert columns(v2_store, "requests")[-2:] == ["instance", "client_cert"]
+
+
+def test_processes_upgrading_one_store_at_once_all_succeed(v2_store):
+    """
+    Several openers upgrading the same version 2 store at the same moment
+    (the daemon and its workers, the command) all succeed; it is upgraded once.
+    """
+    openers = 8
+    start = threading.Barrier(openers)
+    results: list[object] = []
+
+    def upgrade() -> None:
+        start.wait(10)
+        try:
+            results.append(schema.prepare(str(v2_store)))
+        except schema.StoreError as e:
+            results.append(e)
+
+    threads = [threading.Thread(target=upgrade) for _ in range(openers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert results == [3] * openers
+    assert columns(v2_store, "incidents").count("instance") == 1
+
+
+def test_the_daemon_serves_and_stores_on_an_upgraded_store(daemon, v2_store):
+    """
+    A real daemon started on a version 2 store upgrades it, stores new
+    incidents after the old ones (never reusing an id), in the default
+    instance, and keeps samples on from the old ones.
+    """
+    old = read(v2_store, V2_INCIDENTS, EVERY_ID)
+    [(last_given,)] = read(
+        v2_store, "SELECT seq FROM sqlite_sequence WHERE name = 'incidents'"
+    )
+    d = daemon(*AUTH, "--store-samples")
+    assert d.db == v2_store
+    reply = d.request(
+        body=json.dumps([{"name": "new-0"}, {"name": "new-1"}]).encode(),
+        headers={"Authorization": BASIC, "X-Sender": "new"},
+    )
+    assert reply.status == 200, reply.body
+    new_ids = [int(incident["id"]) for incident in reply.json()]
+    assert new_ids == [last_given + 1, last_given + 2]
+
+    assert read(v2_store, V2_INCIDENTS, last_given) == old
+    assert read(
+        v2_store,
+        "SELECT name, instance, fields FROM incidents WHERE id > ?",
+        last_given,
+    ) == [("new-0", "default", "{}"), ("new-1", "default", "{}")]
+    samples = [i for (i,) in read(v2_store, "SELECT incident_id FROM samples")]
+    assert sorted(samples) == sorted(samples)[-20:] and len(samples) == 20
+    assert samples[-2:] == new_ids
