@@ -23,7 +23,7 @@ def _emit(value) -> None:
 
 def _list(args) -> None:
     db = readback.open_store(args.db)
-    for incident in readback.list_incidents(db, args.after, args.limit):
+    for incident in readback.list_incidents(db, args.after, args.limit, args.instance):
         _emit(incident)
 
 
@@ -37,12 +37,14 @@ def _export(args) -> None:
 
 
 def _samples(args) -> None:
-    kept = readback.samples(readback.open_store(args.db))
+    kept = readback.samples(readback.open_store(args.db), args.instance)
     if not kept:
         # A note, not an error: `[]` is still the true answer for a script.
+        of = "" if args.instance is None else f" of instance {args.instance!r}"
         print(
-            f"gwebhook samples: {args.db} holds no samples; they are kept only "
-            "when the daemon runs with --store-samples",
+            f"gwebhook samples: {args.db} holds no samples{of}; they are kept "
+            "only for an instance with store_samples = true in --config, or "
+            "for the default instance when the daemon runs with --store-samples",
             file=sys.stderr,
         )
     _emit(kept)
@@ -158,6 +160,9 @@ def parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--after", type=_non_negative, default=0, metavar="ID")
     c.add_argument("--limit", type=_non_negative, default=None, metavar="N")
+    c.add_argument(
+        "--instance", metavar="NAME", help="only this instance's (none if unknown)"
+    )
     c.set_defaults(run=_list)
 
     c = commands.add_parser("show", parents=[db], help="one incident with its details")
@@ -171,7 +176,12 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(run=_export)
 
     c = commands.add_parser(
-        "samples", parents=[db], help="the kept samples (--store-samples)"
+        "samples",
+        parents=[db],
+        help="the kept samples, each instance's 20 most recent",
+    )
+    c.add_argument(
+        "--instance", metavar="NAME", help="only this instance's (none if unknown)"
     )
     c.set_defaults(run=_samples)
 

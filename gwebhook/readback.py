@@ -8,23 +8,71 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from gwebhook.schema import StoreError, open_existing
 
+
+class _Queries(NamedTuple):
+    """The statements of each way of reading, for one schema."""
+
+    list: str
+    list_of: str  # one instance's
+    export: str
+    show: str
+    samples: str
+    samples_of: str  # one instance's
+
+
 # Whole statements, no string building: what runs is what you read here.
-_LIST = (
-    "SELECT i.id, i.name, i.type, i.occurred, i.created FROM incidents i"
-    " WHERE i.id > ? ORDER BY i.id LIMIT ?"
-)
+_SUMMARY = "SELECT i.id, i.name, i.type, i.occurred, i.created, i.instance"
 _WHOLE = (
-    "SELECT i.id, i.name, i.type, i.occurred, i.created, i.details,"
-    " r.received, r.client, r.method, r.path, r.headers"
+    "SELECT i.id, i.name, i.type, i.occurred, i.created, i.instance, i.fields,"
+    " i.details, r.received, r.client, r.method, r.path, r.headers, r.client_cert"
     " FROM incidents i JOIN requests r ON r.id = i.request_id"
 )
-_EXPORT = _WHOLE + " WHERE i.id > ? ORDER BY i.id"
-_SHOW = _WHOLE + " WHERE i.id = ?"
-_SAMPLES = _WHOLE + " JOIN samples s ON s.incident_id = i.id ORDER BY i.id"
+_QUERIES = _Queries(
+    list=_SUMMARY + " FROM incidents i WHERE i.id > ? ORDER BY i.id LIMIT ?",
+    list_of=_SUMMARY + " FROM incidents i WHERE i.instance = ? AND i.id > ?"
+    " ORDER BY i.id LIMIT ?",
+    export=_WHOLE + " WHERE i.id > ? ORDER BY i.id",
+    show=_WHOLE + " WHERE i.id = ?",
+    samples=_WHOLE + " JOIN samples s ON s.incident_id = i.id ORDER BY i.id",
+    samples_of=_WHOLE + " JOIN samples s ON s.incident_id = i.id"
+    " WHERE i.instance = ? ORDER BY i.id",
+)
+
+# The same of a store not yet upgraded to instances (schema version 2 or
+# older, until its daemon starts again): every incident is the default
+# instance's, without fields, and no request had a client certificate.
+_SUMMARY_BEFORE_INSTANCES = (
+    "SELECT i.id, i.name, i.type, i.occurred, i.created, 'default'"
+)
+_WHOLE_BEFORE_INSTANCES = (
+    "SELECT i.id, i.name, i.type, i.occurred, i.created, 'default', '{}',"
+    " i.details, r.received, r.client, r.method, r.path, r.headers, NULL"
+    " FROM incidents i JOIN requests r ON r.id = i.request_id"
+)
+_QUERIES_BEFORE_INSTANCES = _Queries(
+    list=_SUMMARY_BEFORE_INSTANCES
+    + " FROM incidents i WHERE i.id > ? ORDER BY i.id LIMIT ?",
+    list_of=_SUMMARY_BEFORE_INSTANCES
+    + " FROM incidents i WHERE ? = 'default' AND i.id > ? ORDER BY i.id LIMIT ?",
+    export=_WHOLE_BEFORE_INSTANCES + " WHERE i.id > ? ORDER BY i.id",
+    show=_WHOLE_BEFORE_INSTANCES + " WHERE i.id = ?",
+    samples=_WHOLE_BEFORE_INSTANCES
+    + " JOIN samples s ON s.incident_id = i.id ORDER BY i.id",
+    samples_of=_WHOLE_BEFORE_INSTANCES + " JOIN samples s ON s.incident_id = i.id"
+    " WHERE ? = 'default' ORDER BY i.id",
+)
+# The first schema version with instances.
+_INSTANCES_SINCE = 3
+
+
+def _queries(db: sqlite3.Connection) -> _Queries:
+    """The statements that read this store's schema version."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    return _QUERIES if version >= _INSTANCES_SINCE else _QUERIES_BEFORE_INSTANCES
 
 
 class ReadError(Exception):
@@ -48,28 +96,43 @@ def _summary(row: tuple) -> dict[str, Any]:
         "type": row[2],
         "occurred": row[3],
         "created": row[4],
+        "instance": row[5],
     }
 
 
 def _full(row: tuple) -> dict[str, Any]:
     incident = _summary(row)
+    incident["fields"] = json.loads(row[6])
     # The details' ``headers`` are the request's, kept once with it: the
     # stored details never hold that key (see payload.incidents_from).
-    incident["rawJson"] = {**json.loads(row[5]), "headers": json.loads(row[10])}
+    incident["rawJson"] = {**json.loads(row[7]), "headers": json.loads(row[12])}
     incident["request"] = {
-        "received": row[6],
-        "client": row[7],
-        "method": row[8],
-        "path": row[9],
+        "received": row[8],
+        "client": row[9],
+        "method": row[10],
+        "path": row[11],
     }
+    if row[13] is not None:
+        incident["request"]["client_cert"] = json.loads(row[13])
     return incident
 
 
 def list_incidents(
-    db: sqlite3.Connection, after: int = 0, limit: int | None = None
+    db: sqlite3.Connection,
+    after: int = 0,
+    limit: int | None = None,
+    instance: str | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Incident summaries with id > ``after``, oldest first."""
-    rows = db.execute(_LIST, (after, -1 if limit is None else limit))
+    """
+    Incident summaries with id > ``after``, oldest first: every instance's,
+    or only ``instance``'s.
+    """
+    queries = _queries(db)
+    count = -1 if limit is None else limit
+    if instance is None:
+        rows = db.execute(queries.list, (after, count))
+    else:
+        rows = db.execute(queries.list_of, (instance, after, count))
     return map(_summary, rows)
 
 
@@ -77,7 +140,7 @@ def export_incidents(
     db: sqlite3.Connection, after: int = 0
 ) -> Iterator[dict[str, Any]]:
     """Whole incidents with id > ``after``, oldest first."""
-    return map(_full, db.execute(_EXPORT, (after,)))
+    return map(_full, db.execute(_queries(db).export, (after,)))
 
 
 def show_incident(db: sqlite3.Connection, incident_id: str) -> dict[str, Any]:
@@ -86,12 +149,22 @@ def show_incident(db: sqlite3.Connection, incident_id: str) -> dict[str, Any]:
         number = int(incident_id)
     except ValueError:
         number = -1
-    row = db.execute(_SHOW, (number,)).fetchone()
+    row = db.execute(_queries(db).show, (number,)).fetchone()
     if row is None:
         raise ReadError(f"no incident with id {incident_id!r}")
     return _full(row)
 
 
-def samples(db: sqlite3.Connection) -> list[dict[str, Any]]:
-    """The kept samples (``--store-samples``), oldest first."""
-    return [_full(row) for row in db.execute(_SAMPLES)]
+def samples(
+    db: sqlite3.Connection, instance: str | None = None
+) -> list[dict[str, Any]]:
+    """
+    The kept samples, whole, oldest first: those of every instance that
+    keeps them, or only ``instance``'s.
+    """
+    queries = _queries(db)
+    if instance is None:
+        rows = db.execute(queries.samples)
+    else:
+        rows = db.execute(queries.samples_of, (instance,))
+    return [_full(row) for row in rows]

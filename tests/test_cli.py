@@ -18,7 +18,13 @@ from support.pki import SelfSigned
 from support.senders import run_senders
 
 HEADERS = {"Authorization": BASIC_HEADER, "X-Sender": "cli-test"}
+# What the daemon answers of each incident; 'list' adds the instance.
 SUMMARY = {"id", "name", "type", "occurred", "created"}
+
+
+def listed(answered: list[dict]) -> list[dict]:
+    """The daemon's answers as 'list' prints them: of the default instance."""
+    return [{**incident, "instance": "default"} for incident in answered]
 
 
 def post(d, document) -> list[dict]:
@@ -59,8 +65,8 @@ def test_list_prints_summaries_oldest_first(written):
     """'list' prints one summary per line, oldest first, as the daemon answered them."""
     d, answered = written
     lines = json_lines(cli("--db", str(d.db), "list"))
-    assert lines == answered
-    assert all(set(line) == SUMMARY for line in lines)
+    assert lines == listed(answered)
+    assert all(set(line) == SUMMARY | {"instance"} for line in lines)
     assert [int(line["id"]) for line in lines] == sorted(int(a["id"]) for a in answered)
 
 
@@ -69,7 +75,7 @@ def test_list_after_and_limit(written):
     d, answered = written
     after = answered[0]["id"]
     lines = json_lines(cli("--db", str(d.db), "list", "--after", after, "--limit", "2"))
-    assert lines == answered[1:3]
+    assert lines == listed(answered[1:3])
     assert (
         json_lines(cli("--db", str(d.db), "list", "--after", answered[-1]["id"])) == []
     )
@@ -88,6 +94,7 @@ def test_show_prints_details_and_request(written):
     d, answered = written
     shown = json.loads(cli("--db", str(d.db), "show", answered[0]["id"]))
     assert {k: shown[k] for k in SUMMARY} == answered[0]
+    assert (shown["instance"], shown["fields"]) == ("default", {})
     assert shown["type"] == "Phishing"
     assert shown["occurred"].startswith("2024-01-02T03:04:05")
     headers = shown["rawJson"].pop("headers")
@@ -95,6 +102,8 @@ def test_show_prints_details_and_request(written):
     assert headers["x-sender"] == "cli-test"
     assert "authorization" not in headers
     request = shown["request"]
+    # No client certificate was sent: the request says nothing of one.
+    assert set(request) == {"received", "client", "method", "path"}
     assert request["client"] == "127.0.0.1"
     assert (request["method"], request["path"]) == ("POST", "/")
     assert request["received"]
@@ -141,6 +150,9 @@ def test_samples_are_the_last_20(daemon):
     assert [s["name"] for s in samples] == [f"n{i}" for i in range(5, 25)]
     assert [s["rawJson"]["i"] for s in samples] == list(range(5, 25))
     assert all(s["rawJson"]["headers"]["x-sender"] == "cli-test" for s in samples)
+    assert {s["instance"] for s in samples} == {"default"}
+    of_default = cli("--db", str(d.db), "samples", "--instance", "default")
+    assert json.loads(of_default) == samples
 
 
 def test_no_samples_without_store_samples(written):
@@ -153,8 +165,9 @@ def test_no_samples_without_store_samples(written):
     assert result.returncode == 0
     assert json.loads(result.stdout) == []
     assert result.stderr == (
-        f"gwebhook samples: {d.db} holds no samples; they are kept only when the "
-        "daemon runs with --store-samples\n"
+        f"gwebhook samples: {d.db} holds no samples; they are kept only for an "
+        "instance with store_samples = true in --config, or for the default "
+        "instance when the daemon runs with --store-samples\n"
     )
 
 

@@ -24,7 +24,8 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 
-from gwebhook import retention, schema
+from gwebhook import readback, retention, schema
+from gwebhook.model import IncidentDraft, ReceivedRequest
 from gwebhook.store import IncidentStore
 from gwebhook.timestamps import format_utc
 from gwebhook.writerlock import SUFFIX
@@ -455,3 +456,43 @@ async def test_service_prunes_under_the_stores_writer_lock(tmp_path, reports):
         await service.stopService()
         store.close()
         db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_instance_keeps_its_samples_through_a_prune(tmp_path):
+    """
+    A prune takes the samples of the incidents it deletes and no others:
+    each instance keeps the samples it has left, and goes on keeping its 20
+    most recent.
+    """
+
+    def sent(instance: str, received: str) -> ReceivedRequest:
+        return ReceivedRequest(
+            received, "127.0.0.1", "POST", "/", {}, b"{}", instance, None
+        )
+
+    def draft(name: str) -> IncidentDraft:
+        return IncidentDraft(name, "Unclassified", days_ago(50), {}, {})
+
+    def samples_of(instance: str) -> list[str]:
+        with closing(readback.open_store(str(path))) as db:
+            return [s["name"] for s in readback.samples(db, instance)]
+
+    path = tmp_path / "s.sqlite"
+    store = IncidentStore(str(path))
+    try:
+        for i in range(15):
+            await store.add(sent("a", days_ago(40)), [draft(f"a{i}")], True)
+            await store.add(sent("b", days_ago(10)), [draft(f"b{i}")], True)
+        await store.add(sent("a", days_ago(5)), [draft("a-new")], True)
+        incidents, requests, _ = retention.prune_store(str(path), days_ago(30))
+        assert (incidents, requests) == (15, 15)
+        assert samples_of("a") == ["a-new"]
+        assert samples_of("b") == [f"b{i}" for i in range(15)]
+        for i in range(25):
+            await store.add(sent("b", days_ago(1)), [draft(f"B{i}")], True)
+        assert samples_of("a") == ["a-new"]
+        assert samples_of("b") == [f"B{i}" for i in range(5, 25)]
+        assert column(path, "SELECT count(*) FROM samples") == [21]
+    finally:
+        store.close()

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from support.daemon import json_lines, run_cli
 
 from gwebhook import schema
 
@@ -110,6 +111,14 @@ def write_v2_store(path: Path, requests: int = 16) -> None:
         db.execute("COMMIT")
 
 
+def cli(*args: str) -> str:
+    """``gwebhook ARGS``, which must succeed quietly; its stdout."""
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return result.stdout
+
+
 def read(path: Path, query: str, *args) -> list[tuple]:
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         return db.execute(query, args).fetchall()
@@ -195,7 +204,8 @@ def test_the_daemon_serves_and_stores_on_an_upgraded_store(daemon, v2_store):
     """
     A real daemon started on a version 2 store upgrades it, stores new
     incidents after the old ones (never reusing an id), in the default
-    instance, and keeps samples on from the old ones.
+    instance, and keeps samples on from the old ones; the old incidents
+    read back as the default instance's, as they were.
     """
     old = read(v2_store, V2_INCIDENTS, EVERY_ID)
     [(last_given,)] = read(
@@ -220,3 +230,17 @@ def test_the_daemon_serves_and_stores_on_an_upgraded_store(daemon, v2_store):
     samples = [i for (i,) in read(v2_store, "SELECT incident_id FROM samples")]
     assert sorted(samples) == sorted(samples)[-20:] and len(samples) == 20
     assert samples[-2:] == new_ids
+
+    # Read back: one instance, the old incidents as they were.
+    listed = json_lines(cli("--db", str(v2_store), "list", "--instance", "default"))
+    assert [int(line["id"]) for line in listed] == [row[0] for row in old] + new_ids
+    shown = json.loads(cli("--db", str(v2_store), "show", str(old[0][0])))
+    assert (shown["name"], shown["instance"], shown["fields"]) == (
+        "old-0-0",
+        "default",
+        {},
+    )
+    assert shown["rawJson"] == {"r": 0, "position": 0, "headers": {"x-sender": "old-0"}}
+    assert "client_cert" not in shown["request"]
+    kept = json.loads(cli("--db", str(v2_store), "samples", "--instance", "default"))
+    assert [int(sample["id"]) for sample in kept] == samples
