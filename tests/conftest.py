@@ -16,6 +16,16 @@ from support.ports import free_port  # noqa: F401 (below)
 # TWISTD and free_port are imported from here by test_systemd.py, which is
 # to import them from support instead; until then they stay importable here.
 
+# Fixtures that start a real process: a test using one is marked ``process``.
+PROCESS_FIXTURES = {"daemon", "spawn"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``process`` every test that starts twistd through a fixture."""
+    for item in items:
+        if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.process)
+
 
 @pytest.fixture(autouse=True)
 def no_password_from_the_shell(monkeypatch):

@@ -5,7 +5,11 @@ import os
 import socket
 import time
 
+import pytest
 from support.credentials import AUTH, HEADERS
+
+# Every test here starts twistd.
+pytestmark = pytest.mark.process
 
 
 def idle_connections(

@@ -17,6 +17,9 @@ from support.daemon import assert_one_line_error, json_lines, run_cli, start_dae
 from support.pki import SelfSigned
 from support.senders import run_senders
 
+# Every test here runs the gwebhook command.
+pytestmark = pytest.mark.process
+
 HEADERS = {"Authorization": BASIC_HEADER, "X-Sender": "cli-test"}
 # What the daemon answers of each incident; 'list' adds the instance.
 SUMMARY = {"id", "name", "type", "occurred", "created"}

@@ -12,10 +12,14 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from support.credentials import AUTH, BASIC_HEADER
 from support.http import SlowRequest
 from support.ports import wait_until_not_listening
 from support.senders import run_senders
+
+# Every test here starts twistd.
+pytestmark = pytest.mark.process
 
 HEADERS = {"Authorization": BASIC_HEADER, "Content-Type": "application/json"}
 SENDERS = 8

@@ -35,6 +35,9 @@ from support.store import assert_no_half_requests, incidents_by_id, row_counts
 
 from gwebhook.schema import prepare
 
+# Every test here starts twistd.
+pytestmark = pytest.mark.process
+
 UNAVAILABLE = "incident store unavailable; retry later"
 
 

@@ -38,6 +38,9 @@ from support.senders import Honest
 from support.store import incidents_by_id, row_counts
 from support.wait import wait_for
 
+# Every test here starts twistd.
+pytestmark = pytest.mark.process
+
 WRONG = basic(USERNAME, "not-the-password")
 HEADERS_LINE = f"Authorization: {HEADERS['Authorization']}\r\n".encode("ascii")
 TIMEOUTS = ["--header-timeout", "1", "--body-timeout", "1", "--idle-timeout", "1"]

@@ -23,6 +23,9 @@ from support.ports import free_port
 from support.proc import listening_sockets
 from support.wait import wait_for
 
+# Every test here starts twistd.
+pytestmark = pytest.mark.process
+
 REQUEST_ID = re.compile(r"[0-9a-f]{16}")
 # The access line of the text log, after twistd's "<time> [<namespace>#info] ".
 ACCESS = re.compile(

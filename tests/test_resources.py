@@ -20,6 +20,9 @@ from support.proc import open_files, status_kib
 from support.store import row_counts
 from support.wait import wait_for
 
+# Every test here starts twistd.
+pytestmark = pytest.mark.process
+
 # -- memory ----------------------------------------------------------------------
 
 CONNECTIONS = 16

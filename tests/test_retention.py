@@ -182,6 +182,7 @@ def test_prune_command_while_the_daemon_runs(daemon):
     assert column(d.db, "SELECT count(*) FROM requests") == [2]
 
 
+@pytest.mark.process
 def test_store_file_shrinks_after_a_big_prune(tmp_path):
     """After a big prune the file gives the space back, WAL included."""
     path = tmp_path / "s.sqlite"
@@ -206,6 +207,7 @@ def test_store_file_shrinks_after_a_big_prune(tmp_path):
     assert column(path, "SELECT count(*) FROM incidents") == [1]
 
 
+@pytest.mark.process
 def test_prune_command_on_a_missing_store(tmp_path):
     """Pruning a store that does not exist is one line, status 1, creating nothing."""
     result = run_prune(
@@ -216,6 +218,7 @@ def test_prune_command_on_a_missing_store(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.process
 def test_prune_command_on_a_file_that_is_not_a_store(tmp_path):
     """A SQLite file without gwebhook's schema is refused and left as it was."""
     path = tmp_path / "other.sqlite"
@@ -229,6 +232,7 @@ def test_prune_command_on_a_file_that_is_not_a_store(tmp_path):
     assert path.read_bytes() == before
 
 
+@pytest.mark.process
 def test_prune_command_with_a_bad_date(tmp_path):
     """A --before that is not a date is one line, status 2, and deletes nothing."""
     path = tmp_path / "s.sqlite"

@@ -38,6 +38,9 @@ from support.ports import refuses_connections
 from support.store import incidents_by_id, row_counts
 from support.wait import wait_for
 
+# Every test here starts twistd.
+pytestmark = pytest.mark.process
+
 
 def peer(connection) -> str:
     return sha256(connection.sock.getpeercert(binary_form=True))

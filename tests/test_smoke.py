@@ -2,7 +2,11 @@
 
 import sqlite3
 
+import pytest
 from support.credentials import AUTH, HEADERS
+
+# Every test here starts twistd.
+pytestmark = pytest.mark.process
 
 
 def test_basic_auth_post_is_stored(daemon):

@@ -27,6 +27,7 @@ TLS12_FORWARD_SECRET_AEAD = ("_GCM_", "_CHACHA20_POLY1305_")
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.process,
     # sslyze's bundled trust stores hold certificates cryptography frowns on.
     pytest.mark.filterwarnings(
         "ignore::cryptography.utils.CryptographyDeprecationWarning"
