@@ -22,22 +22,24 @@ def _emit(value) -> None:
 
 
 def _list(args) -> None:
-    db = readback.open_store(args.db)
+    db = readback.open_for_reading(args.db)
     for incident in readback.list_incidents(db, args.after, args.limit, args.instance):
         _emit(incident)
 
 
 def _show(args) -> None:
-    _emit(readback.show_incident(readback.open_store(args.db), args.id))
+    _emit(readback.show_incident(readback.open_for_reading(args.db), args.id))
 
 
 def _export(args) -> None:
-    for incident in readback.export_incidents(readback.open_store(args.db), args.after):
+    for incident in readback.export_incidents(
+        readback.open_for_reading(args.db), args.after
+    ):
         _emit(incident)
 
 
 def _samples(args) -> None:
-    kept = readback.samples(readback.open_store(args.db), args.instance)
+    kept = readback.samples(readback.open_for_reading(args.db), args.instance)
     if not kept:
         # A note, not an error: `[]` is still the true answer for a script.
         of = "" if args.instance is None else f" of instance {args.instance!r}"

@@ -79,7 +79,7 @@ class ReadError(Exception):
     """Nothing to read: no store, not a store, no such incident."""
 
 
-def open_store(path: str) -> sqlite3.Connection:
+def open_for_reading(path: str) -> sqlite3.Connection:
     """Open an existing store read-only; never create one."""
     try:
         return open_existing(path)

@@ -110,7 +110,7 @@ def _is_busy(e: sqlite3.Error) -> bool:
     return "locked" in str(e)
 
 
-def open_store(
+def open_for_pruning(
     path: str, busy_timeout_ms: int = schema.BUSY_TIMEOUT_MS
 ) -> sqlite3.Connection:
     """
@@ -159,7 +159,7 @@ def prune_store(
     StoreBusy, with nothing deleted, when another writer holds the store
     longer than ``busy_timeout_ms``.
     """
-    connection = open_store(path, busy_timeout_ms)
+    connection = open_for_pruning(path, busy_timeout_ms)
     try:
         try:
             # IMMEDIATE: take the write lock now, waiting up to the busy

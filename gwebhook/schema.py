@@ -107,8 +107,11 @@ def open_existing(
     return connection
 
 
-def prepare(path: str) -> int:
-    """Create or upgrade the store at ``path``; return the schema version."""
+def create_or_upgrade(path: str) -> int:
+    """
+    Create the store at ``path``, or bring an existing one up to this
+    gwebhook's schema; return the schema version.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise StoreError(

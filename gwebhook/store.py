@@ -202,7 +202,7 @@ class IncidentStore:
     """
 
     def __init__(self, path: str, keep_samples: bool = False) -> None:
-        schema.prepare(path)
+        schema.create_or_upgrade(path)
         self.path = path
         # Transitional: what ``add`` does when its caller does not say, for
         # the callers that do not say yet.  To go once every caller does.
@@ -220,7 +220,7 @@ class IncidentStore:
         # after a fault that spoiled it (see _on_connection).
         self.pool = adbapi.ConnectionPool(
             "sqlite3",
-            # mode=rw: never create a store here (schema.prepare did).
+            # mode=rw: never create a store here (create_or_upgrade did).
             f"{Path(path).resolve().as_uri()}?mode=rw",
             uri=True,
             check_same_thread=False,

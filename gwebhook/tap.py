@@ -38,7 +38,7 @@ from gwebhook.listen import (
 from gwebhook.metrics import Metrics
 from gwebhook.retention import RetentionService
 from gwebhook.routes import WebhookRoutes
-from gwebhook.schema import StoreError, prepare
+from gwebhook.schema import StoreError, create_or_upgrade
 from gwebhook.service import WebhookService
 from gwebhook.store import IncidentStore
 from gwebhook.throttle import AuthThrottle
@@ -279,7 +279,7 @@ class Options(usage.Options):
                 "--metrics-port", self["metrics-interface"], self["metrics-port"]
             )
         try:
-            prepare(self["db"])
+            create_or_upgrade(self["db"])
         except StoreError as e:
             raise usage.UsageError(f"--db: {e}") from None
 

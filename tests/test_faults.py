@@ -33,7 +33,7 @@ from support.daemon import TWISTD, Processes, log_lines
 from support.http import https, send
 from support.store import assert_no_half_requests, incidents_by_id, row_counts
 
-from gwebhook.schema import prepare
+from gwebhook.schema import create_or_upgrade
 
 # Every test here starts twistd.
 pytestmark = pytest.mark.process
@@ -243,7 +243,7 @@ class AsNobody:
         shutil.copyfile(pki.key, self.pki.key)
         os.chown(self.pki.key, self.uid, self.gid)
         os.chmod(self.pki.key, 0o600)
-        prepare(str(self.db))
+        create_or_upgrade(str(self.db))
         os.chown(directory, self.uid, self.gid)
 
     def own_store(self, by_nobody: bool) -> None:

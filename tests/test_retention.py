@@ -39,7 +39,7 @@ def days_ago(days: float) -> str:
 
 def new_store(path: Path) -> sqlite3.Connection:
     """A store made as the daemon makes it, and a connection to write into it."""
-    schema.prepare(str(path))
+    schema.create_or_upgrade(str(path))
     connection = sqlite3.connect(path, isolation_level=None)
     schema.configure(connection)
     return connection
@@ -479,7 +479,7 @@ async def test_each_instance_keeps_its_samples_through_a_prune(tmp_path):
         return IncidentDraft(name, "Unclassified", days_ago(50), {}, {})
 
     def samples_of(instance: str) -> list[str]:
-        with closing(readback.open_store(str(path))) as db:
+        with closing(readback.open_for_reading(str(path))) as db:
             return [s["name"] for s in readback.samples(db, instance)]
 
     path = tmp_path / "s.sqlite"

@@ -147,7 +147,7 @@ def test_a_version_2_store_is_upgraded_without_losing_anything(v2_store):
     sequences = read(v2_store, "SELECT name, seq FROM sqlite_sequence ORDER BY name")
     assert len(incidents) == 23 and len(samples) == 19
 
-    assert schema.prepare(str(v2_store)) == schema.SCHEMA_VERSION == 3
+    assert schema.create_or_upgrade(str(v2_store)) == schema.SCHEMA_VERSION == 3
 
     assert read(v2_store, "PRAGMA user_version") == [(3,)]
     assert read(v2_store, V2_INCIDENTS, EVERY_ID) == (incidents)
@@ -170,7 +170,7 @@ def test_a_version_2_store_is_upgraded_without_losing_anything(v2_store):
         (1, 0, "id"),
     ]
     # Once is enough: opening the upgraded store again changes nothing.
-    assert schema.prepare(str(v2_store)) == 3
+    assert schema.create_or_upgrade(str(v2_store)) == 3
     assert columns(v2_store, "incidents")[-2:] == ["instance", "fields"]
     assert columns(v2_store, "requests")[-2:] == ["instance", "client_cert"]
 
@@ -187,7 +187,7 @@ def test_processes_upgrading_one_store_at_once_all_succeed(v2_store):
     def upgrade() -> None:
         start.wait(10)
         try:
-            results.append(schema.prepare(str(v2_store)))
+            results.append(schema.create_or_upgrade(str(v2_store)))
         except schema.StoreError as e:
             results.append(e)
 

@@ -14,7 +14,7 @@ from twisted.internet.defer import DeferredList
 
 from gwebhook import schema
 from gwebhook.model import IncidentDraft, ReceivedRequest
-from gwebhook.readback import open_store, show_incident
+from gwebhook.readback import open_for_reading, show_incident
 from gwebhook.store import IncidentStore, StoreUnavailable
 from gwebhook.writerlock import WriterLock
 
@@ -258,7 +258,7 @@ async def test_headers_are_stored_once_per_request(store):
     assert total < 200 * 100
     [(kept,)] = rows(store, "SELECT length(headers) FROM requests")
     assert kept > 10_000
-    with contextlib.closing(open_store(store.path)) as db:
+    with contextlib.closing(open_for_reading(store.path)) as db:
         shown = show_incident(db, stored[7].id)
     assert shown["rawJson"] == {"name": "n7", "i": 7, "headers": headers}
 

@@ -151,7 +151,7 @@ class Writer:
 def start_writers(db: Path, count: int) -> list[Writer]:
     from gwebhook import schema
 
-    schema.prepare(str(db))
+    schema.create_or_upgrade(str(db))
     return [Writer(db) for _ in range(count)]
 
 
