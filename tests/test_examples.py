@@ -8,7 +8,12 @@ example config names.
 
 from __future__ import annotations
 
+import base64
+import http.client
+import json
+import shlex
 import shutil
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +25,8 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
+
+from support.ports import free_port, wait_until_listening
 
 from gwebhook.config import load_config
 
@@ -158,3 +165,104 @@ def test_a_drop_in_with_a_mistake_is_not_passed_silently(tmp_path):
         env={"SYSTEMD_UNIT_PATH": f"{units}:", "PATH": "/usr/bin:/bin"},
     )
     assert "LoadCredentials" in result.stderr
+
+
+def exec_start(drop_in: Path) -> str:
+    """The drop-in's last ExecStart=, its continuation lines joined."""
+    lines = drop_in.read_text("utf-8").splitlines()
+    start = max(n for n, line in enumerate(lines) if line.startswith("ExecStart=/"))
+    command = []
+    for line in lines[start:]:
+        command.append(line.removesuffix("\\").strip())
+        if not line.endswith("\\"):
+            break
+    return " ".join(command).removeprefix("ExecStart=")
+
+
+def post(port: int, path: str, body: dict, headers: dict, ca: Path) -> tuple:
+    """One POST over TLS to 127.0.0.1; the status and the JSON answer."""
+    context = ssl.create_default_context(cafile=str(ca))
+    connection = http.client.HTTPSConnection(
+        "localhost", port, timeout=10, context=context
+    )
+    try:
+        connection.request("POST", path, json.dumps(body).encode(), headers)
+        reply = connection.getresponse()
+        return reply.status, json.loads(reply.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.process
+def test_the_drop_in_command_line_serves_the_example_senders(tmp_path):
+    """
+    The drop-in's ExecStart, run as systemd would run it (every file in one
+    credentials directory, the store in the state directory; here on
+    127.0.0.1 and free ports), serves the example's two senders with their
+    own credentials and the command line's default instance beside them.
+    """
+    credentials, state = tmp_path / "credentials", tmp_path / "state"
+    credentials.mkdir()
+    state.mkdir()
+    own_port, main_port = free_port(), free_port()
+    config = (EXAMPLES / "wallarm-and-github.toml").read_text("utf-8")
+    (credentials / "gwebhook.toml").write_text(
+        config.replace("port = 9443", f"port = {own_port}"), "utf-8"
+    )
+    (credentials / "wallarm.token").write_text("Bearer wallarm-token\n")
+    (credentials / "github.password").write_text("github-password\n")
+    (credentials / "password").write_text("unit-password\n")
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost")
+    leaf.cert_chain_pems[0].write_to_path(str(credentials / "server.crt"))
+    leaf.private_key_pem.write_to_path(str(credentials / "server.key"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+
+    command = exec_start(DROP_IN)
+    for unit_path, here in [
+        (UNIT_TWISTD, TWISTD),
+        ("${CREDENTIALS_DIRECTORY}", str(credentials)),
+        ("/var/lib/gwebhook", str(state)),
+    ]:
+        command = command.replace(unit_path, here)
+    argv = shlex.split(command)
+    argv[argv.index("--port") + 1] = str(main_port)
+    argv[argv.index("gwebhook") + 1 : argv.index("gwebhook") + 1] = [
+        "--interface",
+        "127.0.0.1",
+    ]
+    log = (tmp_path / "daemon.log").open("wb")
+    daemon = subprocess.Popen(argv, cwd=state, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until_listening(main_port, timeout=20)
+        wait_until_listening(own_port, timeout=20)
+        ca_file = tmp_path / "ca.pem"
+        token = {"Authorization": "Bearer wallarm-token"}
+        github = "Basic " + base64.b64encode(b"github:github-password").decode()
+        default = "Basic " + base64.b64encode(b"webhook:unit-password").decode()
+        status, answer = post(
+            main_port,
+            "/instance/execute/wallarm",
+            {"summary": "from Wallarm", "type": "Info"},
+            token,
+            ca_file,
+        )
+        assert (status, answer[0]["name"], answer[0]["type"]) == (
+            200,
+            "from Wallarm",
+            "Wallarm Info",
+        )
+        status, answer = post(
+            own_port, "/", {"name": "x"}, {"Authorization": github}, ca_file
+        )
+        assert (status, answer[0]["type"]) == (200, "GitHub")
+        status, _ = post(own_port, "/", {}, token, ca_file)
+        assert status == 401
+        status, answer = post(
+            main_port, "/", {"name": "y"}, {"Authorization": default}, ca_file
+        )
+        assert (status, answer[0]["type"]) == (200, "Unclassified")
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        log.close()
