@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -259,8 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     # Not a parser default: parents share actions, so a default would let the
     # command's --db silently override one given before the command.
     args.db = getattr(args, "db", DEFAULT_DB)
+    status = 0
     try:
-        status = args.run(args)
+        status = args.run(args) or 0
+        # Here, not at exit: a reader gone shows now, where it is handled.
+        sys.stdout.flush()
     except UsageProblem as e:
         print(f"gwebhook {args.command}: {e}", file=sys.stderr)
         return 2
@@ -268,9 +272,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gwebhook: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:
-        # `gwebhook export | head` is normal use, not an error.
-        sys.stderr.close()
-    return status or 0
+        # `gwebhook export | head`: the reader has what it wanted; not an
+        # error.  What is left in stdout's buffer goes to /dev/null, or
+        # Python's own flush at exit would fail on the pipe again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return status
 
 
 if __name__ == "__main__":

@@ -1,21 +1,32 @@
 """
-The ``gwebhook`` console command (SPEC section 5), run as a subprocess against
-a store that a running daemon writes.
+The ``gwebhook`` console command (docs/reference.md 5), run as a subprocess
+against a store that a running daemon writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
+import sqlite3
 import ssl
+import subprocess
 
 import pytest
 from cryptography import x509
 from support.credentials import AUTH, BASIC_HEADER
-from support.daemon import assert_one_line_error, json_lines, run_cli, start_daemon
+from support.daemon import (
+    GWEBHOOK,
+    assert_one_line_error,
+    json_lines,
+    run_cli,
+    start_daemon,
+)
 from support.pki import SelfSigned
 from support.senders import run_senders
+
+from gwebhook import schema
 
 # Every test here runs the gwebhook command.
 pytestmark = pytest.mark.process
@@ -267,3 +278,72 @@ def test_make_cert_where_it_cannot_write_is_one_line(tmp_path, where):
     assert result.stderr.startswith(f"gwebhook: cannot write {directory}: ")
     assert result.stderr.endswith("; choose a directory you can write\n")
     assert (tmp_path / "a-file").read_text() == "kept"
+
+
+# -- a reader that stops early -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_store(tmp_path_factory):
+    """A store whose export is far larger than a pipe holds (64 KiB)."""
+    path = tmp_path_factory.mktemp("big") / "gwebhook.sqlite"
+    schema.create_or_upgrade(str(path))
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("BEGIN")
+        db.execute(
+            "INSERT INTO requests (received, client, method, path, headers, body)"
+            " VALUES ('2026-01-01T00:00:00Z', '127.0.0.1', 'POST', '/', '{}', '[]')"
+        )
+        db.executemany(
+            "INSERT INTO incidents (request_id, position, name, type, occurred,"
+            " created, details) VALUES (1, ?, ?, 'T', '2026-01-01T00:00:00Z',"
+            " '2026-01-01T00:00:00Z', ?)",
+            [(i, f"n{i}", json.dumps({"text": "x" * 200})) for i in range(2000)],
+        )
+        db.execute("INSERT INTO samples (incident_id) SELECT id FROM incidents")
+        db.execute("COMMIT")
+    return path
+
+
+@pytest.mark.parametrize("command", ["list", "export", "samples"])
+@pytest.mark.parametrize("lines_read", [0, 1])
+def test_a_reader_that_stops_early_is_no_error(big_store, command, lines_read):
+    """
+    ``gwebhook export | head -n 1``: when the reader closes the pipe, early
+    or before reading anything, the command stops quietly with status 0 and
+    nothing on stderr.
+    """
+    process = subprocess.Popen(
+        [GWEBHOOK, "--db", str(big_store), command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        for _ in range(lines_read):
+            assert process.stdout.readline()
+        process.stdout.close()
+        status = process.wait(30)
+        errors = process.stderr.read().decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        process.stderr.close()
+    assert (status, errors) == (0, "")
+
+
+def test_a_reader_that_stops_early_in_a_shell_pipeline(big_store):
+    """
+    In a shell pipeline with pipefail, ``gwebhook export | head -n 1`` gives
+    the first incident and succeeds.
+    """
+    pipeline = '"$0" --db "$1" export | head -n 1'
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", pipeline, GWEBHOOK, str(big_store)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    [first] = json_lines(result.stdout)
+    assert first["name"] == "n0"
