@@ -55,6 +55,7 @@ def disable_store() -> None:
         self: IncidentStore,
         request: ReceivedRequest,
         drafts: Sequence[IncidentDraft],
+        keep_samples: bool = False,
     ) -> Deferred[list[StoredIncident]]:
         created = format_utc(datetime.now(timezone.utc))
         return succeed(

@@ -54,6 +54,7 @@ class AccessLog:
         request_id: str,
         route: str,
         reason: str | None = None,
+        instance: str | None = None,
     ) -> None:
         """
         One access line: client, method, path, status, incidents, body
@@ -63,7 +64,7 @@ class AccessLog:
         method_text = method.decode("ascii", "replace")
         path_text = path.decode("ascii", "replace")
         self.metrics.answered(
-            method_text, route, status, seconds, body_bytes, incidents
+            method_text, route, status, seconds, body_bytes, incidents, instance
         )
         line = _ACCESS_LINE % (
             client,
@@ -91,4 +92,5 @@ class AccessLog:
             duration_ms=seconds * 1000,
             request_id=request_id,
             reason=reason,
+            instance=instance,
         )

@@ -28,6 +28,7 @@ def raw_response(
     request_id: str,
     retry_after: int | None = None,
     challenge: bytes | None = None,
+    allow: str | None = None,
 ) -> bytes:
     """A complete HTTP/1.1 error response that closes the connection."""
     body = json.dumps({"error": message}).encode("utf-8")
@@ -36,6 +37,8 @@ def raw_response(
         extra += b"Retry-After: %d\r\n" % retry_after
     if challenge is not None:
         extra += b"WWW-Authenticate: %s\r\n" % challenge
+    if allow is not None:
+        extra += b"Allow: %s\r\n" % allow.encode("ascii")
     head = (
         b"HTTP/1.1 %d %s\r\nServer: gwebhook\r\nContent-Type: application/json\r\n"
         b"%sX-Request-Id: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"

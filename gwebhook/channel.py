@@ -24,9 +24,12 @@ from gwebhook.answers import (
     error_answer,
     raw_response,
 )
-from gwebhook.gate import Gate
+from gwebhook.config import InstanceConfig
+from gwebhook.gate import HEALTH_PATH, Gate, Refusal
 from gwebhook.headers import is_printable_ascii
+from gwebhook.instances import Instances, is_webhook_path
 from gwebhook.metrics import Metrics
+from gwebhook.tls import peer_chain
 
 DEFAULT_MAX_HEADER_BYTES = 65536
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -46,6 +49,8 @@ _PHASE_LIMITS = {
     "headers": "header_timeout",
     "body": "body_timeout",
 }
+WEBHOOK_METHODS = (b"POST", b"PUT")
+
 # A connection over a cap gets this long to send its first bytes (and read
 # its 503); then it is dropped, so it cannot hold a descriptor for long.
 OVER_LIMIT_SECONDS = 2.0
@@ -83,7 +88,10 @@ class WebhookRequest(server.Request):
 
     incidents = 0
     route = "other"
-    admitted = False
+    # The instance the channel resolved and admitted it for (a webhook), and
+    # the client certificate that instance checked ({"subject", "sha256"}).
+    instance: InstanceConfig | None = None
+    client_cert: dict[str, str] | None = None
     # The message of an error answer (see answers.error_answer), for the
     # access line.
     error: str | None = None
@@ -150,6 +158,7 @@ class LimitedChannel(http.HTTPChannel):
     _overLimit: str | None = None
     client = "-"
     clientKey = "-"
+    localPort: int | None = None
     admitted = False
     requestStarted: float | None = None
 
@@ -162,6 +171,7 @@ class LimitedChannel(http.HTTPChannel):
         message: str,
         retry_after: int | None = None,
         challenge: bytes | None = None,
+        allow: str | None = None,
     ) -> None:
         """Answer ``status`` with a JSON reason, close, and ignore the rest."""
         if self._refused:
@@ -175,7 +185,7 @@ class LimitedChannel(http.HTTPChannel):
             self.site.settle(request)
         self.site.refused(self, status, message, request, request_id)
         self.transport.write(
-            raw_response(status, message, request_id, retry_after, challenge)
+            raw_response(status, message, request_id, retry_after, challenge, allow)
         )
         self.closeFirmly()
 
@@ -273,28 +283,54 @@ class LimitedChannel(http.HTTPChannel):
             # before any "100 Continue" invites the client to send it.
             self.refuse(413, self.bodyLimitMessage())
             return
-        gate = self.site.gate
-        if (
-            gate is not None
-            and self.length != 0
-            and not gate.exempt(self._command, self._path)
-        ):
-            # Credentials before a byte of a body is read (or invited by a
-            # "100 Continue"): a stranger's body costs us nothing.  Requests
-            # without a body go on to routing (404, 405), and the webhook
-            # route asks the gate itself.
-            refusal = gate.check(self.client, self.requests[-1].requestHeaders)
-            if refusal is not None:
+        # The request line as Twisted keeps it until the whole request is in
+        # (no public attribute holds it before requestReceived).
+        method, path = self._command, self._path.split(b"?", 1)[0]
+        request = self.requests[-1]
+        if self.length == 0:
+            # Nothing to read: Klein routes it, and the webhook route admits
+            # it as below (its refusals keep the connection).
+            pass
+        elif method in WEBHOOK_METHODS and is_webhook_path(path):
+            # Which instance, then its credentials, before a byte of the body
+            # is read (or invited by a "100 Continue"): a stranger's body
+            # costs us nothing.
+            instance = self.site.instances.for_request(path, self.localPort)
+            if instance is None:
+                self.refuse(404, NOT_FOUND_MESSAGE)
+                return
+            verdict = self.site.gate.check(
+                instance, self.client, request.requestHeaders, self._peerChain
+            )
+            if isinstance(verdict, Refusal):
                 self.refuse(
-                    refusal.status,
-                    refusal.message,
-                    refusal.retry_after,
-                    refusal.challenge,
+                    verdict.status,
+                    verdict.message,
+                    verdict.retry_after,
+                    verdict.challenge,
                 )
                 return
-            self.requests[-1].admitted = True
+            request.instance = instance
+            request.client_cert = verdict.client_cert
+        else:
+            # A body where none is taken is not read: 405 on a path that
+            # takes other methods, 404 elsewhere.
+            allow = _allowed_methods(path)
+            if allow is None:
+                self.refuse(404, NOT_FOUND_MESSAGE)
+            else:
+                self.refuse(
+                    405,
+                    f"method not allowed; use {allow.replace(', ', ' or ')}",
+                    allow=allow,
+                )
+            return
         self._enter("body")
         super().allHeadersReceived()
+
+    def _peerChain(self) -> list:
+        """The certificates the client sent in the TLS handshake, leaf first."""
+        return peer_chain(self.transport)
 
     def rawDataReceived(self, data: bytes) -> None:
         if not self._refused:
@@ -314,6 +350,8 @@ class LimitedChannel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        # The port it came to: an instance's own port makes it that instance's.
+        self.localPort = getattr(self.transport.getHost(), "port", None)
         # Refused at its first bytes, not now: over TLS the handshake is not
         # done yet, and the client would read a reset instead of the 503.  A
         # refused connection that says nothing is dropped soon.
@@ -348,6 +386,15 @@ def _non_ascii_message(line: bytes, first: bool) -> str:
     return "a header name is not printable ASCII"
 
 
+def _allowed_methods(path: bytes) -> str | None:
+    """The methods ``path`` takes, for a 405; None for no such path."""
+    if is_webhook_path(path):
+        return "POST, PUT"
+    if path == HEALTH_PATH:
+        return "GET, HEAD"
+    return None
+
+
 def _why(status: int, message: str) -> str:
     """The reason an access line gives for an error answer."""
     return f"{'refused' if status < 500 else 'failed'}: {message}"
@@ -369,21 +416,24 @@ class WebhookSite(server.Site):
         self,
         resource,
         *,
-        gate: Gate | None,
+        instances: Instances,
+        gate: Gate,
         metrics: Metrics,
         access_log: AccessLog,
         limits: ChannelLimits,
         reactor: IReactorTime,
     ) -> None:
         """
-        ``gate`` decides at the end of a request's headers whether its body
-        may be read (None: anyone may send); ``reactor`` gives every
+        ``instances`` says which instance a webhook is for, and ``gate``
+        whether it may send to it, at the end of its headers, before its body
+        is read; a reload replaces ``instances`` whole.  ``reactor`` gives every
         deadline and duration of the request path its time.
         """
         # The channel's own deadlines replace Twisted's resettable timeout.
         super().__init__(
             resource, parsePOSTFormSubmission=False, timeout=None, reactor=reactor
         )
+        self.instances = instances
         self.gate = gate
         self.metrics = metrics
         self.access = access_log
@@ -394,6 +444,11 @@ class WebhookSite(server.Site):
         self._inFlight: set[WebhookRequest] = set()
         self._drained: Deferred[None] | None = None
         self._allClosed: Deferred[None] | None = None
+
+    def acceptableProtocols(self) -> list[bytes]:
+        # Twisted's Site offers h2 in ALPN whenever the h2 package is
+        # installed; this channel speaks HTTP/1.x only.
+        return [b"http/1.1"]
 
     def connectionOpened(self, channel: LimitedChannel) -> str | None:
         """
@@ -529,6 +584,7 @@ class WebhookSite(server.Site):
             request_id=getattr(request, "requestId", "-"),
             route=request.route,
             reason=request.error and _why(request.code, request.error),
+            instance=request.instance.name if request.instance else None,
         )
 
     def refused(

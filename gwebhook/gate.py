@@ -6,12 +6,16 @@ the body.  The route asks the same gate for anything the channel did not.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
+from cryptography import x509
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
-from gwebhook.credentials import Credentials
+from gwebhook.clientcert import ClientCertRefused, verify_client
+from gwebhook.config import InstanceConfig
 from gwebhook.metrics import Metrics
 from gwebhook.throttle import AuthThrottle
 
@@ -19,6 +23,13 @@ log = Logger()
 
 BASIC_CHALLENGE = b'Basic realm="gwebhook", charset="UTF-8"'
 HEALTH_PATH = b"/healthz"
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A request may send; ``client_cert`` is the certificate it showed."""
+
+    client_cert: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -32,15 +43,13 @@ class Refusal:
 
 
 class Gate:
-    """The credential check (docs/reference.md 3), with a throttle on failures."""
+    """
+    Who may send to an instance (docs/reference.md 3, 8): every way in it
+    has must pass; failures are throttled per client, whichever instance
+    they were for.
+    """
 
-    def __init__(
-        self,
-        credentials: Credentials | None,
-        throttle: AuthThrottle | None,
-        metrics: Metrics,
-    ) -> None:
-        self.credentials = credentials
+    def __init__(self, throttle: AuthThrottle | None, metrics: Metrics) -> None:
         self.throttle = throttle
         self.metrics = metrics
 
@@ -49,20 +58,64 @@ class Gate:
         """Only the health check is open to anyone."""
         return method in (b"GET", b"HEAD") and path.split(b"?", 1)[0] == HEALTH_PATH
 
-    def check(self, client: str, headers: Headers) -> Refusal | None:
-        """None if ``client`` may send with these headers, else the refusal."""
+    def check(
+        self,
+        instance: InstanceConfig,
+        client: str,
+        headers: Headers,
+        chain: Callable[[], Sequence[x509.Certificate]] = tuple,
+    ) -> Refusal | Admitted:
+        """
+        Whether ``client`` may send to ``instance`` with these headers and
+        the client certificate ``chain()`` gives (leaf first; read only for
+        an instance that checks one).
+        """
         if self.throttle and (wait := self.throttle.retry_after(client)):
             return Refusal(429, "too many failed authentications; retry later", wait)
-        creds = self.credentials
-        if creds is None or creds.accepts(headers.getRawHeaders(creds.field)):
-            return None
-        self.metrics.auth_failures.inc()
+        creds = instance.credentials
+        if creds is not None:
+            values = headers.getRawHeaders(creds.field)
+            if not creds.accepts(values):
+                return self._failed(
+                    instance,
+                    client,
+                    "missing" if not values else "wrong",
+                    "missing or wrong credentials",
+                    BASIC_CHALLENGE if creds.basic else None,
+                )
+        if instance.mtls is None:
+            return Admitted()
+        try:
+            accepted = verify_client(chain(), instance.mtls, datetime.now(timezone.utc))
+        except ClientCertRefused as e:
+            log.info(
+                "{client}: client certificate refused for instance {instance}: "
+                "{detail}",
+                client=client,
+                instance=instance.name,
+                detail=e.detail,
+            )
+            return self._failed(
+                instance, client, f"client_certificate_{e.reason}", e.message
+            )
+        return Admitted(accepted.as_dict())
+
+    def _failed(
+        self,
+        instance: InstanceConfig,
+        client: str,
+        reason: str,
+        message: str,
+        challenge: bytes | None = None,
+    ) -> Refusal:
+        self.metrics.auth_failures.labels(instance.name, reason).inc()
         if self.throttle and self.throttle.failed(client):
             log.warn(
-                "{client} refused for {window} s after {limit} failed authentications",
+                "{client} refused for {window} s after {limit} failed "
+                "authentications (the last for instance {instance})",
                 client=client,
                 window=self.throttle.window,
                 limit=self.throttle.limit,
+                instance=instance.name,
             )
-        challenge = BASIC_CHALLENGE if creds.basic else None
-        return Refusal(401, "missing or wrong credentials", challenge=challenge)
+        return Refusal(401, message, challenge=challenge)

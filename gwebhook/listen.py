@@ -16,13 +16,16 @@ from twisted.internet import endpoints
 from twisted.internet.defer import fail, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
 from gwebhook.metrics import Metrics
-from gwebhook.tls import TLSServerEndpoint
+from gwebhook.tls import FailureLog, TLSServerEndpoint
+
+log = Logger()
 
 # Twisted's default of 50 overflows under a burst of new connections.
 LISTEN_BACKLOG = 1024
@@ -115,7 +118,7 @@ def bound_socket(interface: str, port: int, reuse_port: bool = False) -> socket.
     return s
 
 
-def webhook_endpoint(reactor, config, metrics: Metrics):
+def webhook_endpoint(reactor, config, metrics: Metrics, failures: FailureLog):
     """Where the webhooks arrive, as the options say: TLS over TCP, usually."""
     fd = config["inherited-socket"]
     interface = config["interface"]
@@ -134,7 +137,9 @@ def webhook_endpoint(reactor, config, metrics: Metrics):
         )
     if config["tls"] is None:
         return plain
-    return TLSServerEndpoint(plain, config["tls"], metrics.tls_handshake_failures.inc)
+    return TLSServerEndpoint(
+        plain, config["tls"], metrics.tls_handshake_failures.inc, failures=failures
+    )
 
 
 class Listener(service.Service):
@@ -177,3 +182,81 @@ def metrics_site(metrics: Metrics) -> Site:
     site.noisy = False
     site.log = lambda request: None  # a scrape every few seconds is not news
     return site
+
+
+class OwnPorts(service.MultiService):
+    """
+    The listeners of the instances that have a port of their own, opened
+    and closed to match the instances in service (a reload may add, change
+    or remove them).  Each serves ``site``; the channel tells the instance
+    by the port a connection came to.
+    """
+
+    def __init__(
+        self,
+        reactor,
+        site,
+        interface: str,
+        tls,
+        metrics: Metrics,
+        failures: FailureLog,
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.site = site
+        self.interface = interface
+        self.tls = tls  # the main listener's, for instances without their own
+        self.metrics = metrics
+        self.failures = failures
+        self.reuse_port = False
+        # port -> (certificate and key files, or None for the main pair,
+        # the instance's own TLS or None, its Listener)
+        self._open: dict[int, tuple[tuple[str, str] | None, object, Listener]] = {}
+
+    def match(self, instances, own_tls: dict) -> None:
+        """
+        Listen on exactly the own ports of ``instances`` (an Instances),
+        with each instance's own certificate (``own_tls``, by name) or the
+        main one.  A port that stays keeps its listener (its own
+        certificate re-read); one that goes stops listening, and the
+        requests in flight on it finish.
+        """
+        wanted = {}
+        asks = {}
+        for instance in instances.by_port.values():
+            pair = (instance.cert, instance.key) if instance.cert else None
+            wanted[instance.port] = (pair, own_tls.get(instance.name))
+            asks[instance.port] = instance.mtls is not None
+        for port in list(self._open):
+            pair, tls, listener = self._open[port]
+            if port in wanted and wanted[port][0] == pair:
+                if tls is not None:
+                    tls.reload(ask_client_certificate=asks[port])
+                del wanted[port]
+                continue
+            del self._open[port]
+            listener.disownServiceParent()
+            log.info("stopped listening on port {port}", port=port)
+        for port, (pair, tls) in sorted(wanted.items()):
+            plain = SocketEndpoint(
+                self.reactor, port, self.interface, LISTEN_BACKLOG, self.reuse_port
+            )
+            serving = tls if tls is not None else self.tls
+            endpoint = plain
+            if serving is not None:
+                endpoint = TLSServerEndpoint(
+                    plain,
+                    serving,
+                    self.metrics.tls_handshake_failures.inc,
+                    failures=self.failures,
+                )
+            listener = Listener(endpoint, self.site)
+            try:
+                listener.setServiceParent(self)
+            except Exception as e:  # a reload must not take the daemon down
+                log.error("cannot listen on port {port}: {why}", port=port, why=e)
+                listener.disownServiceParent()
+                continue
+            self._open[port] = (pair, tls, listener)
+            if self.running:
+                log.info("listening on port {port}", port=port)

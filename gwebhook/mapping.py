@@ -25,12 +25,6 @@ from jmespath import visitor
 from jmespath.functions import Functions
 from jmespath.parser import ParsedResult
 
-# A module import, not ``from ... import``: payload is the natural caller of
-# ``resolve`` and may import this module in turn, and a cycle of module
-# imports resolves where one of names would not.
-from gwebhook import payload
-from gwebhook.timestamps import parse_occurred
-
 MAP_KEYS = ("name", "type", "occurred")
 
 # Field names end up as keys of the incident's ``fields`` object, in the
@@ -146,67 +140,8 @@ def compile_mapping(map: dict[str, str], fields: dict[str, str]) -> Mapping:
     )
 
 
-def resolve(
-    element: dict[str, Any],
-    mapped: Mapped | None,
-    index: int | None,
-    instance: str | None,
-    default_type: str,
-    received: str,
-) -> tuple[str, str, str]:
-    """
-    The incident's ``(name, type, occurred)``: a mapped value, else the
-    element's own field, else the default (a fixed name, ``default_type``,
-    the time ``received``).  Raises ``payload.PayloadError`` (400) naming the
-    element, and the instance when a mapped value is of the wrong kind.
-    ``index`` is None when the body was a single object.
-    """
-    where = "body" if index is None else f"element {index}"
-    mapped_where = where if instance is None else f"{where}: instance '{instance}'"
-
-    if mapped is not None and mapped.name is not None:
-        name = _mapped_string(mapped.name, "map.name", mapped_where)
-    else:
-        name = element.get("name", payload.DEFAULT_NAME)
-        if not isinstance(name, str):
-            raise payload.PayloadError(f"{where}: field 'name' must be a string")
-
-    if mapped is not None and mapped.type is not None:
-        kind = _mapped_string(mapped.type, "map.type", mapped_where)
-    else:
-        kind = element.get("type", default_type)
-        if not isinstance(kind, str):
-            raise payload.PayloadError(f"{where}: field 'type' must be a string")
-
-    if mapped is not None and mapped.occurred is not None:
-        try:
-            occurred = parse_occurred(mapped.occurred)
-        except ValueError as e:
-            raise payload.PayloadError(
-                f"{mapped_where}: map.occurred must give an ISO-8601 date-time "
-                f"or epoch: {e}"
-            ) from e
-    elif "occurred" in element:
-        try:
-            occurred = parse_occurred(element["occurred"])
-        except ValueError as e:
-            raise payload.PayloadError(
-                f"{where}: field 'occurred' is not an ISO-8601 date-time or epoch: {e}"
-            ) from e
-    else:
-        occurred = received
-    return name, kind, occurred
-
-
-def _mapped_string(value: Any, key: str, where: str) -> str:
-    if not isinstance(value, str):
-        raise payload.PayloadError(
-            f"{where}: {key} must give a string, got {_json_kind(value)}"
-        )
-    return value
-
-
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """How to name ``value``'s JSON type in a message: "a number", "null"..."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -225,7 +160,7 @@ def _json_kind(value: Any) -> str:
 def _compile(key: str, source: Any) -> ParsedResult:
     if not isinstance(source, str):
         raise MappingError(
-            key, f"must be a string (a JMESPath expression), got {_json_kind(source)}"
+            key, f"must be a string (a JMESPath expression), got {json_kind(source)}"
         )
     try:
         expression = jmespath.compile(source)

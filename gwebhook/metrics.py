@@ -40,7 +40,8 @@ class Metrics:
         )
         self.incidents = Counter(
             "gwebhook_incidents_created",
-            "Incidents committed to the store.",
+            "Incidents committed to the store, by instance.",
+            ["instance"],
             registry=r,
         )
         self.request_seconds = Histogram(
@@ -63,7 +64,9 @@ class Metrics:
         )
         self.auth_failures = Counter(
             "gwebhook_auth_failures",
-            "Requests refused for missing or wrong credentials.",
+            "Requests refused for missing or wrong credentials, by instance "
+            "and reason (missing, wrong, client_certificate).",
+            ["instance", "reason"],
             registry=r,
         )
         self.refusals = Counter(
@@ -91,8 +94,9 @@ class Metrics:
         seconds: float,
         body_bytes: int,
         incidents: int,
+        instance: str | None = None,
     ) -> None:
-        """Count one answered request."""
+        """Count one answered request (``instance``: whose, when it had one)."""
         key = (method, route, status)
         counter = self._requests.get(key)
         if counter is None:
@@ -105,5 +109,5 @@ class Metrics:
         counter.inc()
         self.request_seconds.observe(seconds)
         self.body_bytes.observe(body_bytes)
-        if incidents:
-            self.incidents.inc(incidents)
+        if incidents and instance is not None:
+            self.incidents.labels(instance).inc(incidents)

@@ -8,6 +8,8 @@ import re
 import zlib
 from typing import Any
 
+from gwebhook.config import InstanceConfig
+from gwebhook.mapping import Mapped, json_kind
 from gwebhook.model import IncidentDraft
 from gwebhook.timestamps import parse_occurred
 
@@ -124,26 +126,24 @@ def parse_json(body: bytes) -> Any:
 
 
 def _draft(
-    obj: Any, index: int | None, default_type: str, received: str
+    obj: Any,
+    index: int | None,
+    instance: InstanceConfig,
+    received: str,
 ) -> IncidentDraft:
     """One incident from one object: element ``index`` of an array, or the body."""
     if not isinstance(obj, dict):
         raise PayloadError(f"{_where(index)} is not a JSON object")
-    name = obj.get("name", DEFAULT_NAME)
-    if not isinstance(name, str):
-        raise PayloadError(f"{_where(index)}: field 'name' must be a string")
-    kind = obj.get("type", default_type)
-    if not isinstance(kind, str):
-        raise PayloadError(f"{_where(index)}: field 'type' must be a string")
-    occurred = received
-    if "occurred" in obj:
-        try:
-            occurred = parse_occurred(obj["occurred"])
-        except ValueError as e:
-            raise PayloadError(
-                f"{_where(index)}: field 'occurred' is not an ISO-8601 date-time "
-                f"or epoch: {e}"
-            ) from e
+    mapping = instance.mapping
+    mapped = mapping.apply(obj) if mapping is not None else None
+    name, kind, occurred = resolve(
+        obj,
+        mapped,
+        index,
+        instance.name if mapped is not None else None,
+        instance.incident_type or DEFAULT_TYPE,
+        received,
+    )
     key = "rawJson" if "rawJson" in obj else "raw_json" if "raw_json" in obj else None
     details = obj if key is None else obj[key]
     if not isinstance(details, dict):
@@ -153,7 +153,64 @@ def _draft(
         # (docs/reference.md 2.4); the sender's own stay in the body kept
         # with the request.
         details = {k: v for k, v in details.items() if k != "headers"}
-    return IncidentDraft(name, kind, occurred, details, {})
+    return IncidentDraft(name, kind, occurred, details, mapped.fields if mapped else {})
+
+
+def resolve(
+    element: dict[str, Any],
+    mapped: Mapped | None,
+    index: int | None,
+    instance: str | None,
+    default_type: str,
+    received: str,
+) -> tuple[str, str, str]:
+    """
+    The incident's ``(name, type, occurred)``: a mapped value, else the
+    element's own field, else the default (a fixed name, ``default_type``,
+    the time ``received``).  Raises ``PayloadError`` (400) naming the
+    element, and the instance when a mapped value is of the wrong kind.
+    ``index`` is None when the body was a single object.
+    """
+    where = "body" if index is None else f"element {index}"
+    mapped_where = where if instance is None else f"{where}: instance '{instance}'"
+
+    if mapped is not None and mapped.name is not None:
+        name = _mapped_string(mapped.name, "map.name", mapped_where)
+    else:
+        name = element.get("name", DEFAULT_NAME)
+        if not isinstance(name, str):
+            raise PayloadError(f"{where}: field 'name' must be a string")
+
+    if mapped is not None and mapped.type is not None:
+        kind = _mapped_string(mapped.type, "map.type", mapped_where)
+    else:
+        kind = element.get("type", default_type)
+        if not isinstance(kind, str):
+            raise PayloadError(f"{where}: field 'type' must be a string")
+
+    if mapped is not None and mapped.occurred is not None:
+        try:
+            occurred = parse_occurred(mapped.occurred)
+        except ValueError as e:
+            raise PayloadError(
+                f"{mapped_where}: map.occurred must give a date-time: {e}"
+            ) from e
+    elif "occurred" in element:
+        try:
+            occurred = parse_occurred(element["occurred"])
+        except ValueError as e:
+            raise PayloadError(
+                f"{where}: field 'occurred' is not a date-time: {e}"
+            ) from e
+    else:
+        occurred = received
+    return name, kind, occurred
+
+
+def _mapped_string(value: Any, key: str, where: str) -> str:
+    if not isinstance(value, str):
+        raise PayloadError(f"{where}: {key} must give a string, got {json_kind(value)}")
+    return value
 
 
 def _where(index: int | None) -> str:
@@ -162,7 +219,7 @@ def _where(index: int | None) -> str:
 
 def incidents_from(
     document: Any,
-    default_type: str,
+    instance: InstanceConfig,
     received: str,
 ) -> list[IncidentDraft]:
     """
@@ -176,9 +233,9 @@ def incidents_from(
     """
     if isinstance(document, list):
         return [
-            _draft(element, index, default_type, received)
+            _draft(element, index, instance, received)
             for index, element in enumerate(document)
         ]
     if isinstance(document, dict):
-        return [_draft(document, None, default_type, received)]
+        return [_draft(document, None, instance, received)]
     raise PayloadError("body must be a JSON object or an array of objects")

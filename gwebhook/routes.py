@@ -11,7 +11,6 @@ request.  Klein still declares those routes, so the rest of their URL space
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timezone
 
 from klein import Klein
@@ -32,12 +31,13 @@ from gwebhook.answers import (
     incidents_json,
     json_answer,
 )
-from gwebhook.gate import Gate
+from gwebhook.config import InstanceConfig
+from gwebhook.gate import Admitted, Gate
 from gwebhook.headers import headers_for_details
+from gwebhook.instances import is_webhook_path
 from gwebhook.metrics import Metrics
 from gwebhook.model import ReceivedRequest, StoredIncident
 from gwebhook.payload import (
-    DEFAULT_TYPE,
     PayloadError,
     decode_body,
     incidents_from,
@@ -50,17 +50,6 @@ log = Logger()
 
 WEBHOOK_METHODS = ["POST", "PUT"]
 _WEBHOOK_METHODS = frozenset(m.encode("ascii") for m in WEBHOOK_METHODS)
-# The webhook paths as Klein's routes below spell them, with a plain name
-# (a percent-escape is left to Klein to decode and judge).
-_WEBHOOK_PATH = re.compile(rb"/|/(?:xsoar/)?instance/execute/[^/%]+")
-
-
-def is_webhook_path(path: bytes) -> bool:
-    """
-    Whether ``path`` (without its query) is one of the webhook routes'.  A
-    path this says no to still reaches Klein, which has the last word.
-    """
-    return _WEBHOOK_PATH.fullmatch(path) is not None
 
 
 class WebhookRoutes:
@@ -75,14 +64,12 @@ class WebhookRoutes:
         metrics: Metrics,
         clock: IReactorTime,
         *,
-        incident_type: str | None,
         max_body_bytes: int,
     ) -> None:
         self.store = store
         self.gate = gate
         self.metrics = metrics
         self.clock = clock
-        self.incident_type = incident_type or DEFAULT_TYPE
         self.max_body_bytes = max_body_bytes
         self.store_down = False
 
@@ -91,7 +78,7 @@ class WebhookRoutes:
         return Front(self, self.app.resource())
 
     # XSOAR's URL forms keep working: /instance/execute/<instance-name>, and
-    # XSOAR 8's /xsoar/instance/execute/<instance-name>.  The name is ignored.
+    # XSOAR 8's /xsoar/instance/execute/<instance-name> (see instances.py).
     @app.route("/", methods=WEBHOOK_METHODS, branch=False, endpoint="root")
     @app.route("/instance/execute/<_name>", methods=WEBHOOK_METHODS, endpoint="xsoar6")
     @app.route(
@@ -109,14 +96,16 @@ class WebhookRoutes:
         now = self.clock.seconds()
         received = format_utc(datetime.fromtimestamp(now, timezone.utc))
 
-        # Who sent it, before anything of the body is looked at.
+        # For whom, and who sent it, before anything of the body is looked at.
         client = display_host(request.getClientAddress().host or "")
-        refusal = self._authenticate(request, client)
-        if refusal is not None:
-            return refusal
+        instance = request.instance
+        if instance is None:
+            instance, refusal = self._admit(request, client)
+            if refusal is not None:
+                return refusal
 
         # What it says.
-        credentials = self.gate.credentials
+        credentials = instance.credentials
         headers = headers_for_details(
             request.requestHeaders.getAllRawHeaders(),
             credentials.header if credentials else None,
@@ -126,7 +115,7 @@ class WebhookRoutes:
             body = decode_body(
                 raw, headers.get("content-encoding"), self.max_body_bytes
             )
-            drafts = incidents_from(parse_json(body), self.incident_type, received)
+            drafts = incidents_from(parse_json(body), instance, received)
         except PayloadError as e:
             return error_answer(request, e.status, str(e))
         if not drafts:
@@ -140,10 +129,10 @@ class WebhookRoutes:
             path=request.path.decode("ascii"),
             headers=headers,
             body=raw,
-            instance="default",
-            client_cert=None,
+            instance=instance.name,
+            client_cert=request.client_cert,
         )
-        return self.store.add(kept, drafts).addCallbacks(
+        return self.store.add(kept, drafts, instance.store_samples).addCallbacks(
             self._stored,
             self._not_stored,
             callbackArgs=(request, now),
@@ -170,22 +159,33 @@ class WebhookRoutes:
         request.setHeader(b"Retry-After", str(RETRY_AFTER_SECONDS).encode("ascii"))
         return error_answer(request, 503, "incident store unavailable; retry later")
 
-    def _authenticate(self, request, client: str) -> bytes | None:
+    def _admit(
+        self, request, client: str
+    ) -> tuple[InstanceConfig, None] | tuple[None, bytes]:
         """
-        The refusal to answer if the request may not create incidents.  The
-        channel has asked the gate already, before reading the body; this is
-        for a request that reached the route another way.
+        The instance a request is for and may send to, or the refusal to
+        answer.  The channel decides this at the end of the headers; this is
+        for a request that reached the route another way (a path Klein
+        decoded).
         """
-        if getattr(request, "admitted", False):
-            return None
-        refusal = self.gate.check(client, request.requestHeaders)
-        if refusal is None:
-            return None
+        instances = request.channel.site.instances
+        instance = instances.for_request(
+            request.path.split(b"?", 1)[0], request.channel.localPort
+        )
+        if instance is None:
+            return None, error_answer(request, 404, NOT_FOUND_MESSAGE)
+        refusal = self.gate.check(
+            instance, client, request.requestHeaders, request.channel._peerChain
+        )
+        if isinstance(refusal, Admitted):
+            request.instance = instance
+            request.client_cert = refusal.client_cert
+            return instance, None
         if refusal.retry_after is not None:
             request.setHeader(b"Retry-After", str(refusal.retry_after).encode("ascii"))
         if refusal.challenge is not None:
             request.setHeader(b"WWW-Authenticate", refusal.challenge)
-        return error_answer(request, refusal.status, refusal.message)
+        return None, error_answer(request, refusal.status, refusal.message)
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     async def healthz(self, request) -> bytes:

@@ -7,6 +7,7 @@ closes the store last.  Tells systemd each step when run under it.
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
@@ -15,8 +16,11 @@ from twisted.logger import Logger
 
 from gwebhook import systemd
 from gwebhook.channel import WebhookSite
+from gwebhook.config import ConfigError
+from gwebhook.instances import Instances
+from gwebhook.listen import OwnPorts
 from gwebhook.store import IncidentStore
-from gwebhook.tls import ReloadableTLS
+from gwebhook.tls import ReloadableTLS, TLSConfigError
 from gwebhook.workerpool import WorkerPool
 
 log = Logger()
@@ -40,10 +44,14 @@ class WebhookService(service.MultiService):
         shutdown_timeout: float,
         reactor,
         workers: WorkerPool | None = None,
+        own_ports: OwnPorts | None = None,
+        reconfigure: Callable[[], tuple[Instances, dict]] | None = None,
     ) -> None:
         """
         ``workers``: the other processes of ``--workers N``, told of each
         reload; they are a child service like the listeners.
+        ``reconfigure``: reads the ``--config`` file again on a reload, for
+        the instances in service and ``own_ports``' listeners.
         """
         super().__init__()
         self.site = site
@@ -52,6 +60,8 @@ class WebhookService(service.MultiService):
         self.shutdown_timeout = shutdown_timeout
         self.reactor = reactor
         self.workers = workers
+        self.own_ports = own_ports
+        self.reconfigure = reconfigure
         self._previous_hup = None
         self._rotation: LoopingCall | None = None
 
@@ -84,18 +94,55 @@ class WebhookService(service.MultiService):
         self.reactor.callFromThread(self.reload)
 
     def reload(self) -> bool:
-        """Re-read the certificate and key (SIGHUP, ``systemctl reload``)."""
+        """
+        Re-read the ``--config`` file and the certificate and key together
+        (SIGHUP, ``systemctl reload``): both are put in service, or neither.
+        """
         systemd.notify("RELOADING=1")
         if self.workers is not None:
             self.workers.signal("HUP")
-        if self.tls is None:
-            log.info("SIGHUP: nothing to reload without TLS")
-            systemd.notify("READY=1")
-            return False
         try:
-            return self.tls.reload()
+            return self._reload()
         finally:
             systemd.notify("READY=1")
+
+    def _reload(self) -> bool:
+        new = None
+        if self.reconfigure is not None:
+            try:
+                new = self.reconfigure()
+            except (ConfigError, TLSConfigError) as e:
+                log.error(
+                    "configuration not reloaded, the running one stays in "
+                    "service: {why}",
+                    why=e,
+                )
+                return False
+        ask = new[0].needs_client_certificate if new is not None else None
+        if self.tls is not None and not self.tls.reload(ask_client_certificate=ask):
+            if new is not None:
+                # Neither is put in service: the listener goes on asking for
+                # client certificates as the instances in service need.
+                self.tls.ask_client_certificate = (
+                    self.site.instances.needs_client_certificate
+                )
+                self.tls.rotate_ticket_key()
+                log.error("configuration not reloaded either: both or neither")
+            return False
+        if new is None:
+            if self.tls is None:
+                log.info("SIGHUP: nothing to reload without TLS or --config")
+                return False
+            return True
+        instances, own_tls = new
+        self.site.instances = instances
+        if self.own_ports is not None:
+            self.own_ports.match(instances, own_tls)
+        log.info(
+            "configuration reloaded: instances {names}",
+            names=", ".join(i.name for i in instances.all) or "none",
+        )
+        return True
 
     def stopService(self) -> Deferred[None]:
         return ensureDeferred(self._stop())

@@ -201,12 +201,9 @@ class IncidentStore:
     say to keep samples.
     """
 
-    def __init__(self, path: str, keep_samples: bool = False) -> None:
+    def __init__(self, path: str) -> None:
         schema.create_or_upgrade(path)
         self.path = path
-        # Transitional: what ``add`` does when its caller does not say, for
-        # the callers that do not say yet.  To go once every caller does.
-        self._keep_samples_by_default = keep_samples
         # The file prepared here is the store: a connection opened later (the
         # first, or one after a fault) must be to this file, not to one put
         # in its place since.
@@ -296,15 +293,13 @@ class IncidentStore:
         self,
         request: ReceivedRequest,
         drafts: Sequence[IncidentDraft],
-        keep_samples: bool | None = None,
+        keep_samples: bool = False,
     ) -> Deferred[list[StoredIncident]]:
         """
         Commit the request and its incidents together; fire with them.  With
         ``keep_samples`` (its instance's setting) they are kept as samples of
         the request's instance too.
         """
-        if keep_samples is None:
-            keep_samples = self._keep_samples_by_default
         d: Deferred[list[StoredIncident]] = Deferred()
         self._waiting.append((request, drafts, keep_samples, d))
         if not self._committing:

@@ -5,6 +5,7 @@ they build, wired in one place.
 
 from __future__ import annotations
 
+import functools
 import os
 
 from twisted.internet import endpoints
@@ -25,11 +26,15 @@ from gwebhook.channel import (
     ChannelLimits,
     WebhookSite,
 )
+from gwebhook.config import Config, ConfigError, load_config
 from gwebhook.credentials import HEADER_PREFIX, Credentials
 from gwebhook.gate import Gate
 from gwebhook.headers import is_token
+from gwebhook.instances import Instances, command_line_instance
 from gwebhook.listen import (
     Listener,
+    OwnPorts,
+    bound_socket,
     check_bindable,
     ensure_descriptors,
     metrics_site,
@@ -42,7 +47,7 @@ from gwebhook.schema import StoreError, create_or_upgrade
 from gwebhook.service import WebhookService
 from gwebhook.store import IncidentStore
 from gwebhook.throttle import AuthThrottle
-from gwebhook.tls import ReloadableTLS, TLSConfigError
+from gwebhook.tls import FailureLog, ReloadableTLS, TLSConfigError
 from gwebhook.workerpool import WorkerPool
 
 log = Logger()
@@ -134,6 +139,13 @@ class Options(usage.Options):
             "Type of incidents that name none (default Unclassified).",
         ],
         ["db", "d", "gwebhook.sqlite", "The incident store (SQLite file)."],
+        [
+            "config",
+            None,
+            None,
+            "TOML file declaring instances: senders each with their own "
+            "credentials, type, mapping and port (re-read on SIGHUP).",
+        ],
         [
             "retain-days",
             None,
@@ -267,9 +279,11 @@ class Options(usage.Options):
         if self["interface"] is None:
             # Dual-stack where the host can: one socket for both families.
             self["interface"] = "::" if ipv6_available() else "0.0.0.0"  # noqa: S104
+        self["instances-file"] = self._config()
         self["credentials"] = self._credentials()
         self["tls"] = self._tls()
         self["inherited-socket"] = systemd.inherited_socket()
+        self["own-tls"] = self._own_ports()
         # A worker binds beside the main process (SO_REUSEPORT): no probe.
         if self["inherited-socket"] is None and not self.worker:
             check_bindable("--port", self["interface"], self["port"])
@@ -312,7 +326,8 @@ class Options(usage.Options):
                 )
             username, password = HEADER_PREFIX + "Authorization", self["auth-header"]
         if username is None and password is None:
-            if self["allow-anonymous"]:
+            if self["allow-anonymous"] or self["config"] is not None:
+                # With only a --config file, there is no default instance.
                 return None
             raise usage.UsageError(
                 "no credentials: give --username and --password (or --password-file, "
@@ -341,6 +356,24 @@ class Options(usage.Options):
             )
         return Credentials.from_options(username, password)
 
+    def _config(self) -> Config | None:
+        if self["config"] is None:
+            return None
+        try:
+            return load_config(self["config"], self.environ)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def _own_ports(self) -> dict[str, ReloadableTLS]:
+        """The certificates of the instances with their own (see own_tls)."""
+        declared = self["instances-file"]
+        if declared is None:
+            return {}
+        try:
+            return own_tls(self, declared, probe=not self.worker)
+        except (ConfigError, TLSConfigError) as e:
+            raise usage.UsageError(str(e)) from None
+
     def _tls(self):
         cert, key = self["cert"], self["key"]
         if self["no-tls"]:
@@ -355,18 +388,101 @@ class Options(usage.Options):
                 "TLS needs --cert and --key (make a test pair with "
                 "'gwebhook make-cert DIR'), or --no-tls behind a TLS-terminating proxy"
             )
+        declared = self["instances-file"]
+        # Every instance is reachable by name on the main port.
+        ask = declared is not None and any(i.mtls for i in declared.instances)
         try:
-            return ReloadableTLS(cert, key)
+            return ReloadableTLS(cert, key, ask_client_certificate=ask)
         except TLSConfigError as e:
             raise usage.UsageError(str(e)) from None
 
 
-def _throttle(config: Options, reactor) -> AuthThrottle | None:
-    if config["credentials"] is None or not config["auth-fail-limit"]:
+def _throttle(config: Options, instances: Instances, reactor) -> AuthThrottle | None:
+    if not config["auth-fail-limit"]:
+        return None
+    if config["instances-file"] is None and config["credentials"] is None:
+        # Anyone may send, and no reload can change that: nothing to count.
         return None
     return AuthThrottle(
         config["auth-fail-limit"], config["auth-fail-window"], reactor.seconds
     )
+
+
+def _instances(config: Options, declared: Config | None) -> Instances:
+    """The command line's instance (if it describes one) and the file's."""
+    default = command_line_instance(
+        config["credentials"],
+        config["allow-anonymous"],
+        config["incident-type"],
+        bool(config["store-samples"]),
+    )
+    return Instances(
+        default, declared.instances if declared else (), config["incident-type"]
+    )
+
+
+def own_tls(config: Options, declared: Config, probe: bool) -> dict[str, ReloadableTLS]:
+    """
+    Check what a config file asks of the listeners, against the command
+    line (at start-up and on every reload), and read the certificates of
+    the instances with their own: their TLS, by name.  An own port must not
+    be the main or the metrics port, and (with ``probe``) must be free;
+    ``--no-tls`` serves no certificate, so no instance may need one.
+    Raises ConfigError or TLSConfigError naming the file, instance and key.
+    """
+    taken = {config["port"]: "--port", config["metrics-port"]: "--metrics-port"}
+    plain = config["tls"] is None
+    own: dict[str, ReloadableTLS] = {}
+    for instance in declared.instances:
+        where = f"{declared.path}: instance '{instance.name}'"
+        if plain and instance.mtls is not None:
+            raise ConfigError(
+                f"{where}: mtls: --no-tls asks no client certificate; drop "
+                "[instance.mtls], or serve TLS"
+            )
+        if instance.port is None:
+            continue
+        if instance.port in taken:
+            raise ConfigError(
+                f"{where}: port {instance.port} is {taken[instance.port]} "
+                "already; give the instance a port of its own"
+            )
+        if probe and config["inherited-socket"] is None:
+            try:
+                bound_socket(config["interface"], instance.port).close()
+            except OSError as e:
+                raise ConfigError(
+                    f"{where}: port {instance.port}: cannot listen on "
+                    f"{config['interface']}: {e.strerror}; choose another port, "
+                    "or stop what holds it"
+                ) from None
+        if instance.cert is None:
+            continue
+        if plain:
+            raise ConfigError(
+                f"{where}: cert: --no-tls serves plain HTTP on every port; drop "
+                "cert and key, or --no-tls"
+            )
+        try:
+            own[instance.name] = ReloadableTLS(
+                instance.cert,
+                instance.key,
+                ask_client_certificate=instance.mtls is not None,
+            )
+        except TLSConfigError as e:
+            raise TLSConfigError(f"{where}: {e}") from None
+    return own
+
+
+def _reread(config: Options) -> tuple[Instances, dict[str, ReloadableTLS]]:
+    """
+    The ``--config`` file read again (SIGHUP): the instances it declares now
+    and the certificates of those with their own.  Raises ConfigError or
+    TLSConfigError, and then nothing of it is in service.  Ports already
+    served are not probed: they are ours.
+    """
+    declared = load_config(config["config"], config.environ)
+    return _instances(config, declared), own_tls(config, declared, probe=False)
 
 
 def _limits(config: Options) -> ChannelLimits:
@@ -395,18 +511,15 @@ def makeService(config: Options, reactor=None) -> WebhookService:
         affinity.pin(affinity.cpu_for(0, cpus))
         log.info("pinned to CPU {cpu}", cpu=affinity.cpu_for(0, cpus))
     metrics = Metrics()
-    store = IncidentStore(config["db"], keep_samples=bool(config["store-samples"]))
-    gate = Gate(config["credentials"], _throttle(config, reactor), metrics)
+    store = IncidentStore(config["db"])
+    instances = _instances(config, config["instances-file"])
+    gate = Gate(_throttle(config, instances, reactor), metrics)
     routes = WebhookRoutes(
-        store,
-        gate,
-        metrics,
-        reactor,
-        incident_type=config["incident-type"],
-        max_body_bytes=config["max-body-bytes"],
+        store, gate, metrics, reactor, max_body_bytes=config["max-body-bytes"]
     )
     site = WebhookSite(
         routes.resource(),
+        instances=instances,
         gate=gate,
         metrics=metrics,
         access_log=AccessLog(metrics),
@@ -423,10 +536,28 @@ def makeService(config: Options, reactor=None) -> WebhookService:
             reactor,
             cpus=cpus,
         )
-    top = WebhookService(
-        site, store, config["tls"], config["shutdown-timeout"], reactor, workers
+    failures = FailureLog(reactor)
+    own_ports = OwnPorts(
+        reactor, site, config["interface"], config["tls"], metrics, failures
     )
-    Listener(webhook_endpoint(reactor, config, metrics), site).setServiceParent(top)
+    own_ports.reuse_port = config["workers"] > 1 or config.worker
+    own_ports.match(instances, config["own-tls"])
+    reconfigure = None
+    if config["config"] is not None:
+        reconfigure = functools.partial(_reread, config)
+    top = WebhookService(
+        site,
+        store,
+        config["tls"],
+        config["shutdown-timeout"],
+        reactor,
+        workers,
+        own_ports=own_ports,
+        reconfigure=reconfigure,
+    )
+    main = Listener(webhook_endpoint(reactor, config, metrics, failures), site)
+    main.setServiceParent(top)
+    own_ports.setServiceParent(top)
     if workers is not None:
         workers.setServiceParent(top)
     if config["retain-days"] is not None:

@@ -16,6 +16,8 @@ from support.store import row_counts, stored_incidents
 from twisted.internet.defer import gatherResults
 from twisted.logger import globalLogPublisher
 
+from gwebhook.answers import NOT_FOUND_MESSAGE
+
 MAX_HEADER = 4096
 MAX_BODY = 1000
 
@@ -440,7 +442,7 @@ def test_odd_paths_are_answered_like_any_unknown_path(wire, request_line):
     assert reply.headers["content-type"] == "application/json"
     assert reply.headers["server"] == "gwebhook"
     assert "x-request-id" in reply.headers
-    assert reply.json() == {"error": "no such path; send webhooks to /"}
+    assert reply.json() == {"error": NOT_FOUND_MESSAGE}
 
 
 @pytest_twisted.ensureDeferred

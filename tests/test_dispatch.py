@@ -19,11 +19,11 @@ from support.inprocess import Wire, make_site
 from support.store import row_counts
 from twisted.logger import capturedLogs, formatEvent
 
-from gwebhook.answers import incidents_json
-from gwebhook.channel import next_request_id
+from gwebhook.accesslog import next_request_id
+from gwebhook.answers import NOT_FOUND_MESSAGE, incidents_json
+from gwebhook.instances import is_webhook_path
 from gwebhook.logs import to_json
 from gwebhook.model import StoredIncident
-from gwebhook.routes import is_webhook_path
 
 AUTH = b"Authorization: " + BASIC_HEADER.encode()
 
@@ -32,7 +32,6 @@ AUTH = b"Authorization: " + BASIC_HEADER.encode()
 def site(tmp_path):
     site, store = make_site(tmp_path / "gwebhook.sqlite", max_body_bytes=10_000)
     site.store = store
-    site.headerTimeout, site.bodyTimeout, site.idleTimeout = 10.0, 30.0, 60.0
     yield site
     store.close()
 
@@ -66,6 +65,7 @@ def request(
         (b"/instance/execute/", False),
         (b"/instance/execute/a/b", False),
         (b"/instance/execute/a%2Fb", False),
+        (b"/instance/execute/caf%C3%A9", True),
         (b"/instance/execute/x/", False),
         (b"/xsoar/instance/execute", False),
         (b"//", False),
@@ -75,7 +75,7 @@ def request(
     ],
 )
 def test_webhook_paths(path, expected):
-    """Only the plain spellings take the direct way; the rest go through Klein."""
+    """The webhook paths take the direct way; the rest go through Klein."""
     assert is_webhook_path(path) is expected
 
 
@@ -84,7 +84,7 @@ def test_webhook_paths(path, expected):
     "path", [b"/", b"/instance/execute/a", b"/instance/execute/caf%C3%A9"]
 )
 async def test_webhook_stored_either_way(site, path):
-    """Direct (plain name) or through Klein (escaped name): stored, 200."""
+    """A plain name or an escaped one (no instance's): stored, 200."""
     w = Wire(site)
     try:
         w.send(request(b'{"name": "x"}', path))
@@ -193,9 +193,10 @@ def test_access_line_is_the_request_as_sent(wire):
     [line] = [e for e in events if e.get("request_id")]
     text = formatEvent(line)
     client = line["client"]
-    assert text.startswith(f"{client} POST /{{x}}/{{{{y}}}} 404 incidents=0 bytes=1 ")
-    assert text.endswith(f"ms id={line['request_id']}")
-    assert (line["status"], line["path"], line["bytes"]) == (404, "/{x}/{{y}}", 1)
+    # Refused at the end of its headers: the body is never read.
+    assert text.startswith(f"{client} POST /{{x}}/{{{{y}}}} 404 incidents=0 bytes=0 ")
+    assert text.endswith(f"ms id={line['request_id']} refused: {NOT_FOUND_MESSAGE}")
+    assert (line["status"], line["path"], line["bytes"]) == (404, "/{x}/{{y}}", 0)
     assert json.loads(to_json(line))["message"] == text
 
 
@@ -216,3 +217,16 @@ def test_the_incidents_answer_is_json_dumps_of_the_summaries(stored):
     """The answer written directly is the one json.dumps writes, byte for byte."""
     expected = json.dumps([s.summary() for s in stored]).encode("utf-8")
     assert incidents_json(stored) == expected
+
+
+def test_a_refused_body_leaves_its_reason_on_the_access_line(wire):
+    """A 400 is logged with the reason the sender was given, as 401 and 429 are."""
+    with capturedLogs() as events:
+        wire.send(request(b"[1]"))
+    [line] = [e for e in events if e.get("request_id")]
+    assert line["status"] == 400
+    assert line["reason"] == "refused: element 0 is not a JSON object"
+    assert formatEvent(line).endswith(
+        f"id={line['request_id']} refused: element 0 is not a JSON object"
+    )
+    assert wire.reply().json() == {"error": "element 0 is not a JSON object"}

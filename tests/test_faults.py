@@ -127,7 +127,7 @@ def test_disk_full_answers_503_logs_once_and_recovers_without_restart(spawn):
     reply = post(d, "after")
     assert reply.status == 200, reply.body
     acknowledge(reply, acknowledged)
-    [fault] = log_lines(d, "store unavailable")
+    [fault] = log_lines(d, "store unavailable, answering 503")
     assert "disk I/O error" in fault or "full" in fault, fault
     assert len(log_lines(d, "store available again")) == 1
     assert_kept(d, acknowledged)
@@ -159,7 +159,7 @@ def test_store_locked_past_busy_timeout_answers_503_then_recovers(spawn):
         holder.close()
     reply = post(d, "after")
     assert reply.status == 200
-    [fault] = log_lines(d, "store unavailable")
+    [fault] = log_lines(d, "store unavailable, answering 503")
     assert "locked" in fault, fault
     assert set(incidents_by_id(d.db).values()) == {"before", "after"}
 
@@ -191,7 +191,7 @@ def test_store_file_gone_answers_503_until_put_back_and_ids_continue(spawn, how)
     assert reply.status == 200
     [after] = reply.json()
     assert int(after["id"]) > int(before["id"])
-    [fault] = log_lines(d, "store unavailable")
+    [fault] = log_lines(d, "store unavailable, answering 503")
     assert "removed or replaced" in fault
     assert health(d) == 200
     assert incidents_by_id(d.db) == {

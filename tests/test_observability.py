@@ -177,6 +177,8 @@ def test_client_chosen_methods_do_not_grow_the_metrics(spawn):
 def test_metrics_listener_binds_loopback_only_when_asked(spawn):
     """--metrics-port listens on 127.0.0.1 by default; without it no port is added."""
     metrics_port = free_port()
+    # spawn returns once both ports accept connections (the metrics listener
+    # is bound a moment after the webhook's): nothing is read before.
     with_metrics = spawn(*AUTH, "--metrics-port", str(metrics_port))
     assert listening_sockets(with_metrics.process.pid) == {
         ("127.0.0.1", with_metrics.port),
@@ -260,7 +262,7 @@ def test_log_never_holds_secrets_or_bodies(spawn):
     assert d.stop() == -signal.SIGTERM  # every line flushed, shutdown lines too
 
     log = log_text(d)
-    assert log.count("[gwebhook.channel#info] 127.0.0.1 POST / ") == len(sent)
+    assert log.count("[gwebhook.accesslog#info] 127.0.0.1 POST / ") == len(sent)
     secrets_ = {
         "password": password,
         "Authorization value": good["Authorization"].split()[1],

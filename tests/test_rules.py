@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from gwebhook.credentials import Credentials
 from gwebhook.headers import headers_for_details, is_printable_ascii
+from gwebhook.instances import command_line_instance
 from gwebhook.payload import (
     DEFAULT_NAME,
     DEFAULT_TYPE,
@@ -33,7 +34,8 @@ RECEIVED = "2024-05-01T12:00:00Z"
 
 
 def drafts(document, default_type=DEFAULT_TYPE):
-    return incidents_from(document, default_type, RECEIVED)
+    instance = command_line_instance(None, True, default_type, False)
+    return incidents_from(document, instance, RECEIVED)
 
 
 def one(document, **kwargs):

@@ -17,7 +17,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from gwebhook.logs import to_json
-from gwebhook.workers import STABLE_AFTER_SECONDS, WorkerPool, _Worker, respawn_delay
+from gwebhook.workerpool import STABLE_AFTER_SECONDS, WorkerPool, _Worker, respawn_delay
 
 AUTH = ("--username", USERNAME, "--password", PASSWORD, "--workers", "2")
 
@@ -159,7 +159,7 @@ class EndedPool:
 
 
 def worker_events(events) -> list:
-    return [e for e in events if e.get("log_namespace") == "gwebhook.workers"]
+    return [e for e in events if e.get("log_namespace") == "gwebhook.workerpool"]
 
 
 def test_stderr_is_relayed_in_whole_lines():
