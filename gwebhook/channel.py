@@ -300,7 +300,7 @@ class LimitedChannel(http.HTTPChannel):
                 self.refuse(404, NOT_FOUND_MESSAGE)
                 return
             verdict = self.site.gate.check(
-                instance, self.client, request.requestHeaders, self._peerChain
+                instance, self.client, request.requestHeaders, self.peerChain
             )
             if isinstance(verdict, Refusal):
                 self.refuse(
@@ -328,7 +328,7 @@ class LimitedChannel(http.HTTPChannel):
         self._enter("body")
         super().allHeadersReceived()
 
-    def _peerChain(self) -> list:
+    def peerChain(self) -> list:
         """The certificates the client sent in the TLS handshake, leaf first."""
         return peer_chain(self.transport)
 

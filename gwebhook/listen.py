@@ -138,7 +138,10 @@ def webhook_endpoint(reactor, config, metrics: Metrics, failures: FailureLog):
     if config["tls"] is None:
         return plain
     return TLSServerEndpoint(
-        plain, config["tls"], metrics.tls_handshake_failures.inc, failures=failures
+        plain,
+        config["tls"],
+        onHandshakeFailure=metrics.tls_handshake_failures.inc,
+        failures=failures,
     )
 
 
@@ -247,7 +250,7 @@ class OwnPorts(service.MultiService):
                 endpoint = TLSServerEndpoint(
                     plain,
                     serving,
-                    self.metrics.tls_handshake_failures.inc,
+                    onHandshakeFailure=self.metrics.tls_handshake_failures.inc,
                     failures=self.failures,
                 )
             listener = Listener(endpoint, self.site)

@@ -175,7 +175,7 @@ class WebhookRoutes:
         if instance is None:
             return None, error_answer(request, 404, NOT_FOUND_MESSAGE)
         refusal = self.gate.check(
-            instance, client, request.requestHeaders, request.channel._peerChain
+            instance, client, request.requestHeaders, request.channel.peerChain
         )
         if isinstance(refusal, Admitted):
             request.instance = instance

@@ -470,12 +470,6 @@ class FailureLog:
         self._suppressedFrom = set()
 
 
-def _default_clock() -> IReactorTime:
-    from twisted.internet import reactor
-
-    return reactor
-
-
 class _ServerTLSProtocol(BufferingTLSTransport):
     # BufferingTLSTransport is Twisted's default for TLSMemoryBIOFactory: an
     # answer's headers and body, written separately, leave in one TLS record.
@@ -532,8 +526,7 @@ class _ServerTLSProtocol(BufferingTLSTransport):
 class ServerTLSFactory(TLSMemoryBIOFactory):
     """
     TLS over a wrapped factory, telling when a handshake never completes
-    (``onHandshakeFailure``) and logging why (``failures``, by default on
-    the reactor's clock).
+    (``onHandshakeFailure``) and logging why (``failures``).
     """
 
     protocol = _ServerTLSProtocol
@@ -542,15 +535,13 @@ class ServerTLSFactory(TLSMemoryBIOFactory):
         self,
         creator,
         wrapped,
-        onHandshakeFailure: Callable[[], None] | None = None,
         *,
-        failures: FailureLog | None = None,
+        onHandshakeFailure: Callable[[], None],
+        failures: FailureLog,
     ):
         super().__init__(creator, False, wrapped)
         self.onHandshakeFailure = onHandshakeFailure
-        self.failures = (
-            failures if failures is not None else FailureLog(_default_clock())
-        )
+        self.failures = failures
 
     def stopFactory(self) -> None:
         # Not listening any more: the summary now, and no timer left behind.
@@ -562,17 +553,17 @@ class ServerTLSFactory(TLSMemoryBIOFactory):
 class TLSServerEndpoint:
     """
     TLS over any stream endpoint (TCP on IPv4 or IPv6, an adopted socket).
-    ``failures`` logs connections that fail before TLS is up; by default
-    each listening port has its own, on the reactor's clock.
+    ``onHandshakeFailure`` is told of each connection that fails before TLS
+    is up (the metric), ``failures`` logs why.
     """
 
     def __init__(
         self,
         wrapped: IStreamServerEndpoint,
         creator: IOpenSSLServerConnectionCreator,
-        onHandshakeFailure: Callable[[], None] | None = None,
         *,
-        failures: FailureLog | None = None,
+        onHandshakeFailure: Callable[[], None],
+        failures: FailureLog,
     ) -> None:
         self.wrapped = wrapped
         self.creator = creator
@@ -584,7 +575,7 @@ class TLSServerEndpoint:
             ServerTLSFactory(
                 self.creator,
                 factory,
-                self.onHandshakeFailure,
+                onHandshakeFailure=self.onHandshakeFailure,
                 failures=self.failures,
             )
         )

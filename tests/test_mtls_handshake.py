@@ -27,7 +27,7 @@ from twisted.internet.threads import deferToThread
 
 from gwebhook.clientcert import describe, verify_client
 from gwebhook.config import MTLSConfig
-from gwebhook.tls import ReloadableTLS, TLSServerEndpoint, peer_chain
+from gwebhook.tls import FailureLog, ReloadableTLS, TLSServerEndpoint, peer_chain
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,7 +58,10 @@ class Server:
     async def listen(self, tls, protocol=None) -> int:
         """A TLS listener on 127.0.0.1 with ``tls``, closed at teardown."""
         endpoint = TLSServerEndpoint(
-            endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), tls
+            endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
+            tls,
+            onHandshakeFailure=lambda: None,
+            failures=FailureLog(reactor),
         )
         port = await endpoint.listen(Factory.forProtocol(protocol or ReportPeerChain))
         self.ports.append(port)

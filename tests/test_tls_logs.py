@@ -220,7 +220,7 @@ def listener(pki):
     endpoint = TLSServerEndpoint(
         endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
         certificate_options(str(pki.cert), str(pki.key)),
-        lambda: served.closed.append(None),
+        onHandshakeFailure=lambda: served.closed.append(None),
         failures=FailureLog(clock, lines=5, logger=seen.logger),
     )
     port = pytest_twisted.blockon(endpoint.listen(Site(Ok())))

@@ -13,8 +13,14 @@ import pytest
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 
-from gwebhook.tls import ReloadableTLS, ServerTLSFactory, certificate_options
+from gwebhook.tls import (
+    FailureLog,
+    ReloadableTLS,
+    ServerTLSFactory,
+    certificate_options,
+)
 
 AUTH = ["--username", "admin", "--password", "pw"]
 
@@ -54,7 +60,12 @@ def test_client_renegotiation_is_refused(spawn, pki):
 
 def connection_options(creator) -> int:
     """The options of the connection ``creator`` makes for a new server protocol."""
-    factory = ServerTLSFactory(creator, Factory.forProtocol(Protocol))
+    factory = ServerTLSFactory(
+        creator,
+        Factory.forProtocol(Protocol),
+        onHandshakeFailure=lambda: None,
+        failures=FailureLog(Clock()),
+    )
     protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     connection = creator.serverConnectionForTLS(protocol)
     return connection.set_options(0)  # adds nothing, says what is set

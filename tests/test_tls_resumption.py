@@ -9,7 +9,7 @@ from support.inprocess import make_site
 from twisted.internet import endpoints, reactor
 from twisted.internet.threads import deferToThread
 
-from gwebhook.tls import ReloadableTLS, TLSServerEndpoint
+from gwebhook.tls import FailureLog, ReloadableTLS, TLSServerEndpoint
 
 VERSIONS = [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3]
 
@@ -20,7 +20,10 @@ def served(tmp_path, pki):
     site, store = make_site(tmp_path / "store.sqlite", None, 65536, 1 << 20, None)
     tls = ReloadableTLS(str(pki.cert), str(pki.key))
     endpoint = TLSServerEndpoint(
-        endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), tls
+        endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
+        tls,
+        onHandshakeFailure=lambda: None,
+        failures=FailureLog(reactor),
     )
     port = pytest_twisted.blockon(endpoint.listen(site))
     yield tls, port.getHost().port

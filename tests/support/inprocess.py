@@ -25,7 +25,7 @@ from gwebhook.channel import WebhookSite
 from gwebhook.credentials import HEADER_PREFIX, Credentials
 from gwebhook.store import IncidentStore
 from gwebhook.tap import Options, makeService
-from gwebhook.tls import TLSServerEndpoint, certificate_options
+from gwebhook.tls import FailureLog, TLSServerEndpoint, certificate_options
 from support.credentials import BASIC
 from support.http import Response, parse_replies
 
@@ -159,6 +159,8 @@ async def serve_tls(
     endpoint = TLSServerEndpoint(
         endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
         certificate_options(str(cert), str(key)),
+        onHandshakeFailure=lambda: None,
+        failures=FailureLog(reactor),
     )
     try:
         port = await endpoint.listen(site)
