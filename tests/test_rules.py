@@ -1,4 +1,4 @@
-"""The pure rules of SPEC sections 2 and 3: payload, credentials, headers."""
+"""The pure rules of docs/reference.md 2 and 3: payload, credentials, headers."""
 
 from __future__ import annotations
 

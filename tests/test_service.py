@@ -1,6 +1,6 @@
 """
 The running service against real ``twistd`` processes: SIGHUP re-reads the
-certificate and key (SPEC section 6), SIGTERM drains the requests in flight
+certificate and key (docs/reference.md 6.1), SIGTERM drains the requests in flight
 before closing the store, and ``--shutdown-timeout`` bounds that drain.
 
 Certificates are checked two ways at once: each client context trusts only the

@@ -1,5 +1,5 @@
 """
-gwebhook under systemd (SPEC section 6): it tells ``$NOTIFY_SOCKET`` when it
+gwebhook under systemd (docs/reference.md 6.6): it tells ``$NOTIFY_SOCKET`` when it
 is ready, reloading and stopping (``Type=notify``), takes a listening socket
 passed the systemd way (``LISTEN_FDS``/``LISTEN_PID``, fd 3) and still does
 TLS on it, and its unit files are valid and hardened as the README says.

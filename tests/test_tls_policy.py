@@ -1,5 +1,5 @@
 """
-The TLS policy of SPEC section 1, against the daemon's own TLS listener
+The TLS policy (docs/reference.md 1.4), against the daemon's own TLS listener
 in-process: TLS 1.2 minimum, 1.3 offered, no compression, the server's
 cipher order, forward-secret AEAD suites only, the whole chain served.
 The clients are stdlib ``ssl`` sockets, run in a thread off the reactor.
