@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
+from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.web import http, server
 
 from gwebhook.accesslog import CLIENT_CLOSED_REQUEST, AccessLog, next_request_id
@@ -86,6 +87,8 @@ class WebhookRequest(server.Request):
     it is answered or its connection is lost.
     """
 
+    # Made by WebhookSite's channels only (Twisted types it HTTPChannel).
+    channel: LimitedChannel
     incidents = 0
     route = "other"
     # The instance the channel resolved and admitted it for (a webhook), and
@@ -148,13 +151,17 @@ class LimitedChannel(http.HTTPChannel):
     While a request is handled there is no deadline: shutdown bounds that.
     """
 
+    # Made by WebhookSite, over TCP or TLS (Twisted types them Site and an
+    # ITransport that is None until the connection is made).
+    site: WebhookSite
+    transport: ITCPTransport
     limits = ChannelLimits()
     _refused = False
     _headerBytes = 0
     _phase: str | None = None
-    _deadline = None
+    _deadline: DelayedCall | None = None
     _phaseEnds: float | None = None
-    _aborting = None
+    _aborting: IDelayedCall | None = None
     _overLimit: str | None = None
     client = "-"
     clientKey = "-"
@@ -231,6 +238,7 @@ class LimitedChannel(http.HTTPChannel):
 
     def _tick(self) -> None:
         timer, self._deadline = self._deadline, None
+        assert timer is not None  # the timer firing is this one
         phase, ends = self._phase, self._phaseEnds
         if phase is None or ends is None:
             return
@@ -238,7 +246,9 @@ class LimitedChannel(http.HTTPChannel):
         if left > 0:
             self._deadline = self.callLater(left, self._tick)
         else:
-            self._expired(phase, self._seconds(phase))
+            seconds = self._seconds(phase)
+            assert seconds is not None  # only phase None has no limit
+            self._expired(phase, seconds)
 
     def _expired(self, phase: str, seconds: float) -> None:
         if phase == "idle":
@@ -358,7 +368,8 @@ class LimitedChannel(http.HTTPChannel):
         self._overLimit = self.site.connectionOpened(self)
         self._enter("refusing" if self._overLimit else "idle")
 
-    def connectionLost(self, reason) -> None:
+    # (Protocol's reason has a default; Twisted always passes one.)
+    def connectionLost(self, reason) -> None:  # type: ignore[override]
         self._enter(None)
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
@@ -406,7 +417,9 @@ class WebhookSite(server.Site):
     are not parsed: every body is JSON, whatever its Content-Type says.
     """
 
-    protocol = LimitedChannel
+    # Twisted types this as the maker of its HTTP/2-negotiating wrapper; any
+    # HTTPChannel class serves (HTTP/1.x only here).
+    protocol = LimitedChannel  # type: ignore[assignment]
     requestFactory = WebhookRequest
     noisy = False
 
@@ -479,7 +492,7 @@ class WebhookSite(server.Site):
                 self._perClient[channel.clientKey] = count
             self.metrics.connections.dec()
         if self._allClosed is not None and not self._channels:
-            self._allClosed, gone = None, self._allClosed
+            gone, self._allClosed = self._allClosed, None
             gone.callback(None)
 
     def track(self, request: WebhookRequest) -> None:
@@ -513,7 +526,7 @@ class WebhookSite(server.Site):
         """``request`` is answered (or lost): it no longer holds up a drain."""
         self._inFlight.discard(request)
         if self._drained is not None and not self._inFlight:
-            self._drained, drained = None, self._drained
+            drained, self._drained = self._drained, None
             drained.callback(None)
 
     def drain(self, timeout: float) -> Deferred[int]:
@@ -527,10 +540,13 @@ class WebhookSite(server.Site):
         waiting: Deferred[None] = Deferred()
         if self._inFlight:
             self._drained = waiting
+            # (`a or f()`, `a and f()`: f() for its effect; mypy refuses the
+            # None it returns being used as a value.)
             timer = clock.callLater(
-                timeout, lambda: waiting.called or waiting.callback(None)
+                timeout,
+                lambda: waiting.called or waiting.callback(None),  # type: ignore[func-returns-value]
             )
-            waiting.addCallback(lambda _: timer.active() and timer.cancel())
+            waiting.addCallback(lambda _: timer.active() and timer.cancel())  # type: ignore[func-returns-value, call-overload]
         else:
             waiting.callback(None)
 
@@ -553,9 +569,10 @@ class WebhookSite(server.Site):
             gone: Deferred[None] = Deferred()
             self._allClosed = gone
             timer = clock.callLater(
-                SHUTDOWN_GRACE_SECONDS + 1, lambda: gone.called or gone.callback(None)
+                SHUTDOWN_GRACE_SECONDS + 1,
+                lambda: gone.called or gone.callback(None),  # type: ignore[func-returns-value]
             )
-            gone.addCallback(lambda _: timer.active() and timer.cancel())
+            gone.addCallback(lambda _: timer.active() and timer.cancel())  # type: ignore[func-returns-value, call-overload]
             return gone.addCallback(lambda _: cut)
 
         return waiting.addCallback(close).addCallback(closed)
@@ -570,7 +587,8 @@ class WebhookSite(server.Site):
         channel.maxHeaders = self.limits.max_header_bytes
         return channel
 
-    def log(self, request: WebhookRequest) -> None:
+    # (Narrower than HTTPFactory's Request: requestFactory makes only these.)
+    def log(self, request: WebhookRequest) -> None:  # type: ignore[override]
         """Count a request a route answered, and write its access line."""
         started = getattr(request, "startedAt", None)
         self.access.write(

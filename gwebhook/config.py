@@ -19,7 +19,7 @@ from typing import Any
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+    import tomli as tomllib  # type: ignore[no-redef, import-not-found]
 
 from cryptography import x509
 
@@ -230,6 +230,7 @@ class _Reader:
         where = f"instance '{name}'" if usable else f"instance #{number}"
         self.check_keys(where, table, None, _INSTANCE_KEYS, _INSTANCE_LATER)
         self._name(where, name, number, names)
+        assert isinstance(name, str)  # _name refused anything else
 
         incident_type = self._optional(where, table, "incident_type", str, "a string")
         if incident_type is not None and not incident_type.strip():
@@ -554,7 +555,7 @@ class _Reader:
     # -- [instance.map] and [instance.fields] ---------------------------------
 
     def _mapping(self, where: str, table: dict[str, Any]) -> Mapping | None:
-        expressions = {}
+        expressions: dict[str, dict[str, str]] = {}
         for section, allowed in (("map", MAP_KEYS), ("fields", None)):
             if section not in table:
                 expressions[section] = {}

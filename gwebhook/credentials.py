@@ -6,6 +6,7 @@ import binascii
 import hashlib
 import hmac
 from base64 import b64decode
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 HEADER_PREFIX = "_header:"
@@ -43,7 +44,7 @@ class Credentials:
     def basic(self) -> bool:
         return self.username is not None
 
-    def accepts(self, values: list[bytes] | None) -> bool:
+    def accepts(self, values: Sequence[bytes] | None) -> bool:
         """
         Whether the raw values of ``self.header`` on a request satisfy these
         credentials.  A header sent twice is refused: which one counts would
@@ -54,6 +55,7 @@ class Credentials:
         value = values[0]
         if not self.basic:
             return _same(value, self.secret)
+        assert self.username is not None  # what `basic` means
         scheme, _, encoded = value.partition(b" ")
         if scheme.lower() != b"basic":
             return False

@@ -97,7 +97,7 @@ class Instances:
         self.default = typed(default) if default is not None else None
         self.by_name = {i.name: typed(i) for i in declared}
         self.by_port = {i.port: i for i in self.by_name.values() if i.port}
-        everyone = [*self.by_name.values(), *([self.default] if default else [])]
+        everyone = [*self.by_name.values(), *([self.default] if self.default else [])]
         self.all: tuple[InstanceConfig, ...] = tuple(everyone)
         self.needs_client_certificate = any(i.mtls for i in everyone)
 

@@ -23,7 +23,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from gwebhook.metrics import Metrics
-from gwebhook.tls import FailureLog, TLSServerEndpoint
+from gwebhook.tls import FailureLog, ReloadableTLS, TLSServerEndpoint
 
 log = Logger()
 
@@ -129,7 +129,9 @@ def webhook_endpoint(reactor, config, metrics: Metrics, failures: FailureLog):
             family = inherited.family
         # Twisted closes the descriptor it adopts; fd itself stays open for
         # the workers, which are handed it as their fd 3.
-        plain = endpoints.AdoptedStreamServerEndpoint(reactor, os.dup(fd), family)
+        plain: IStreamServerEndpoint = endpoints.AdoptedStreamServerEndpoint(
+            reactor, os.dup(fd), family
+        )
     else:
         reuse_port = config["workers"] > 1 or config.worker
         plain = SocketEndpoint(
@@ -183,7 +185,9 @@ def metrics_site(metrics: Metrics) -> Site:
     root.putChild(b"metrics", MetricsResource(registry=metrics.registry))
     site = Site(root)
     site.noisy = False
-    site.log = lambda request: None  # a scrape every few seconds is not news
+    # A scrape every few seconds is not news: this one site's log method is
+    # replaced on the instance, which mypy refuses for any method.
+    site.log = lambda request: None  # type: ignore[method-assign]
     return site
 
 
@@ -214,7 +218,9 @@ class OwnPorts(service.MultiService):
         self.reuse_port = False
         # port -> (certificate and key files, or None for the main pair,
         # the instance's own TLS or None, its Listener)
-        self._open: dict[int, tuple[tuple[str, str] | None, object, Listener]] = {}
+        self._open: dict[
+            int, tuple[tuple[str, str] | None, ReloadableTLS | None, Listener]
+        ] = {}
 
     def match(self, instances, own_tls: dict) -> None:
         """
@@ -245,7 +251,7 @@ class OwnPorts(service.MultiService):
                 self.reactor, port, self.interface, LISTEN_BACKLOG, self.reuse_port
             )
             serving = tls if tls is not None else self.tls
-            endpoint = plain
+            endpoint: IStreamServerEndpoint = plain
             if serving is not None:
                 endpoint = TLSServerEndpoint(
                     plain,

@@ -84,7 +84,7 @@ class Metrics:
             "gwebhook_connections_open", "Client connections open now.", registry=r
         )
         # The request counter's children by labels: ``labels()`` is not free.
-        self._requests: dict[tuple[str, str, int], object] = {}
+        self._requests: dict[tuple[str, str, int], Counter] = {}
 
     def answered(
         self,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from twisted.application import service
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -222,13 +222,14 @@ class RetentionService(service.Service):
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
+        assert clock is not None  # the global reactor when none is given
         self.pool = pool
         self._write = write or pool.runInteraction
         self.retain_days = retain_days
         self.interval = interval
         self.clock = clock
         self.start_delay = start_delay
-        self._first = None
+        self._first: IDelayedCall | None = None
         self._loop: LoopingCall | None = None
         self._looping: Deferred | None = None
 

@@ -462,7 +462,7 @@ async def _exchange(
         connectTimeout=outgoing.connect_timeout,
         pool=client.HTTPConnectionPool(reactor, persistent=False),
     )
-    headers: dict[str, list[str]] = {}
+    headers: dict[bytes | str, list[bytes | str]] = {}
     for name, value in outgoing.headers:
         headers.setdefault(name, []).append(value)
     response = await treq.request(

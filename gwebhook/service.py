@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
@@ -62,7 +64,8 @@ class WebhookService(service.MultiService):
         self.workers = workers
         self.own_ports = own_ports
         self.reconfigure = reconfigure
-        self._previous_hup = None
+        # What signal.signal gave back: a handler, SIG_DFL or SIG_IGN.
+        self._previous_hup: Callable[[int, FrameType | None], Any] | int | None = None
         self._rotation: LoopingCall | None = None
 
     def privilegedStartService(self) -> None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 
 # The first file descriptor systemd passes (sd_listen_fds(3)).
 LISTEN_FDS_START = 3
 
 
-def notify(state: str, environ: dict[str, str] | None = None) -> bool:
+def notify(state: str, environ: Mapping[str, str] | None = None) -> bool:
     """Send ``state`` (e.g. ``READY=1``) to ``$NOTIFY_SOCKET``; False if none."""
     environ = os.environ if environ is None else environ
     address = environ.get("NOTIFY_SOCKET")
@@ -27,7 +28,7 @@ def notify(state: str, environ: dict[str, str] | None = None) -> bool:
     return True
 
 
-def inherited_socket(environ: dict[str, str] | None = None) -> int | None:
+def inherited_socket(environ: Mapping[str, str] | None = None) -> int | None:
     """The first listening socket systemd passed to this process, if any."""
     # Importing twisted.internet.endpoints (twistd does, loading its plugins)
     # parses LISTEN_PID/LISTEN_FDS and removes them from the environment, so

@@ -67,7 +67,8 @@ def _whole(option: str, low: int, high: int | None, what: str):
             raise ValueError(f"--{option} {value} is not {what}")
         return number
 
-    coerce.coerceDoc = f"{what[0].upper()}{what[1:]}."
+    # usage.Options shows it in --help; Twisted sets it the same way.
+    coerce.coerceDoc = f"{what[0].upper()}{what[1:]}."  # type: ignore[attr-defined]
     return coerce
 
 
@@ -83,7 +84,7 @@ def _seconds(option: str):
             raise ValueError(f"--{option} {value} is not a positive number of seconds")
         return number
 
-    coerce.coerceDoc = "A positive number of seconds."
+    coerce.coerceDoc = "A positive number of seconds."  # type: ignore[attr-defined]
     return coerce
 
 
@@ -458,6 +459,7 @@ def own_tls(config: Options, declared: Config, probe: bool) -> dict[str, Reloada
                 ) from None
         if instance.cert is None:
             continue
+        assert instance.key is not None  # the config gives cert and key together
         if plain:
             raise ConfigError(
                 f"{where}: cert: --no-tls serves plain HTTP on every port; drop "

@@ -20,7 +20,7 @@ import sys
 from twisted.application import service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import InvalidLogLevelError, Logger, LogLevel
 
@@ -188,7 +188,7 @@ class WorkerPool(service.Service):
         self.inherited_socket = inherited_socket
         self.shutdown_timeout = shutdown_timeout
         self.reactor = reactor
-        self.processes: dict[int, object] = {}
+        self.processes: dict[int, IProcessTransport] = {}
         self._all_ended: Deferred[None] | None = None
         # Per worker index: when it was last started, the wait before that
         # start (absent for the first), and its pending replacement.
@@ -211,7 +211,7 @@ class WorkerPool(service.Service):
             env[affinity.WORKER_CPU_ENVIRONMENT] = str(
                 affinity.cpu_for(index, self.cpus)
             )
-        fds = {0: "w", 1: "r", 2: "r"}
+        fds: dict[int, str | int] = {0: "w", 1: "r", 2: "r"}
         if self.inherited_socket is not None:
             env[INHERIT_ENVIRONMENT] = "1"
             fds[3] = self.inherited_socket
@@ -250,7 +250,7 @@ class WorkerPool(service.Service):
             )
             self._respawns[index] = self.reactor.callLater(delay, self._spawn, index)
         elif not self.processes and self._all_ended is not None:
-            self._all_ended, ended = None, self._all_ended
+            ended, self._all_ended = self._all_ended, None
             ended.callback(None)
 
     def stopService(self) -> Deferred[None]:
@@ -261,7 +261,8 @@ class WorkerPool(service.Service):
         self._respawns.clear()
         if not self.processes:
             return succeed(None)
-        self._all_ended = ended = Deferred()
+        ended: Deferred[None] = Deferred()
+        self._all_ended = ended
         self.signal("TERM")
         timer = self.reactor.callLater(
             self.shutdown_timeout + KILL_AFTER_SECONDS, self.signal, "KILL"

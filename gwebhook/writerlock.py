@@ -93,4 +93,5 @@ class WriterLock:
     def _is_current(self) -> bool:
         # Removed, or replaced by a rename: the file held has no name left.
         # (One system call: each is the GIL let go and taken back.)
+        assert self._fd is not None  # called only while the file is open
         return os.fstat(self._fd).st_nlink > 0
