@@ -22,10 +22,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL import SSL, crypto
 from twisted.internet.error import ConnectionAborted
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IOpenSSLServerConnectionCreator,
     IProtocolNegotiationFactory,
     IReactorTime,
     IStreamServerEndpoint,
+    ITCPTransport,
 )
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.logger import Logger
@@ -268,6 +270,7 @@ def peer_chain(transport) -> list[x509.Certificate]:
 
 def describe(options: CertificateOptions) -> str:
     """Subject, SHA-256 fingerprint and expiry of the served certificate, for logs."""
+    assert options.certificate is not None  # options_for always gives one
     cert = options.certificate.to_cryptography()
     fingerprint = cert.fingerprint(hashes.SHA256()).hex(":")
     return (
@@ -429,7 +432,7 @@ class FailureLog:
         self._logged: set[tuple[str, str]] = set()
         self._suppressed = 0
         self._suppressedFrom: set[str] = set()
-        self._summary = None
+        self._summary: IDelayedCall | None = None
 
     def failed(self, client: str, why: str) -> None:
         """A connection from ``client`` failed before TLS was up, because ``why``."""
@@ -477,6 +480,11 @@ class _ServerTLSProtocol(BufferingTLSTransport):
     # _handshakeDone and _reason are the base class's documented instance
     # variables: whether the handshake completed, and the OpenSSL error that
     # ended the connection, if one did.
+
+    # Made by ServerTLSFactory, over TCP (Twisted types the factory as its
+    # base class and the transport as an ITransport that may be None).
+    factory: ServerTLSFactory
+    transport: ITCPTransport
     _received = False
     _plainHTTP = False
 
@@ -503,7 +511,8 @@ class _ServerTLSProtocol(BufferingTLSTransport):
         peer = self.transport.getPeer()
         return display_host(str(getattr(peer, "host", peer)))
 
-    def connectionLost(self, reason):
+    # (The base class's reason has a default; Twisted always passes one.)
+    def connectionLost(self, reason):  # type: ignore[override]
         if not self._handshakeDone:
             if self.factory.onHandshakeFailure:
                 self.factory.onHandshakeFailure()
@@ -536,7 +545,7 @@ class ServerTLSFactory(TLSMemoryBIOFactory):
         creator,
         wrapped,
         *,
-        onHandshakeFailure: Callable[[], None],
+        onHandshakeFailure: Callable[[], None] | None,
         failures: FailureLog,
     ):
         super().__init__(creator, False, wrapped)
