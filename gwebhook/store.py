@@ -21,10 +21,12 @@ import sqlite3
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import cast
 
 from twisted.enterprise import adbapi
 from twisted.internet import threads
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 
 from gwebhook import schema
@@ -232,7 +234,9 @@ class IncidentStore:
         # the tests), imported here as adbapi does, not when this module is.
         from twisted.internet import reactor
 
-        self._reactor = reactor
+        # (Twisted types the global reactor's common interfaces only; every
+        # reactor runs calls from threads.)
+        self._reactor = cast(IReactorFromThreads, reactor)
 
     def _opened(self, connection: sqlite3.Connection) -> None:
         # A connection refused here is not the pool's: close it, or its
@@ -476,6 +480,7 @@ class IncidentStore:
                 cursor.execute("ROLLBACK TO request")
                 results.append(Failure())
             else:
+                assert isinstance(stored, list)  # _insert_all raises on failure
                 results.append(stored)
                 request_id += 1
                 incident_id += len(stored)
@@ -496,8 +501,8 @@ class IncidentStore:
         kept: dict[str, list[int]] = {}
         for (request, _, keep), stored in zip(batch, results, strict=True):
             if keep and isinstance(stored, list) and stored:
-                newest = (int(s.id) for s in stored[-SAMPLE_COUNT:])
-                kept.setdefault(request.instance, []).extend(newest)
+                latest = (int(s.id) for s in stored[-SAMPLE_COUNT:])
+                kept.setdefault(request.instance, []).extend(latest)
         for instance, ids in kept.items():
             newest = ids[-SAMPLE_COUNT:]
             cursor.execute(_insert_samples(len(newest)), newest)
