@@ -8,18 +8,30 @@ setup(
     description="TLS-first webhook receiver that stores JSON payloads as incidents",
     long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    # 3.11: datetime.fromisoformat reads "Z" and any fraction of a second
+    # only from 3.11 on; on 3.10 gwebhook would refuse "2024-05-01T10:00:00Z".
+    python_requires=">=3.11",
     # twisted.plugins is a namespace the plugin file drops into; it has no __init__.py.
     packages=["gwebhook", "twisted.plugins"],
     package_data={"twisted.plugins": ["gwebhook_plugin.py"]},
+    # Every floor is tested: .ci/run installs exactly these lowest versions
+    # (uv's --resolution lowest-direct) and runs the in-process tests on them.
     install_requires=[
-        "twisted[tls]>=24.7",
+        # 26.10: twistd exits 1 when gwebhook refuses its options (26.4 exits
+        # 0: a refused start-up looked like success); 26.4 brought
+        # CertificateOptions.serverConnectionForTLS, which tls.py calls.
+        "twisted[tls]>=26.10",
         "klein>=23.12",
-        "pyopenssl>=24.0",
+        # 26.2: Connection.set_options (the renegotiation test reads a
+        # connection's options); Twisted 26.10 itself needs 25.3.
+        "pyopenssl>=26.2",
         "service-identity>=24.1",
         "treq>=23.11",
         "prometheus-client>=0.20",
-        "cryptography>=42",
+        # 46: what pyOpenSSL 26.2 needs.
+        "cryptography>=46",
+        # JMESPath expressions of the instances' field mapping.
+        "jmespath>=1.0",
     ],
     extras_require={
         # The TLS audit (tests/test_tls_audit.py) runs in a venv of its own:
@@ -28,9 +40,11 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-twisted>=1.14",
-            "trustme>=1.1",
+            # 1.2: issue_cert(not_before=, not_after=) for expired certificates.
+            "trustme>=1.2",
             "hypothesis>=6.100",
-            "ruff>=0.6",
+            # 0.13: its import sorting and rule set are what the code follows.
+            "ruff>=0.13",
             "pytest-timeout>=2.3",
         ],
     },
