@@ -42,7 +42,8 @@ def decode_body(raw: bytes, content_encoding: str | None, limit: int) -> bytes:
         return raw
     if coding not in ("gzip", "x-gzip"):
         raise UnsupportedEncoding(
-            f"Content-Encoding {coding!r} is not supported; send identity or gzip"
+            # Not quoted: a header value stays out of answers and logs.
+            "Content-Encoding is neither identity nor gzip; send one of those"
         )
     out = bytearray()
     rest = raw
@@ -82,7 +83,8 @@ def _reject_constant(name: str) -> None:
 def _finite_float(text: str) -> float:
     number = float(text)
     if not math.isfinite(number):
-        raise ValueError(f"number {text[:40]} is too large for a double")
+        # Not quoted: the body's content stays out of answers and logs.
+        raise ValueError("a number is too large for a double")
     return number
 
 

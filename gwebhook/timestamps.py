@@ -74,7 +74,14 @@ def _iso_to_utc(value: str) -> str:
     # insist on at least a full calendar date.
     if len(text) < 10 or text[4] != "-":
         raise ValueError("not an ISO-8601 date-time")
-    moment = datetime.fromisoformat(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as e:
+        # Python's own message for text it cannot read quotes the text: a
+        # sender's value must not reach the answer or the access log.
+        if repr(text) in str(e):
+            raise ValueError("not an ISO-8601 date-time") from None
+        raise  # e.g. "month must be in 1..12": says what, quotes nothing
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     try:

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.process
 REQUEST_ID = re.compile(r"[0-9a-f]{16}")
 # The access line of the text log, after twistd's "<time> [<namespace>#info] ".
 ACCESS = re.compile(
-    r"\[gwebhook\.channel#info\] (?P<client>\S+) (?P<method>\S+) (?P<path>\S+) "
+    r"\[gwebhook\.accesslog#info\] (?P<client>\S+) (?P<method>\S+) (?P<path>\S+) "
     r"(?P<status>\d{3}) incidents=(?P<incidents>\d+) bytes=(?P<bytes>\d+) "
     r"(?P<duration>[\d.]+)ms id=(?P<id>[0-9a-f]{16})(?: refused: .+)?$"
 )
@@ -138,8 +138,9 @@ def test_metrics_count_what_happened(spawn):
         assert moved("gwebhook_requests_total", **labels) == 1, status
     requests = [k for k in after if k[0] == "gwebhook_requests_total"]
     assert sum(moved(name, **dict(labels)) for name, labels in requests) == 3
-    assert moved("gwebhook_incidents_created_total") == 3
-    assert moved("gwebhook_auth_failures_total") == 1
+    assert moved("gwebhook_incidents_created_total", instance="default") == 3
+    missing = {"instance": "default", "reason": "missing"}
+    assert moved("gwebhook_auth_failures_total", **missing) == 1
     assert moved("gwebhook_tls_handshake_failures_total") >= 1
     assert moved("gwebhook_request_duration_seconds_count") == 3
     assert moved("gwebhook_request_body_bytes_count") == 3
@@ -167,7 +168,7 @@ def test_client_chosen_methods_do_not_grow_the_metrics(spawn):
             after,
             "gwebhook_requests_total",
             method="other",
-            route="other",
+            route="channel",
             status="405",
         )
         == 5

@@ -407,7 +407,7 @@ def test_overflowing_number_is_refused(number):
     with pytest.raises(PayloadError) as refused:
         parse_json(b'{"n": %s}' % number.encode())
     assert str(refused.value) == (
-        f"body is not JSON: number {number} is too large for a double"
+        "body is not JSON: a number is too large for a double"
     )
 
 
@@ -511,11 +511,13 @@ def test_invalid_gzip_is_refused(body):
 
 @pytest.mark.parametrize("coding", ["br", "deflate", "compress", "zstd", "gzip, br"])
 def test_unsupported_encoding_is_415(coding):
-    """A content coding other than identity or gzip is refused with 415, naming it."""
+    """A content coding other than identity or gzip is 415; the value is not echoed."""
     with pytest.raises(UnsupportedEncoding) as caught:
         decode_body(b"{}", coding, 1000)
     assert caught.value.status == 415
-    assert repr(coding) in str(caught.value)
+    assert str(caught.value) == (
+        "Content-Encoding is neither identity nor gzip; send one of those"
+    )
 
 
 def test_payload_error_status_is_400():

@@ -474,7 +474,7 @@ async def test_unsupported_encoding_is_415(serve, coding):
     """A Content-Encoding other than identity or gzip is answered 415."""
     server = await serve()
     answer = await send(server, b"{}", basic(**{"Content-Encoding": coding}))
-    message = f"Content-Encoding {coding!r} is not supported; send identity or gzip"
+    message = "Content-Encoding is neither identity nor gzip; send one of those"
     assert_error(answer, 415, message, server)
 
 
@@ -511,5 +511,5 @@ async def test_overflowing_number_is_refused_with_400(serve):
     """A number beyond a double is a 400 naming it, storing nothing."""
     server = await serve()
     answer = await send(server, b'{"n": 1e400}', basic())
-    message = "body is not JSON: number 1e400 is too large for a double"
+    message = "body is not JSON: a number is too large for a double"
     assert_error(answer, 400, message, server)
