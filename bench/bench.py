@@ -966,7 +966,15 @@ def targets(runs: list[Run], rss: dict | None) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
+# --- the run -----------------------------------------------------------------
+
+SERVERS: dict[str, type[Server]] = {"gwebhook": Gwebhook, "reference": Reference}
+
+
+def parse_arguments(
+    argv: list[str] | None,
+) -> tuple[argparse.Namespace, list[str], list[str]]:
+    """The options, the scenario keys to run, and the servers to run them on."""
     parser = argparse.ArgumentParser(
         prog="bench/run",
         description=__doc__,
@@ -1050,116 +1058,155 @@ def main(argv: list[str] | None = None) -> int:
     servers = [s.strip() for s in options.servers.split(",")]
     if options.profile_only:
         keys, options.profile = [], True
+    return options, keys, servers
 
-    # SIGINT too: a shell that starts us in the background sets it to "ignore".
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _stop_on_signal)
-    OUT.mkdir(exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="gwebhook-bench-"))
-    runs: list[Run] = []  # the best of --repeat runs of each scenario and server
-    every: list[Run] = []
-    rss = prof = None
-    started_at = datetime.now(timezone.utc)
-    load_at_start = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    source = source_state()
-    try:
-        made = subprocess.run(
-            [str(VENV_BIN / "gwebhook"), "make-cert", str(work / "certs")],
-            capture_output=True,
-            text=True,
+
+@dataclass
+class Bench:
+    """What every server of one benchmark run shares."""
+
+    options: argparse.Namespace
+    work: Path
+    cert: Path
+    key: Path
+    password: str
+    auth: str
+
+    def server(self, name: str) -> Server:
+        """A new server of that kind, not yet started, with this run's settings."""
+        return SERVERS[name](
+            self.work, self.cert, self.key, self.password, self.options
         )
-        if made.returncode:
-            raise Failed(f"gwebhook make-cert failed: {made.stderr}")
-        cert, key = work / "certs" / "server.crt", work / "certs" / "server.key"
-        password = secrets.token_urlsafe(18)
-        auth = "Basic " + base64.b64encode(f"{USERNAME}:{password}".encode()).decode()
-        make = {"gwebhook": Gwebhook, "reference": Reference}
-        info = versions()
+
+
+def set_up(work: Path, options: argparse.Namespace) -> Bench:
+    """A certificate (made in ``work``) and a random password for the servers."""
+    made = subprocess.run(
+        [str(VENV_BIN / "gwebhook"), "make-cert", str(work / "certs")],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode:
+        raise Failed(f"gwebhook make-cert failed: {made.stderr}")
+    cert, key = work / "certs" / "server.crt", work / "certs" / "server.key"
+    password = secrets.token_urlsafe(18)
+    auth = "Basic " + base64.b64encode(f"{USERNAME}:{password}".encode()).decode()
+    return Bench(options, work, cert, key, password, auth)
+
+
+@dataclass
+class Results:
+    """Everything one benchmark run measured."""
+
+    runs: list[Run] = field(default_factory=list)  # each scenario and server's best
+    every: list[Run] = field(default_factory=list)  # every run, --repeat included
+    rss: dict | None = None
+    profile: dict | None = None
+
+
+def run_rss(bench: Bench) -> dict:
+    """gwebhook's memory growth under scenario b's load."""
+    print("bench: rss: gwebhook after 10,000 and 100,000 requests", file=sys.stderr)
+    return rss_growth(bench.server("gwebhook"), bench.auth)
+
+
+def run_scenario(bench: Bench, key: str, name: str, attempt: int) -> Run:
+    """One measured run of one scenario against one server, told as it goes."""
+    options = bench.options
+    scenario = SCENARIOS[key]
+    print(
+        f"bench: ({key}) {scenario.title}: {name}"
+        + (f", round {attempt + 1}/{options.repeat}" if options.repeat > 1 else ""),
+        file=sys.stderr,
+    )
+    run = measure(bench.server(name), scenario, options, bench.auth)
+    if not run.skipped:
         print(
-            f"bench: {started_at:%Y-%m-%d %H:%M} UTC, {info['cpu']}, "
-            f"{options.seconds:g} s per run after {options.warmup:g} s warm-up",
+            f"bench:     {run.requests_per_s:,.0f} req/s, "
+            f"p99 {run.p99_ms:.2f} ms, other CPU "
+            f"{run.other_cpu_percent:.0f}%, steal "
+            f"{run.steal_percent:.0f}%, acked "
+            f"{run.acknowledged}, stored {run.stored}",
             file=sys.stderr,
         )
-        # Rounds over all scenarios, rather than each scenario N times in a
-        # row: a machine whose speed drifts (other guests on the host) then
-        # drifts under every scenario alike, and ratios between scenarios
-        # (store on/off, one process/two) stay fair.
-        best: dict[tuple[str, str], Run] = {}
-        for attempt in range(options.repeat):
-            for key_ in keys:
-                if key_ == "rss":
-                    if attempt == 0 and "gwebhook" in servers:
-                        print(
-                            "bench: rss: gwebhook after 10,000 and 100,000 requests",
-                            file=sys.stderr,
-                        )
-                        rss = rss_growth(
-                            make["gwebhook"](work, cert, key, password, options), auth
-                        )
-                    continue
-                scenario = SCENARIOS[key_]
-                for name in servers:
-                    print(
-                        f"bench: ({key_}) {scenario.title}: {name}"
-                        + (
-                            f", round {attempt + 1}/{options.repeat}"
-                            if options.repeat > 1
-                            else ""
-                        ),
-                        file=sys.stderr,
-                    )
-                    server = make[name](work, cert, key, password, options)
-                    run = measure(server, scenario, options, auth)
-                    every.append(run)
-                    if not run.skipped:
-                        print(
-                            f"bench:     {run.requests_per_s:,.0f} req/s, "
-                            f"p99 {run.p99_ms:.2f} ms, other CPU "
-                            f"{run.other_cpu_percent:.0f}%, steal "
-                            f"{run.steal_percent:.0f}%, acked "
-                            f"{run.acknowledged}, stored {run.stored}",
-                            file=sys.stderr,
-                        )
-                    mine = best.get((key_, name))
-                    if mine is None or run.requests_per_s > mine.requests_per_s:
-                        best[(key_, name)] = run
-        runs.extend(best[(k, name)] for k in keys if k in SCENARIOS for name in servers)
-        if options.profile:
-            print(
-                f"bench: profiling gwebhook under ({options.profile_scenario}) "
-                "with py-spy",
-                file=sys.stderr,
-            )
-            prof = profile(
-                make["gwebhook"](work, cert, key, password, options), options, auth
-            )
-    except KeyboardInterrupt:
-        print("bench: interrupted; stopping what it started", file=sys.stderr)
-        return 130
-    except Failed as e:
-        print(f"bench: {e}", file=sys.stderr)
-        return 1
-    finally:
-        end_all()
-        if options.keep:
-            print(f"bench: kept {work}", file=sys.stderr)
-        else:
-            subprocess.run(["rm", "-rf", str(work)], check=False)
+    return run
 
+
+def run_scenarios(
+    bench: Bench, keys: list[str], servers: list[str], results: Results
+) -> None:
+    """Every scenario on every server, --repeat rounds; keep each one's best."""
+    # Rounds over all scenarios, rather than each scenario N times in a
+    # row: a machine whose speed drifts (other guests on the host) then
+    # drifts under every scenario alike, and ratios between scenarios
+    # (store on/off, one process/two) stay fair.
+    best: dict[tuple[str, str], Run] = {}
+    for attempt in range(bench.options.repeat):
+        for key in keys:
+            if key == "rss":
+                if attempt == 0 and "gwebhook" in servers:
+                    results.rss = run_rss(bench)
+                continue
+            for name in servers:
+                run = run_scenario(bench, key, name, attempt)
+                results.every.append(run)
+                mine = best.get((key, name))
+                if mine is None or run.requests_per_s > mine.requests_per_s:
+                    best[(key, name)] = run
+    results.runs.extend(
+        best[(k, name)] for k in keys if k in SCENARIOS for name in servers
+    )
+
+
+def run_profile(bench: Bench) -> dict:
+    """py-spy's profile of gwebhook under the chosen scenario's load."""
+    print(
+        f"bench: profiling gwebhook under ({bench.options.profile_scenario}) "
+        "with py-spy",
+        file=sys.stderr,
+    )
+    return profile(bench.server("gwebhook"), bench.options, bench.auth)
+
+
+@dataclass
+class Circumstances:
+    """When, where and on what the benchmark ran: the report's header."""
+
+    started_at: datetime
+    load_at_start: str
+    source: str
+    info: dict = field(default_factory=dict)
+
+
+def header_lines(
+    circumstances: Circumstances,
+    argv: list[str] | None,
+    options: argparse.Namespace,
+    keys: list[str],
+    runs: list[Run],
+) -> list[str]:
+    """What was run, on what, and the titles of the scenarios."""
+    c = circumstances
     lines = [
-        f"gwebhook benchmark, {started_at:%Y-%m-%d %H:%M} UTC",
+        f"gwebhook benchmark, {c.started_at:%Y-%m-%d %H:%M} UTC",
         "command: bench/run "
         + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        "versions: " + ", ".join(f"{k} {v}" for k, v in info.items()),
-        f"gwebhook source: {source}",
-        f"load average at start: {load_at_start}",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in c.info.items()),
+        f"gwebhook source: {c.source}",
+        f"load average at start: {c.load_at_start}",
         f"reference mode: {options.reference_mode}; TLS: "
         + "; ".join(sorted({f"{r.server} {r.tls}" for r in runs if r.tls})),
         "",
     ]
-    for key_ in keys:
-        if key_ in SCENARIOS:
-            lines.append(f"({key_}) {SCENARIOS[key_].title}")
+    for key in keys:
+        if key in SCENARIOS:
+            lines.append(f"({key}) {SCENARIOS[key].title}")
+    return lines
+
+
+def measurement_lines(runs: list[Run], rss: dict | None) -> list[str]:
+    """The table, the ratios, a warning for a busy machine, RSS, the targets."""
+    lines: list[str] = []
     if runs:
         lines += ["", table(runs), "", *ratios(runs)]
         busiest = max(r.other_cpu_percent + r.steal_percent for r in runs)
@@ -1183,6 +1230,17 @@ def main(argv: list[str] | None = None) -> int:
             "targets (issue 5):",
             *(targets(runs, rss) or ["(none judged by these scenarios)"]),
         ]
+    return lines
+
+
+def lost(every: list[Run]) -> list[Run]:
+    """The runs whose server stored fewer incidents than it acknowledged."""
+    return [r for r in every if r.stored is not None and r.stored < r.acknowledged]
+
+
+def store_check_lines(every: list[Run]) -> list[str]:
+    """A line for every run whose store holds more, or less, than was answered."""
+    lines = []
     for r in every:
         # Unanswered at the end of the warm-up and of the measured run: at
         # most one request per connection each time.
@@ -1193,55 +1251,119 @@ def main(argv: list[str] | None = None) -> int:
                 f"[CHECK] ({r.scenario}) {r.server}: stored {r.stored} is "
                 f"more than acknowledged {r.acknowledged} + {slack} in flight"
             )
-    lost = [r for r in every if r.stored is not None and r.stored < r.acknowledged]
-    for r in lost:
+    for r in lost(every):
         lines.append(
             f"[FAILED] ({r.scenario}) {r.server}: stored {r.stored} < "
             f"acknowledged {r.acknowledged}"
         )
-    if prof:
-        for thread in sorted(prof, key=lambda t: -prof[t]["samples"]):
-            p = prof[thread]
-            lines += [
-                "",
-                f"profile: gwebhook under ({options.profile_scenario}), "
-                f"thread {thread}: "
-                f"{p['samples']} py-spy samples, busy {p['busy_percent']:.0f}% "
-                "of the time (idle excluded); own and total % of its samples",
-            ]
-            lines += _functions_table("top by own time:", p["by_own"][:20])
-            lines += _functions_table(
-                "top by total time (without the main loop's chain):",
-                p["by_total"][:25],
-            )
-            lines += [
-                "",
-                "own time by package:",
-                "",
-                "| package | own % |",
-                "|---|---|",
-            ]
-            lines += [f"| {r['area']} | {r['own']:.1f} |" for r in p["by_area"][:15]]
-    report = "\n".join(lines)
-    print(report)
+    return lines
+
+
+def profile_lines(prof: dict | None, scenario: str) -> list[str]:
+    """Each profiled thread's busiest functions and packages, as tables."""
+    lines: list[str] = []
+    if not prof:
+        return lines
+    for thread in sorted(prof, key=lambda t: -prof[t]["samples"]):
+        p = prof[thread]
+        lines += [
+            "",
+            f"profile: gwebhook under ({scenario}), "
+            f"thread {thread}: "
+            f"{p['samples']} py-spy samples, busy {p['busy_percent']:.0f}% "
+            "of the time (idle excluded); own and total % of its samples",
+        ]
+        lines += _functions_table("top by own time:", p["by_own"][:20])
+        lines += _functions_table(
+            "top by total time (without the main loop's chain):",
+            p["by_total"][:25],
+        )
+        lines += [
+            "",
+            "own time by package:",
+            "",
+            "| package | own % |",
+            "|---|---|",
+        ]
+        lines += [f"| {r['area']} | {r['own']:.1f} |" for r in p["by_area"][:15]]
+    return lines
+
+
+def report(
+    circumstances: Circumstances,
+    argv: list[str] | None,
+    options: argparse.Namespace,
+    keys: list[str],
+    results: Results,
+) -> None:
+    """Print the report and write it, with the raw numbers as JSON, to OUT."""
+    lines = [
+        *header_lines(circumstances, argv, options, keys, results.runs),
+        *measurement_lines(results.runs, results.rss),
+        *store_check_lines(results.every),
+        *profile_lines(results.profile, options.profile_scenario),
+    ]
+    text = "\n".join(lines)
+    print(text)
+    started_at = circumstances.started_at
     stamp = started_at.strftime("%Y%m%dT%H%M%S")
-    (OUT / f"{stamp}.txt").write_text(report + "\n")
+    (OUT / f"{stamp}.txt").write_text(text + "\n")
     (OUT / f"{stamp}.json").write_text(
         json.dumps(
             {
                 "started": started_at.isoformat(),
                 "options": vars(options),
-                "versions": info,
-                "runs": [asdict(r) for r in runs],
-                "every_run": [asdict(r) for r in every],
-                "rss": rss,
-                "profile": prof,
+                "versions": circumstances.info,
+                "runs": [asdict(r) for r in results.runs],
+                "every_run": [asdict(r) for r in results.every],
+                "rss": results.rss,
+                "profile": results.profile,
             },
             indent=1,
         )
     )
-    failed = any(r.stored is not None and r.stored < r.acknowledged for r in every)
-    return 2 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    options, keys, servers = parse_arguments(argv)
+
+    # SIGINT too: a shell that starts us in the background sets it to "ignore".
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop_on_signal)
+    OUT.mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="gwebhook-bench-"))
+    results = Results()
+    circumstances = Circumstances(
+        started_at=datetime.now(timezone.utc),
+        load_at_start=" ".join(Path("/proc/loadavg").read_text().split()[:3]),
+        source=source_state(),
+    )
+    try:
+        bench = set_up(work, options)
+        circumstances.info = info = versions()
+        print(
+            f"bench: {circumstances.started_at:%Y-%m-%d %H:%M} UTC, {info['cpu']}, "
+            f"{options.seconds:g} s per run after {options.warmup:g} s warm-up",
+            file=sys.stderr,
+        )
+        run_scenarios(bench, keys, servers, results)
+        if options.profile:
+            results.profile = run_profile(bench)
+    except KeyboardInterrupt:
+        print("bench: interrupted; stopping what it started", file=sys.stderr)
+        return 130
+    except Failed as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    finally:
+        end_all()
+        if options.keep:
+            print(f"bench: kept {work}", file=sys.stderr)
+        else:
+            subprocess.run(["rm", "-rf", str(work)], check=False)
+
+    report(circumstances, argv, options, keys, results)
+    return 2 if lost(results.every) else 0
 
 
 if __name__ == "__main__":
