@@ -1227,7 +1227,7 @@ def measurement_lines(runs: list[Run], rss: dict | None) -> list[str]:
     if runs or rss:
         lines += [
             "",
-            "targets (issue 5):",
+            "targets:",
             *(targets(runs, rss) or ["(none judged by these scenarios)"]),
         ]
     return lines

@@ -1,8 +1,9 @@
 """
-The reference for gwebhook's benchmark: the same contract's ingest path
-(SPEC section 2, ``POST /``) on the stack the XSOAR Generic Webhook
-integration runs on, FastAPI on uvicorn (httptools, uvloop), written the way
-a competent FastAPI developer would write it.  See README.md beside this file.
+The reference for gwebhook's benchmark: gwebhook's ingest path (``POST /``
+with Basic authentication, one incident per JSON object, the same answer) on
+the stack the XSOAR Generic Webhook integration runs on, FastAPI on uvicorn
+(httptools, uvloop), written the way a competent FastAPI developer would
+write it.  See README.md beside this file.
 
     REFERENCE_DB=/tmp/ref.sqlite REFERENCE_USERNAME=u REFERENCE_PASSWORD=p \
         uvicorn app:app --app-dir bench/reference --http httptools --loop uvloop \
