@@ -15,7 +15,7 @@ from twisted.application import service
 from twisted.internet import endpoints
 from twisted.internet.defer import fail, succeed
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.resource import Resource
@@ -156,7 +156,7 @@ class Listener(service.Service):
     def __init__(self, endpoint, factory) -> None:
         self.endpoint = endpoint
         self.factory = factory
-        self.port = None
+        self.port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import IO
 
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import (
     ILogObserver,
     formatEvent,
@@ -120,7 +121,7 @@ class BatchingLogObserver:
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
-        self._pending = None
+        self._pending: IDelayedCall | None = None
         # The last turn's flush never runs once the reactor stops: flush when
         # its shutdown is done (twistd then exits by signal, skipping atexit).
         if hasattr(reactor, "addSystemEventTrigger"):
