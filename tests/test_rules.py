@@ -401,8 +401,8 @@ def test_parse_json_huge_integer_is_a_payload_error():
 @pytest.mark.parametrize("number", ["1e400", "-1e400", "1.5e309"])
 def test_overflowing_number_is_refused(number):
     """
-    A number beyond a double is refused, naming it: read, it would be an
-    infinity, which JSON cannot write back.
+    A number beyond a double is refused (without echoing it): read, it would
+    be an infinity, which JSON cannot write back.
     """
     with pytest.raises(PayloadError) as refused:
         parse_json(b'{"n": %s}' % number.encode())

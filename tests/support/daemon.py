@@ -78,6 +78,13 @@ class Daemon:
             *tls, *self.args,
         ]  # fmt: skip
 
+    def ports(self) -> list[int]:
+        """Every port the daemon is to listen on: the webhook's, and the metrics'."""
+        ports = [self.port]
+        if "--metrics-port" in self.args:
+            ports.append(int(self.args[self.args.index("--metrics-port") + 1]))
+        return ports
+
     def spawn(self) -> Daemon:
         """Start the process without waiting for anything."""
         # A password exported in the shell must not reach it: a test that
@@ -106,18 +113,23 @@ class Daemon:
         )
 
     def start(self, timeout: float = 15) -> Daemon:
-        """Start the process and wait until its port accepts connections."""
+        """
+        Start the process and wait until every port it listens on accepts
+        connections: the metrics listener is bound a moment after the
+        webhook's, and a test must not see one without the other.
+        """
         self.spawn()
         deadline = time.monotonic() + timeout
-        while not accepts_connections(self.port):
-            if self.process.poll() is not None:
-                raise AssertionError(
-                    f"twistd exited {self.process.returncode}: {self.output()}"
-                )
-            if time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError("twistd did not start listening in time")
-            time.sleep(0.05)
+        for port in self.ports():
+            while not accepts_connections(port):
+                if self.process.poll() is not None:
+                    raise AssertionError(
+                        f"twistd exited {self.process.returncode}: {self.output()}"
+                    )
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise AssertionError(f"twistd did not listen on {port} in time")
+                time.sleep(0.05)
         return self
 
     def signal(self, number: int) -> None:
