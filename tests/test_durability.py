@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from support.credentials import AUTH, BASIC_HEADER
 from support.http import SlowRequest
 from support.ports import wait_until_not_listening
 from support.senders import run_senders
+from support.store import read_only
 
 # Every test here starts twistd.
 pytestmark = pytest.mark.process
@@ -27,7 +27,7 @@ SENDERS = 8
 
 def read_store(db: Path) -> tuple[list[tuple], dict[int, tuple[bytes, list[tuple]]]]:
     """Every incident (id, name, request_id, position) and every request's body."""
-    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    connection = read_only(db)
     try:
         assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         incidents = connection.execute(
