@@ -46,6 +46,12 @@ setup(
             # 0.13: its import sorting and rule set are what the code follows.
             "ruff>=0.13",
             "pytest-timeout>=2.3",
+            # 2.4.1: the mypy the code is checked with; mypy-zope 1.0.17 takes
+            # up to 2.4.  Twisted's interfaces are zope.interface classes:
+            # mypy needs the plugin.  jmespath ships no types of its own.
+            "mypy>=2.4.1",
+            "mypy-zope>=1.0.17",
+            "types-jmespath>=1.1",
         ],
     },
     entry_points={"console_scripts": ["gwebhook = gwebhook.cli:main"]},
