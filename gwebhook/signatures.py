@@ -1,0 +1,385 @@
+"""
+Proof of origin: a request's body signed by the sender with a secret it
+shares with the instance, checked the way the sending service signs
+(pure, no I/O).
+
+A scheme names what the sender sends:
+
+- ``github``: ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>``.
+- ``stripe``: ``Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]``, each
+  ``v1`` an HMAC-SHA256 of ``"<t>.<body>"``; other schemes in it (``v0``)
+  are ignored.
+- ``slack``: ``X-Slack-Request-Timestamp: <unix>`` and
+  ``X-Slack-Signature: v0=<hex HMAC-SHA256(secret, "v0:<ts>:<body>")>``.
+- ``standard`` (Standard Webhooks): ``webhook-id``, ``webhook-timestamp``
+  and ``webhook-signature: v1,<base64>`` (a space-separated list; other
+  versions ignored), an HMAC-SHA256 of ``"<id>.<ts>.<body>"`` keyed with the
+  base64 decoding of what follows ``whsec_`` in the secret.
+- ``hmac``: a named header holding ``prefix + hex|base64(HMAC(secret, body))``
+  with SHA-1, SHA-256 or SHA-512.
+
+The body is the payload as the sender signed it: after gzip decoding, before
+anything parses it.  Any secret of the instance's list may verify (rotation
+is adding the new one, then removing the old).  A signed timestamp farther
+than the tolerance from now, past or future, is stale.  Checks run in the
+order missing, malformed, stale, wrong, so no HMAC is computed for a request
+that could not pass anyway.  No refusal says what was expected or repeats
+what was sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+SCHEMES = ("github", "stripe", "slack", "standard", "hmac")
+# The schemes whose signature covers a timestamp, to which a tolerance applies.
+TIMESTAMPED = ("stripe", "slack", "standard")
+ALGORITHMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
+ENCODINGS = ("hex", "base64")
+DEFAULT_TOLERANCE = 300
+STANDARD_KEY_PREFIX = "whsec_"
+
+# Why a signature was refused: short words, for a metric label.
+MISSING = "missing"
+MALFORMED = "malformed"
+STALE = "stale"
+WRONG = "wrong"
+
+_GITHUB = "X-Hub-Signature-256"
+_STRIPE = "Stripe-Signature"
+_SLACK_TIMESTAMP = "X-Slack-Request-Timestamp"
+_SLACK = "X-Slack-Signature"
+_STANDARD_ID = "webhook-id"
+_STANDARD_TIMESTAMP = "webhook-timestamp"
+_STANDARD = "webhook-signature"
+
+# Unix seconds as senders write them.  Fifteen digits is far past any clock,
+# and keeps int() away from a header-sized number.
+_UNIX_TIME = re.compile(r"[0-9]{1,15}")
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+# A header's values by name: Twisted's ``Headers.getRawHeaders``, or a
+# mapping from lowercase names.
+HeaderSource: TypeAlias = (
+    Callable[[str], Sequence[str | bytes] | None] | Mapping[str, Sequence[str | bytes]]
+)
+
+
+@dataclass(frozen=True)
+class SignatureConfig:
+    """
+    How an instance's senders sign.  ``secrets`` are the HMAC keys, any of
+    which verifies (for ``standard``, already decoded from ``whsec_...``);
+    they take part in equality, so a changed secret makes a changed instance
+    on a re-read, and stay out of repr.  ``tolerance`` (seconds) applies to
+    the schemes that sign a timestamp; ``header``, ``algorithm``,
+    ``encoding`` and ``prefix`` to ``hmac`` only.
+    """
+
+    scheme: str
+    secrets: tuple[bytes, ...] = field(repr=False)
+    tolerance: int = DEFAULT_TOLERANCE
+    header: str | None = None
+    algorithm: str = "sha256"
+    encoding: str = "hex"
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        # The config file's reader gives the operator the precise message;
+        # these keep a hand-built config from failing open later.
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"unknown signature scheme {self.scheme!r}")
+        if not self.secrets or not all(self.secrets):
+            raise ValueError("a signature needs at least one non-empty secret")
+        if self.tolerance <= 0:
+            raise ValueError("the tolerance must be a positive number of seconds")
+        if self.scheme == "hmac" and not self.header:
+            raise ValueError("the hmac scheme needs a header")
+        if self.algorithm not in ALGORITHMS or self.encoding not in ENCODINGS:
+            raise ValueError("unknown hmac algorithm or encoding")
+
+
+class SignatureRefused(Exception):
+    """
+    A request whose signature does not prove its origin.  ``reason`` is one
+    of ``missing``, ``malformed``, ``stale``, ``wrong``; ``message`` is one
+    line for the 401 body.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def standard_key(secret: str) -> bytes:
+    """
+    The HMAC key a Standard Webhooks secret ``whsec_<base64>`` stands for.
+    Raises ValueError when it has no ``whsec_`` prefix or no key after it.
+    """
+    if not secret.startswith(STANDARD_KEY_PREFIX):
+        raise ValueError(f"does not start with {STANDARD_KEY_PREFIX}")
+    encoded = secret[len(STANDARD_KEY_PREFIX) :]
+    # The senders' libraries accept the key without its padding.
+    encoded += "=" * (-len(encoded) % 4)
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"what follows {STANDARD_KEY_PREFIX} is not base64") from None
+    if not key:
+        raise ValueError(f"no key follows {STANDARD_KEY_PREFIX}")
+    return key
+
+
+def webhook_id_header(config: SignatureConfig) -> str | None:
+    """
+    The header in which the scheme's senders name each delivery (the same
+    on a retry), or None when the scheme has none.
+    """
+    return {"standard": _STANDARD_ID, "github": "X-GitHub-Delivery"}.get(config.scheme)
+
+
+def verify(
+    config: SignatureConfig, headers: HeaderSource, body: bytes, now: float
+) -> None:
+    """
+    Check that ``body`` was signed by a holder of one of ``config``'s
+    secrets, as its scheme says.  ``headers`` gives a header's values by
+    name: a function such as Twisted's ``Headers.getRawHeaders``, or a
+    mapping from lowercase names to lists of values.  ``now`` is Unix time.
+    Raises SignatureRefused.
+    """
+    read = _Headers(headers)
+    if config.scheme == "github":
+        _github(config, read, body)
+    elif config.scheme == "stripe":
+        _stripe(config, read, body, now)
+    elif config.scheme == "slack":
+        _slack(config, read, body, now)
+    elif config.scheme == "standard":
+        _standard(config, read, body, now)
+    else:
+        _hmac(config, read, body)
+
+
+# -- the schemes ----------------------------------------------------------------
+
+
+def _github(config: SignatureConfig, headers: _Headers, body: bytes) -> None:
+    [value] = headers.require(_GITHUB)
+    given = _hex_after("sha256=", value)
+    if given is None:
+        raise _malformed(f"{_GITHUB} must be sha256= and 64 hex digits")
+    _match(config, hashlib.sha256, (body,), [given])
+
+
+def _stripe(
+    config: SignatureConfig, headers: _Headers, body: bytes, now: float
+) -> None:
+    [value] = headers.require(_STRIPE)
+    fix = (
+        f"{_STRIPE} must be t=<Unix time> and one or more v1=<64 hex digits>, "
+        "separated by commas"
+    )
+    timestamps: list[str] = []
+    signatures: list[bytes] = []
+    for item in value.split(","):
+        key, equals, part = item.strip().partition("=")
+        if not equals:
+            raise _malformed(fix)
+        if key == "t":
+            timestamps.append(part)
+        elif key == "v1":
+            given = _hex_after("", part)
+            if given is None:
+                raise _malformed(fix)
+            signatures.append(given)
+        # Other schemes (v0: Stripe's test mode) are not ours to check.
+    if len(timestamps) != 1 or not signatures:
+        raise _malformed(fix)
+    [timestamp] = timestamps
+    _fresh(config, _unix_time(timestamp, fix), now)
+    _match(config, hashlib.sha256, (timestamp.encode(), b".", body), signatures)
+
+
+def _slack(config: SignatureConfig, headers: _Headers, body: bytes, now: float) -> None:
+    timestamp, value = headers.require(_SLACK_TIMESTAMP, _SLACK)
+    seconds = _unix_time(
+        timestamp, f"{_SLACK_TIMESTAMP} must be a Unix time in seconds"
+    )
+    given = _hex_after("v0=", value)
+    if given is None:
+        raise _malformed(f"{_SLACK} must be v0= and 64 hex digits")
+    _fresh(config, seconds, now)
+    signed = (b"v0:", timestamp.encode(), b":", body)
+    _match(config, hashlib.sha256, signed, [given])
+
+
+def _standard(
+    config: SignatureConfig, headers: _Headers, body: bytes, now: float
+) -> None:
+    message_id, timestamp, value = headers.require(
+        _STANDARD_ID, _STANDARD_TIMESTAMP, _STANDARD
+    )
+    if not message_id.isascii():
+        raise _malformed(f"{_STANDARD_ID} must be ASCII")
+    seconds = _unix_time(
+        timestamp, f"{_STANDARD_TIMESTAMP} must be a Unix time in seconds"
+    )
+    fix = f"{_STANDARD} must be v1,<base64 of 32 bytes>, several separated by spaces"
+    signatures: list[bytes] = []
+    for entry in value.split():
+        version, comma, encoded = entry.partition(",")
+        if not comma:
+            raise _malformed(fix)
+        if version != "v1":
+            # v1a (asymmetric) and later versions: another key's business.
+            continue
+        given = _base64(encoded, hashlib.sha256().digest_size)
+        if given is None:
+            raise _malformed(fix)
+        signatures.append(given)
+    if not signatures:
+        raise _malformed(fix)
+    _fresh(config, seconds, now)
+    signed = (message_id.encode(), b".", timestamp.encode(), b".", body)
+    _match(config, hashlib.sha256, signed, signatures)
+
+
+def _hmac(config: SignatureConfig, headers: _Headers, body: bytes) -> None:
+    assert config.header is not None  # SignatureConfig refuses hmac without one
+    [value] = headers.require(config.header)
+    digest = ALGORITHMS[config.algorithm]
+    size = digest().digest_size
+    name = f"HMAC-{config.algorithm.upper()}"
+    given: bytes | None = None
+    if value.startswith(config.prefix):
+        rest = value[len(config.prefix) :]
+        if config.encoding == "hex":
+            given = _hex_after("", rest, size)
+        else:
+            given = _base64(rest, size)
+    if given is None:
+        what = (
+            f"{size * 2} hex digits"
+            if config.encoding == "hex"
+            else f"the base64 of {size} bytes"
+        )
+        lead = f"{config.prefix} and " if config.prefix else ""
+        raise _malformed(f"{config.header} must be {lead}{what} (an {name})")
+    _match(config, digest, (body,), [given])
+
+
+# -- shared rules ---------------------------------------------------------------
+
+
+class _Headers:
+    """One value of each header a scheme needs, or the refusal."""
+
+    def __init__(self, source: HeaderSource) -> None:
+        if isinstance(source, Mapping):
+            mapping = source
+            self._get: Callable[[str], Sequence[str | bytes] | None] = lambda name: (
+                mapping.get(name.lower())
+            )
+        else:
+            self._get = source
+
+    def require(self, *names: str) -> list[str]:
+        values: list[str | None] = [self._one(name) for name in names]
+        missing = [n for n, v in zip(names, values, strict=True) if v is None]
+        if missing:
+            raise SignatureRefused(MISSING, f"signature missing: send {_and(missing)}")
+        return [v for v in values if v is not None]
+
+    def _one(self, name: str) -> str | None:
+        values = self._get(name) or []
+        texts = [
+            (v.decode("latin-1") if isinstance(v, bytes) else v).strip(" \t")
+            for v in values
+        ]
+        texts = [t for t in texts if t]
+        if not texts:
+            return None
+        if len(texts) > 1:
+            # Which of them was signed?  Guessing would let a second header
+            # ride along with a genuine first one.
+            raise _malformed(f"{name} sent more than once; send it once")
+        return texts[0]
+
+
+def _unix_time(timestamp: str, fix: str) -> int:
+    if not _UNIX_TIME.fullmatch(timestamp):
+        raise _malformed(fix)
+    return int(timestamp)
+
+
+def _fresh(config: SignatureConfig, seconds: int, now: float) -> None:
+    if abs(now - seconds) > config.tolerance:
+        raise SignatureRefused(
+            STALE,
+            f"signature stale: its timestamp is more than {config.tolerance} s "
+            "from now",
+        )
+
+
+def _match(
+    config: SignatureConfig,
+    digest: Callable[[], Any],
+    signed: tuple[bytes, ...],
+    given: list[bytes],
+) -> None:
+    """
+    Refuse unless one of ``given`` is the HMAC of ``signed`` (its parts in
+    order) under one of the secrets.  One HMAC per secret, whatever the
+    number of signatures sent; each comparison of two digests of one length
+    in constant time.
+    """
+    for secret in config.secrets:
+        mac = hmac.new(secret, digestmod=digest)
+        for part in signed:
+            mac.update(part)
+        expected = mac.digest()
+        if any(
+            hmac.compare_digest(expected, g) for g in given if len(g) == len(expected)
+        ):
+            return
+    raise SignatureRefused(WRONG, "signature wrong")
+
+
+def _hex_after(prefix: str, value: str, size: int = 32) -> bytes | None:
+    """The bytes of ``value`` past ``prefix``: exactly ``size`` of them in hex."""
+    if not value.startswith(prefix):
+        return None
+    digits = value[len(prefix) :]
+    if len(digits) != size * 2 or not all(c in _HEX_DIGITS for c in digits):
+        return None
+    return bytes.fromhex(digits)
+
+
+def _base64(value: str, size: int) -> bytes | None:
+    """The bytes of ``value``, standard base64 with padding, if ``size`` of them."""
+    if not value.isascii():
+        return None
+    try:
+        decoded = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return decoded if len(decoded) == size else None
+
+
+def _malformed(problem: str) -> SignatureRefused:
+    return SignatureRefused(MALFORMED, f"signature malformed: {problem}")
+
+
+def _and(names: list[str]) -> str:
+    if len(names) == 1:
+        return names[0]
+    return f"{', '.join(names[:-1])} and {names[-1]}"
