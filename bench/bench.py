@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.client import HTTPSConnection
 from pathlib import Path
 
@@ -1334,7 +1334,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="gwebhook-bench-"))
     results = Results()
     circumstances = Circumstances(
-        started_at=datetime.now(timezone.utc),
+        started_at=datetime.now(UTC),
         load_at_start=" ".join(Path("/proc/loadavg").read_text().split()[:3]),
         source=source_state(),
     )

@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -57,7 +57,7 @@ def disable_store() -> None:
         drafts: Sequence[IncidentDraft],
         keep_samples: bool = False,
     ) -> Deferred[list[StoredIncident]]:
-        created = format_utc(datetime.now(timezone.utc))
+        created = format_utc(datetime.now(UTC))
         return succeed(
             [
                 StoredIncident(

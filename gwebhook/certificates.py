@@ -32,7 +32,7 @@ def make_self_signed(directory: Path, hostnames: list[str]) -> tuple[Path, Path]
     cert_path, key_path = directory / "server.crt", directory / "server.key"
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -13,13 +13,9 @@ from __future__ import annotations
 import collections.abc
 import os
 import re
+import tomllib
 from dataclasses import dataclass, field
 from typing import Any
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef, import-not-found]
 
 from cryptography import x509
 
@@ -31,6 +27,16 @@ from gwebhook.mapping import (
     MappingError,
     compile_mapping,
     dotted,
+)
+from gwebhook.signatures import (
+    ALGORITHMS,
+    DEFAULT_TOLERANCE,
+    ENCODINGS,
+    SCHEMES,
+    STANDARD_KEY_PREFIX,
+    TIMESTAMPED,
+    SignatureConfig,
+    standard_key,
 )
 
 INSTANCE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -52,17 +58,33 @@ _INSTANCE_KEYS = (
     "anonymous",
     "auth",
     "mtls",
+    "signature",
     "map",
     "fields",
 )
 _AUTH_KEYS = ("username", "password", "password_file", "password_env")
 _PASSWORD_SOURCES = ("password", "password_file", "password_env")
 _MTLS_KEYS = ("client_ca", "client_names")
+_SIGNATURE_KEYS = (
+    "scheme",
+    "secrets",
+    "secrets_file",
+    "secrets_env",
+    "tolerance",
+    "header",
+    "algorithm",
+    "encoding",
+    "prefix",
+)
+_SECRET_SOURCES = ("secrets", "secrets_file", "secrets_env")
+_HMAC_KEYS = ("header", "algorithm", "encoding", "prefix")
+# Who may send, as the sections a file writes them.
+_DOORS = ("auth", "mtls", "signature")
 
 # Keys of features this version does not have yet.  Refused with their own
 # message: "unknown key" would send the operator looking for a typo.
 _TOP_LATER = ("api", "forward", "db", "db_password_file")
-_INSTANCE_LATER = ("signature", "dedup")
+_INSTANCE_LATER = ("dedup",)
 
 _CA_FIX = "give the PEM file of the CA that issues the senders' certificates"
 
@@ -93,7 +115,7 @@ class InstanceConfig:
     (else ``Unclassified``); ``port`` None means the main listener only;
     ``cert`` and ``key`` (absolute paths, only with ``port``) None mean the
     main certificate; ``mapping`` None means incidents are read as the
-    element says.
+    element says; ``signature`` None means no signature is checked.
     """
 
     name: str
@@ -107,6 +129,9 @@ class InstanceConfig:
     credentials: Credentials | None = field(repr=False)
     mtls: MTLSConfig | None
     mapping: Mapping | None
+    # Last, with a default: instances built before signatures existed
+    # (the command line's among them) keep being built as they were.
+    signature: SignatureConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -251,6 +276,9 @@ class _Reader:
         mtls = None
         if "mtls" in table:
             mtls = self._mtls(where, self._table(where, table, "mtls"))
+        signature = None
+        if "signature" in table:
+            signature = self._signature(where, self._table(where, table, "signature"))
         mapping = self._mapping(where, table)
 
         if port is not None:
@@ -266,6 +294,7 @@ class _Reader:
             credentials=credentials,
             mtls=mtls,
             mapping=mapping,
+            signature=signature,
         )
 
     # -- the instance's own keys ---------------------------------------------
@@ -350,12 +379,12 @@ class _Reader:
     def _who_may_send(
         self, where: str, table: dict[str, Any], anonymous: bool | None
     ) -> None:
-        doors = [k for k in ("auth", "mtls") if k in table]
+        doors = [k for k in _DOORS if k in table]
         if anonymous and doors:
             # When an instance has several ways in, all must pass; next to a
             # credential "anonymous" would change nothing, so it can only be
             # a misunderstanding of what the file says.
-            sections = " and ".join(f"[instance.{k}]" for k in doors)
+            sections = _and([f"[instance.{k}]" for k in doors])
             raise self.error(
                 where,
                 "anonymous",
@@ -366,8 +395,8 @@ class _Reader:
             raise self.error(
                 where,
                 None,
-                "nobody could send to it; add [instance.auth] or [instance.mtls], "
-                "or anonymous = true to accept anyone",
+                "nobody could send to it; add [instance.auth], [instance.mtls] "
+                "or [instance.signature], or anonymous = true to accept anyone",
             )
 
     # -- [instance.auth] ------------------------------------------------------
@@ -552,6 +581,224 @@ class _Reader:
                 )
         return tuple(certificates)
 
+    # -- [instance.signature] -------------------------------------------------
+
+    def _signature(self, where: str, table: dict[str, Any]) -> SignatureConfig:
+        self.check_keys(where, table, "signature", _SIGNATURE_KEYS)
+        schemes = ", ".join(SCHEMES)
+        scheme = self._optional(where, table, "scheme", str, "a string", "signature")
+        if scheme is None:
+            raise self.error(
+                where, "signature.scheme", f"required; give one of {schemes}"
+            )
+        if scheme not in SCHEMES:
+            raise self.error(
+                where,
+                "signature.scheme",
+                f"{scheme!r} is not a scheme gwebhook checks; give one of {schemes}, "
+                'or "hmac" with the header, algorithm and encoding the sender uses',
+            )
+        if scheme != "hmac":
+            for key in _HMAC_KEYS:
+                if key in table:
+                    raise self.error(
+                        where,
+                        f"signature.{key}",
+                        f'only scheme = "hmac" takes it; {scheme} always signs the '
+                        "same way, so remove it",
+                    )
+        tolerance = self._tolerance(where, table, scheme)
+        options: dict[str, Any] = {}
+        if scheme == "hmac":
+            options = self._hmac(where, table)
+        secrets = self._secrets(where, table)
+        if scheme == "standard":
+            keys = tuple(self._standard_key(where, table, s) for s in secrets)
+        else:
+            keys = tuple(s.encode("utf-8") for s, _ in secrets)
+        return SignatureConfig(scheme, keys, tolerance, **options)
+
+    def _tolerance(self, where: str, table: dict[str, Any], scheme: str) -> int:
+        key = "signature.tolerance"
+        if scheme not in TIMESTAMPED:
+            if "tolerance" in table:
+                # Accepting it would promise a protection against replays
+                # that a signature without a timestamp cannot give.
+                raise self.error(
+                    where,
+                    key,
+                    f"{scheme} signs no timestamp, so there is nothing to hold to a "
+                    "tolerance; remove it",
+                )
+            return DEFAULT_TOLERANCE
+        tolerance = self._optional(
+            where, table, "tolerance", int, "an integer (seconds)", "signature"
+        )
+        if tolerance is None:
+            return DEFAULT_TOLERANCE
+        if tolerance <= 0:
+            raise self.error(
+                where,
+                key,
+                f"{tolerance} would refuse every request; give the seconds a signed "
+                f"timestamp may be from now (default {DEFAULT_TOLERANCE})",
+            )
+        return tolerance
+
+    def _hmac(self, where: str, table: dict[str, Any]) -> dict[str, Any]:
+        header = self._optional(where, table, "header", str, "a string", "signature")
+        if header is None:
+            raise self.error(
+                where,
+                "signature.header",
+                'required for scheme = "hmac"; give the header the sender puts '
+                "its signature in, e.g. X-Shopify-Hmac-Sha256",
+            )
+        if not is_token(header):
+            raise self.error(
+                where,
+                "signature.header",
+                f"{header!r} is not a header name; use letters, digits and "
+                "!#$%&'*+-.^_`|~",
+            )
+        options: dict[str, Any] = {"header": header}
+        for key, choices in (("algorithm", ALGORITHMS), ("encoding", ENCODINGS)):
+            value = self._optional(where, table, key, str, "a string", "signature")
+            if value is None:
+                continue
+            if value not in choices:
+                raise self.error(
+                    where,
+                    f"signature.{key}",
+                    f"{value!r} is not one gwebhook knows; give one of "
+                    f"{', '.join(choices)}",
+                )
+            options[key] = value
+        prefix = self._optional(where, table, "prefix", str, "a string", "signature")
+        if prefix:
+            if not _sendable_header_value(prefix.rstrip(" \t")) or prefix[0] in " \t":
+                # The signature arrives in a header value: printable ASCII
+                # with the spaces around it removed.
+                raise self.error(
+                    where,
+                    "signature.prefix",
+                    "must be printable ASCII without leading spaces, or no "
+                    "request could carry it",
+                )
+            options["prefix"] = prefix
+        return options
+
+    def _secrets(self, where: str, table: dict[str, Any]) -> list[tuple[str, str]]:
+        """Each secret with how a message names it (never by its value)."""
+        sources = [k for k in _SECRET_SOURCES if k in table]
+        if not sources:
+            raise self.error(
+                where,
+                "signature",
+                "no secrets; give one of secrets_file, secrets_env or secrets",
+            )
+        if len(sources) > 1:
+            raise self.error(
+                where,
+                "signature",
+                f"{sources[0]} and {sources[1]} both given; give exactly one of "
+                "secrets, secrets_file, secrets_env",
+            )
+        [source] = sources
+        key = f"signature.{source}"
+        if source == "secrets":
+            values = table["secrets"]
+            if not isinstance(values, list):
+                raise self.error(
+                    where, key, f"must be an array of strings, got {_kind(values)}"
+                )
+            for number, value in enumerate(values, start=1):
+                if not isinstance(value, str):
+                    raise self.error(
+                        where,
+                        key,
+                        f"entry {number} must be a string, got {_kind(value)}",
+                    )
+            found = [(v, f"entry {n}") for n, v in enumerate(values, start=1)]
+            nothing = "an empty list would refuse every request; give the secrets"
+        elif source == "secrets_env":
+            name = self._optional(where, table, source, str, "a string", "signature")
+            if not name:
+                raise self.error(
+                    where, key, "must name an environment variable; give its name"
+                )
+            text = self.environ.get(name)
+            if text is None:
+                raise self.error(
+                    where,
+                    key,
+                    f"environment variable ${name} is not set; set it in the "
+                    "daemon's environment, or use secrets_file",
+                )
+            # Whitespace separates secrets here, so none holds any.
+            found = [
+                (v, f"secret {n} of ${name}")
+                for n, v in enumerate(text.split(), start=1)
+            ]
+            nothing = (
+                f"environment variable ${name} holds no secret; set it to one or "
+                "more secrets separated by spaces"
+            )
+        else:
+            value = self._optional(
+                where, table, source, str, "a string (a path)", "signature"
+            )
+            path = self._path(where, key, value)
+            found = [
+                (line, f"line {n} of {path}")
+                for n, line in enumerate(self._text(where, key, path), start=1)
+                if line.strip()
+            ]
+            nothing = f"{path} holds no secret; write one secret per line"
+        if not found:
+            raise self.error(where, key, nothing)
+        for secret, named in found:
+            if not secret:
+                raise self.error(where, key, f"{named} is empty; give the secret")
+            if secret != secret.strip():
+                # A space copied along with a secret would make every
+                # signature wrong, with nothing to show why.
+                raise self.error(
+                    where,
+                    key,
+                    f"{named} starts or ends with whitespace; remove it",
+                )
+        return found
+
+    def _text(self, where: str, key: str, path: str) -> list[str]:
+        fix = "give a file the daemon can read, holding one secret per line"
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read().splitlines()
+        except OSError as e:
+            raise self.error(
+                where, key, f"cannot read {path}: {e.strerror}; {fix}"
+            ) from None
+        except UnicodeDecodeError as e:
+            raise self.error(
+                where, key, f"{path} is not UTF-8 (byte {e.start}); {fix}"
+            ) from None
+
+    def _standard_key(
+        self, where: str, table: dict[str, Any], secret: tuple[str, str]
+    ) -> bytes:
+        value, named = secret
+        source = next(k for k in _SECRET_SOURCES if k in table)
+        try:
+            return standard_key(value)
+        except ValueError as e:
+            raise self.error(
+                where,
+                f"signature.{source}",
+                f"{named} is no Standard Webhooks secret ({e}); give it as the "
+                f"sender shows it, {STANDARD_KEY_PREFIX} and the base64 key",
+            ) from None
+
     # -- [instance.map] and [instance.fields] ---------------------------------
 
     def _mapping(self, where: str, table: dict[str, Any]) -> Mapping | None:
@@ -633,6 +880,13 @@ def _sendable_header_value(value: str) -> bool:
         and is_printable_ascii(value.encode("ascii"))
         and value == value.strip(" \t")
     )
+
+
+def _and(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    if len(items) == 1:
+        return items[0]
+    return f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _kind(value: Any) -> str:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from cryptography import x509
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
@@ -49,9 +50,13 @@ class Gate:
     they were for.
     """
 
-    def __init__(self, throttle: AuthThrottle | None, metrics: Metrics) -> None:
+    def __init__(
+        self, throttle: AuthThrottle | None, metrics: Metrics, clock: IReactorTime
+    ) -> None:
+        """``clock`` says when it is, for the validity of client certificates."""
         self.throttle = throttle
         self.metrics = metrics
+        self.clock = clock
 
     @staticmethod
     def exempt(method: bytes, path: bytes) -> bool:
@@ -86,7 +91,8 @@ class Gate:
         if instance.mtls is None:
             return Admitted()
         try:
-            accepted = verify_client(chain(), instance.mtls, datetime.now(timezone.utc))
+            now = datetime.fromtimestamp(self.clock.seconds(), UTC)
+            accepted = verify_client(chain(), instance.mtls, now)
         except ClientCertRefused as e:
             log.info(
                 "{client}: client certificate refused for instance {instance}: "

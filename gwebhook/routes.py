@@ -11,7 +11,7 @@ request.  Klein still declares those routes, so the rest of their URL space
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -94,7 +94,7 @@ class WebhookRoutes:
         """
         request.route = "webhook"
         now = self.clock.seconds()
-        received = format_utc(datetime.fromtimestamp(now, timezone.utc))
+        received = format_utc(datetime.fromtimestamp(now, UTC))
 
         # For whom, and who sent it, before anything of the body is looked at.
         client = display_host(request.getClientAddress().host or "")

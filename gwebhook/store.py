@@ -19,7 +19,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
@@ -354,7 +354,7 @@ class IncidentStore:
     def _touch_health(cursor: sqlite3.Cursor) -> None:
         cursor.execute(
             "INSERT OR REPLACE INTO health (id, checked) VALUES (1, ?)",
-            (format_utc(datetime.now(timezone.utc)),),
+            (format_utc(datetime.now(UTC)),),
         )
 
     def write(self, work, *args) -> Deferred:
@@ -418,7 +418,7 @@ class IncidentStore:
         request at a time, each under a savepoint, so only that one fails.
         A fault of the store itself fails the batch.
         """
-        created = format_utc(datetime.now(timezone.utc))
+        created = format_utc(datetime.now(UTC))
         request_id, incident_id = cursor.execute(_NEXT_IDS).fetchone()
         try:
             results = self._insert_all(cursor, batch, request_id, incident_id, created)

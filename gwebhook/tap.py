@@ -515,7 +515,7 @@ def makeService(config: Options, reactor=None) -> WebhookService:
     metrics = Metrics()
     store = IncidentStore(config["db"])
     instances = _instances(config, config["instances-file"])
-    gate = Gate(_throttle(config, instances, reactor), metrics)
+    gate = Gate(_throttle(config, instances, reactor), metrics, reactor)
     routes = WebhookRoutes(
         store, gate, metrics, reactor, max_body_bytes=config["max-body-bytes"]
     )

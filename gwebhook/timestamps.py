@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 # Epoch numbers above this are read as milliseconds: as seconds they would be
 # past the year 5000, as milliseconds they are after March 1973.
@@ -17,12 +17,12 @@ _UTC_WITH_Z = re.compile(
 
 def format_utc(moment: datetime) -> str:
     """Render an aware datetime as UTC ISO-8601 with a ``Z``."""
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def from_epoch(seconds: float) -> str:
     """Render a Unix time in seconds."""
-    return format_utc(datetime.fromtimestamp(seconds, timezone.utc))
+    return format_utc(datetime.fromtimestamp(seconds, UTC))
 
 
 def parse_occurred(value: object) -> str:
@@ -83,7 +83,7 @@ def _iso_to_utc(value: str) -> str:
             raise ValueError("not an ISO-8601 date-time") from None
         raise  # e.g. "month must be in 1..12": says what, quotes nothing
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     try:
         return format_utc(moment)
     except OverflowError as e:

@@ -30,7 +30,7 @@ from gwebhook.clientcert import (
 )
 from gwebhook.config import MTLSConfig
 
-NOW = datetime.datetime.now(datetime.timezone.utc)
+NOW = datetime.datetime.now(datetime.UTC)
 DAY = datetime.timedelta(days=1)
 
 

@@ -159,7 +159,7 @@ def checked_against(mtls: MTLSConfig) -> type[Protocol]:
 
     class Checked(Protocol):
         def dataReceived(self, data: bytes) -> None:
-            now = datetime.datetime.now(datetime.timezone.utc)
+            now = datetime.datetime.now(datetime.UTC)
             accepted = verify_client(peer_chain(self.transport), mtls, now)
             self.transport.write(json.dumps([accepted.as_dict()]).encode())
             self.transport.loseConnection()

@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 from contextlib import closing
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -30,7 +30,7 @@ from gwebhook.store import IncidentStore
 from gwebhook.timestamps import format_utc
 from gwebhook.writerlock import SUFFIX
 
-NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
 def days_ago(days: float) -> str:
@@ -163,9 +163,9 @@ def test_prune_command_while_the_daemon_runs(daemon):
     with closing(sqlite3.connect(d.db, timeout=10, isolation_level=None)) as db:
         db.execute(
             "UPDATE requests SET received = ? WHERE id IN (1, 2)",
-            (format_utc(datetime.now(timezone.utc) - timedelta(days=40)),),
+            (format_utc(datetime.now(UTC) - timedelta(days=40)),),
         )
-    cutoff = (datetime.now(timezone.utc) - timedelta(days=30)).date().isoformat()
+    cutoff = (datetime.now(UTC) - timedelta(days=30)).date().isoformat()
 
     result = run_prune("--db", str(d.db), "--before", cutoff)
 

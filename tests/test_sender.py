@@ -152,6 +152,7 @@ def test_connection_refused(tmp_path):
     assert f"cannot connect to 127.0.0.1:{port}: connection refused" in line
 
 
+@pytest.mark.process
 def test_server_that_never_answers_times_out():
     """A server that accepts but never answers fails after --timeout, saying so."""
     with socket.socket() as server:
@@ -163,7 +164,9 @@ def test_server_that_never_answers_times_out():
         elapsed = time.monotonic() - started
     line = assert_one_line_error(result)
     assert f"no complete answer from 127.0.0.1:{port} within 1 s (--timeout)" in line
-    assert elapsed < 5
+    # Well before the 15 s this test waits at most: --timeout ended it, even
+    # on a loaded machine where starting the command takes seconds.
+    assert elapsed < 12
 
 
 def test_bad_data_is_refused_before_sending(daemon, pki):

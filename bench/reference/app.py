@@ -31,7 +31,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
@@ -116,7 +116,7 @@ class BadPayload(ValueError):
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def parse_occurred(value: Any) -> str:
@@ -124,14 +124,14 @@ def parse_occurred(value: Any) -> str:
         raise ValueError("a boolean is not a date")
     if isinstance(value, (int, float)):
         seconds = value / 1000 if abs(value) >= 100_000_000_000 else value
-        moment = datetime.fromtimestamp(seconds, timezone.utc)
+        moment = datetime.fromtimestamp(seconds, UTC)
     elif isinstance(value, str) and len(value) >= 10 and value[4] == "-":
         moment = datetime.fromisoformat(value)
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
+            moment = moment.replace(tzinfo=UTC)
     else:
         raise ValueError("not an ISO-8601 date-time or epoch")
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def drafts_from(document: Any, headers: dict[str, str], received: str) -> list:

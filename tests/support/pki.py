@@ -103,7 +103,7 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _issue(subject, key, issuer, issuer_key, ca: bool, leaf_sans=None):
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
