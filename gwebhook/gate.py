@@ -18,6 +18,7 @@ from twisted.web.http_headers import Headers
 from gwebhook.clientcert import ClientCertRefused, verify_client
 from gwebhook.config import InstanceConfig
 from gwebhook.metrics import Metrics
+from gwebhook.signatures import SignatureRefused, verify
 from gwebhook.throttle import AuthThrottle
 
 log = Logger()
@@ -105,6 +106,24 @@ class Gate:
                 instance, client, f"client_certificate_{e.reason}", e.message
             )
         return Admitted(accepted.as_dict())
+
+    def check_signature(
+        self, instance: InstanceConfig, client: str, headers: Headers, body: bytes
+    ) -> Refusal | None:
+        """
+        Whether ``body`` (as the sender signed it: after gzip decoding) was
+        signed with one of ``instance``'s secrets; None if so, or if the
+        instance checks no signature.  Asked once the body is in, before it
+        is parsed.
+        """
+        signature = instance.signature
+        if signature is None:
+            return None
+        try:
+            verify(signature, headers.getRawHeaders, body, self.clock.seconds())
+        except SignatureRefused as e:
+            return self._failed(instance, client, f"signature_{e.reason}", e.message)
+        return None
 
     def _failed(
         self,

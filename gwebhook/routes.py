@@ -115,6 +115,16 @@ class WebhookRoutes:
             body = decode_body(
                 raw, headers.get("content-encoding"), self.max_body_bytes
             )
+        except PayloadError as e:
+            return error_answer(request, e.status, str(e))
+        # Signed by the sender?  Over the payload as it signed it, before a
+        # byte of it is parsed.
+        unsigned = self.gate.check_signature(
+            instance, client, request.requestHeaders, body
+        )
+        if unsigned is not None:
+            return error_answer(request, unsigned.status, unsigned.message)
+        try:
             drafts = incidents_from(parse_json(body), instance, received)
         except PayloadError as e:
             return error_answer(request, e.status, str(e))
