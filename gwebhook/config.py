@@ -1,6 +1,7 @@
 """
 ``--config FILE``: the instances a TOML file declares, each with its own
-credentials, client CA, port and mapping, checked whole when the file is read.
+credentials, client CA, signature secrets, port and mapping, checked whole
+when the file is read.
 
 Every refusal is a ConfigError whose message is one line: the file, the
 instance (by name, or ``#N`` counting ``[[instance]]`` tables from 1 while it
@@ -611,10 +612,11 @@ class _Reader:
         options: dict[str, Any] = {}
         if scheme == "hmac":
             options = self._hmac(where, table)
-        secrets = self._secrets(where, table)
+        key, secrets = self._secrets(where, table)
         if scheme == "standard":
-            keys = tuple(self._standard_key(where, table, s) for s in secrets)
+            keys = tuple(self._standard_key(where, key, s, n) for s, n in secrets)
         else:
+            # The HMAC key is the secret as written, byte for byte.
             keys = tuple(s.encode("utf-8") for s, _ in secrets)
         return SignatureConfig(scheme, keys, tolerance, **options)
 
@@ -676,9 +678,10 @@ class _Reader:
             options[key] = value
         prefix = self._optional(where, table, "prefix", str, "a string", "signature")
         if prefix:
-            if not _sendable_header_value(prefix.rstrip(" \t")) or prefix[0] in " \t":
-                # The signature arrives in a header value: printable ASCII
-                # with the spaces around it removed.
+            # The signature arrives in a header value: printable ASCII with
+            # the spaces before it removed.
+            printable = prefix.isascii() and is_printable_ascii(prefix.encode())
+            if not printable or prefix[0] in " \t":
                 raise self.error(
                     where,
                     "signature.prefix",
@@ -688,8 +691,13 @@ class _Reader:
             options["prefix"] = prefix
         return options
 
-    def _secrets(self, where: str, table: dict[str, Any]) -> list[tuple[str, str]]:
-        """Each secret with how a message names it (never by its value)."""
+    def _secrets(
+        self, where: str, table: dict[str, Any]
+    ) -> tuple[str, list[tuple[str, str]]]:
+        """
+        The key the secrets come from, and each secret with how a message
+        names it (never by its value).
+        """
         sources = [k for k in _SECRET_SOURCES if k in table]
         if not sources:
             raise self.error(
@@ -768,13 +776,13 @@ class _Reader:
                     key,
                     f"{named} starts or ends with whitespace; remove it",
                 )
-        return found
+        return key, found
 
     def _text(self, where: str, key: str, path: str) -> list[str]:
         fix = "give a file the daemon can read, holding one secret per line"
         try:
             with open(path, encoding="utf-8") as f:
-                return f.read().splitlines()
+                text = f.read()
         except OSError as e:
             raise self.error(
                 where, key, f"cannot read {path}: {e.strerror}; {fix}"
@@ -783,18 +791,17 @@ class _Reader:
             raise self.error(
                 where, key, f"{path} is not UTF-8 (byte {e.start}); {fix}"
             ) from None
+        # Lines as an editor on any system ends them; a secret may hold any
+        # other character, so no wider notion of a line break applies.
+        return [line.removesuffix("\r") for line in text.split("\n")]
 
-    def _standard_key(
-        self, where: str, table: dict[str, Any], secret: tuple[str, str]
-    ) -> bytes:
-        value, named = secret
-        source = next(k for k in _SECRET_SOURCES if k in table)
+    def _standard_key(self, where: str, key: str, secret: str, named: str) -> bytes:
         try:
-            return standard_key(value)
+            return standard_key(secret)
         except ValueError as e:
             raise self.error(
                 where,
-                f"signature.{source}",
+                key,
                 f"{named} is no Standard Webhooks secret ({e}); give it as the "
                 f"sender shows it, {STANDARD_KEY_PREFIX} and the base64 key",
             ) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import textwrap
 from pathlib import Path
 
@@ -26,7 +27,9 @@ from gwebhook.config import (
     parse_config,
 )
 from gwebhook.credentials import Credentials
+from gwebhook.instances import command_line_instance
 from gwebhook.mapping import compile_mapping
+from gwebhook.signatures import SignatureConfig
 
 FILE = "gwebhook.toml"
 
@@ -286,15 +289,14 @@ def test_an_unknown_instance_key_is_refused(here):
     assert refused(here, OPEN + "colour = 1\n") == (
         "gwebhook.toml: instance 'open': colour: unknown key; [[instance]] takes "
         "name, incident_type, store_samples, port, cert, key, anonymous, auth, "
-        "mtls, map, fields"
+        "mtls, signature, map, fields"
     )
 
 
-@pytest.mark.parametrize("key", ["signature", "dedup"])
-def test_signature_and_dedup_are_refused_as_not_supported(here, key):
-    """[instance.signature] and [instance.dedup] are refused as not supported yet."""
-    assert refused(here, OPEN + f"[instance.{key}]\n") == (
-        f"gwebhook.toml: instance 'open': {key}: not supported by this version "
+def test_dedup_is_refused_as_not_supported(here):
+    """[instance.dedup] is refused as not supported yet."""
+    assert refused(here, OPEN + "[instance.dedup]\n") == (
+        "gwebhook.toml: instance 'open': dedup: not supported by this version "
         "of gwebhook; remove it"
     )
 
@@ -493,10 +495,11 @@ def test_an_empty_path_is_refused(here):
 
 @pytest.mark.parametrize("body", ["", "anonymous = false\n"])
 def test_an_instance_nobody_can_send_to_is_refused(here, body):
-    """An instance needs auth, mtls or anonymous = true."""
+    """An instance needs auth, mtls, signature or anonymous = true."""
     assert refused(here, instance(body)) == (
         "gwebhook.toml: instance 'w': nobody could send to it; add "
-        "[instance.auth] or [instance.mtls], or anonymous = true to accept anyone"
+        "[instance.auth], [instance.mtls] or [instance.signature], or "
+        "anonymous = true to accept anyone"
     )
 
 
@@ -1011,3 +1014,419 @@ def parse_path(message: str) -> list[str]:
         [(part, document)] = document.items()
         path.append(part)
     return path
+
+
+# -- [instance.signature] -----------------------------------------------------------
+
+# A Standard Webhooks secret and the key it stands for.
+WHSEC = "whsec_" + base64.b64encode(b"0123456789abcdef01234567").decode()
+
+
+def signed(signature: str, body: str = "") -> str:
+    """An instance reached by signature alone, with ``signature`` as its table."""
+    return instance(body, signature=signature)
+
+
+def signature_of(here: Path, signature: str, environ=None) -> SignatureConfig:
+    loaded = only(here, signed(signature), environ).signature
+    assert loaded is not None
+    return loaded
+
+
+@pytest.mark.parametrize("scheme", ["github", "stripe", "slack"])
+def test_a_signature_alone_lets_an_instance_be_reached(here, scheme):
+    """A scheme and its secrets are enough: no password is needed beside them."""
+    loaded = only(here, signed(f'scheme = "{scheme}"\nsecrets = ["s3cret"]\n'))
+    assert loaded.credentials is None
+    assert loaded.anonymous is False
+    assert loaded.signature == SignatureConfig(scheme, (b"s3cret",), 300)
+
+
+def test_an_instance_without_signature_has_none(here):
+    """An instance that declares no signature checks none."""
+    assert only(here, OPEN).signature is None
+
+
+def test_a_stripe_secret_is_the_key_as_written(here):
+    """Stripe's whsec_ endpoint secret is the HMAC key byte for byte."""
+    loaded = signature_of(here, 'scheme = "stripe"\nsecrets = ["whsec_abc"]\n')
+    assert loaded.secrets == (b"whsec_abc",)
+
+
+def test_a_standard_secret_is_the_base64_key_after_whsec(here):
+    """A Standard Webhooks secret stands for the base64 decoding after whsec_."""
+    loaded = signature_of(here, f'scheme = "standard"\nsecrets = ["{WHSEC}"]\n')
+    assert loaded.secrets == (b"0123456789abcdef01234567",)
+
+
+@pytest.mark.parametrize(
+    ("secret", "why"),
+    [
+        ("MDEyMzQ1Njc4OWFiY2RlZg==", "does not start with whsec_"),
+        ("whsec_not*base64", "what follows whsec_ is not base64"),
+        ("whsec_", "no key follows whsec_"),
+    ],
+)
+def test_a_standard_secret_that_is_no_key_is_refused_without_showing_it(
+    here, secret, why
+):
+    """A standard secret must be whsec_ and base64; the refusal does not repeat it."""
+    text = f'scheme = "standard"\nsecrets = ["{WHSEC}", "{secret}"]\n'
+    assert signature_refused(here, text) == (
+        f"signature.secrets: entry 2 is no Standard Webhooks secret ({why}); give "
+        "it as the sender shows it, whsec_ and the base64 key"
+    )
+
+
+def test_several_secrets_are_kept_in_order(here):
+    """Every secret of the list is kept, for rotation."""
+    loaded = signature_of(here, 'scheme = "github"\nsecrets = ["old", "new"]\n')
+    assert loaded.secrets == (b"old", b"new")
+
+
+def test_secrets_file_holds_one_per_line_relative_to_the_file(here):
+    """secrets_file is read beside the config file: one per line, blanks skipped."""
+    (here / "conf").mkdir()
+    (here / "conf" / "hook.secrets").write_bytes(b"first\r\n\n  \nsecond\n")
+    config = load_config(
+        write(
+            here,
+            signed('scheme = "slack"\nsecrets_file = "hook.secrets"\n'),
+            "conf/gwebhook.toml",
+        ),
+        {},
+    )
+    assert config.instances[0].signature == SignatureConfig(
+        "slack", (b"first", b"second")
+    )
+
+
+def test_secrets_env_holds_secrets_separated_by_whitespace(here):
+    """secrets_env names a variable of one or more secrets split on whitespace."""
+    loaded = signature_of(
+        here,
+        'scheme = "github"\nsecrets_env = "HOOK_SECRETS"\n',
+        {"HOOK_SECRETS": " old\tnew\n"},
+    )
+    assert loaded.secrets == (b"old", b"new")
+
+
+def test_a_rewritten_secrets_file_makes_a_changed_instance(here):
+    """Reading the file again after a rotation gives a different instance."""
+    (here / "hook.secrets").write_text("old\n")
+    text = signed('scheme = "github"\nsecrets_file = "hook.secrets"\n')
+    before = only(here, text)
+    (here / "hook.secrets").write_text("old\nnew\n")
+    after = only(here, text)
+    assert before != after
+    assert after.signature is not None
+    assert after.signature.secrets == (b"old", b"new")
+
+
+def test_secrets_stay_out_of_an_instances_repr(here):
+    """An instance's repr, which may reach a log, holds none of its secrets."""
+    loaded = only(here, signed('scheme = "github"\nsecrets = ["hunter2-secret"]\n'))
+    assert "hunter2" not in repr(loaded)
+
+
+def test_defaults_of_a_timestamped_scheme_and_its_tolerance(here):
+    """tolerance defaults to 300 s and may be set for a scheme signing a timestamp."""
+    assert signature_of(here, 'scheme = "slack"\nsecrets = ["s"]\n').tolerance == 300
+    loaded = signature_of(
+        here, f'scheme = "standard"\nsecrets = ["{WHSEC}"]\ntolerance = 60\n'
+    )
+    assert loaded.tolerance == 60
+
+
+def test_hmac_loads_header_algorithm_encoding_and_prefix(here):
+    """The generic scheme keeps its header, algorithm, encoding and prefix."""
+    loaded = signature_of(
+        here,
+        """\
+        scheme = "hmac"
+        secrets = ["shpss"]
+        header = "X-Shopify-Hmac-Sha256"
+        algorithm = "sha512"
+        encoding = "base64"
+        prefix = "sha512="
+        """,
+    )
+    assert loaded == SignatureConfig(
+        "hmac",
+        (b"shpss",),
+        header="X-Shopify-Hmac-Sha256",
+        algorithm="sha512",
+        encoding="base64",
+        prefix="sha512=",
+    )
+
+
+def test_hmac_defaults_to_sha256_in_hex_without_prefix(here):
+    """Without algorithm, encoding and prefix: HMAC-SHA256, hex, nothing before it."""
+    loaded = signature_of(here, 'scheme = "hmac"\nsecrets = ["s"]\nheader = "X-Sig"\n')
+    assert (loaded.algorithm, loaded.encoding, loaded.prefix) == ("sha256", "hex", "")
+
+
+def test_anonymous_next_to_a_signature_is_refused(here):
+    """anonymous = true beside [instance.signature] contradicts it."""
+    text = signed('scheme = "github"\nsecrets = ["s"]\n', "anonymous = true\n")
+    assert refused(here, text) == (
+        "gwebhook.toml: instance 'w': anonymous: true contradicts "
+        "[instance.signature]; drop anonymous to require them, or drop "
+        "[instance.signature] to accept anyone"
+    )
+
+
+def test_anonymous_next_to_every_way_in_names_all_three(here):
+    """The contradiction lists auth, mtls and signature."""
+    text = instance(
+        "anonymous = true\n",
+        auth='username = "u"\npassword = "p"\n',
+        mtls='client_ca = "ca.pem"\n',
+        signature='scheme = "github"\nsecrets = ["s"]\n',
+    )
+    assert refused(here, text) == (
+        "gwebhook.toml: instance 'w': anonymous: true contradicts [instance.auth], "
+        "[instance.mtls] and [instance.signature]; drop anonymous to require them, "
+        "or drop [instance.auth], [instance.mtls] and [instance.signature] to "
+        "accept anyone"
+    )
+
+
+def test_a_signature_beside_credentials_keeps_both(here):
+    """With auth and signature both given, both are kept (both must pass)."""
+    loaded = only(
+        here,
+        instance(
+            "",
+            auth='username = "u"\npassword = "p"\n',
+            signature='scheme = "github"\nsecrets = ["s"]\n',
+        ),
+    )
+    assert loaded.credentials == Credentials.from_options("u", "p")
+    assert loaded.signature == SignatureConfig("github", (b"s",))
+
+
+def signature_refused(here: Path, signature: str, environ=None) -> str:
+    return refused(here, signed(signature), environ).removeprefix(
+        "gwebhook.toml: instance 'w': "
+    )
+
+
+@pytest.mark.parametrize(
+    ("signature", "message"),
+    [
+        (
+            'secrets = ["s"]\n',
+            "signature.scheme: required; give one of github, stripe, slack, "
+            "standard, hmac",
+        ),
+        (
+            'scheme = "gitlab"\nsecrets = ["s"]\n',
+            "signature.scheme: 'gitlab' is not a scheme gwebhook checks; give one "
+            'of github, stripe, slack, standard, hmac, or "hmac" with the header, '
+            "algorithm and encoding the sender uses",
+        ),
+        (
+            'scheme = 1\nsecrets = ["s"]\n',
+            "signature.scheme: must be a string, got an integer",
+        ),
+        (
+            'scheme = "github"\nsecrets = ["s"]\ncolour = 1\n',
+            "signature.colour: unknown key; [instance.signature] takes scheme, "
+            "secrets, secrets_file, secrets_env, tolerance, header, algorithm, "
+            "encoding, prefix",
+        ),
+        (
+            'scheme = "github"\n',
+            "signature: no secrets; give one of secrets_file, secrets_env or secrets",
+        ),
+        (
+            'scheme = "github"\nsecrets = ["s"]\nsecrets_env = "V"\n',
+            "signature: secrets and secrets_env both given; give exactly one of "
+            "secrets, secrets_file, secrets_env",
+        ),
+        (
+            'scheme = "github"\nsecrets = []\n',
+            "signature.secrets: an empty list would refuse every request; give "
+            "the secrets",
+        ),
+        (
+            'scheme = "github"\nsecrets = "s"\n',
+            "signature.secrets: must be an array of strings, got a string",
+        ),
+        (
+            'scheme = "github"\nsecrets = ["s", 2]\n',
+            "signature.secrets: entry 2 must be a string, got an integer",
+        ),
+        (
+            'scheme = "github"\nsecrets = ["s", ""]\n',
+            "signature.secrets: entry 2 is empty; give the secret",
+        ),
+        (
+            'scheme = "github"\nsecrets = ["hunter2 "]\n',
+            "signature.secrets: entry 1 starts or ends with whitespace; remove it",
+        ),
+        (
+            'scheme = "github"\nsecrets_env = ""\n',
+            "signature.secrets_env: must name an environment variable; give its name",
+        ),
+        (
+            'scheme = "github"\nsecrets_env = "UNSET"\n',
+            "signature.secrets_env: environment variable $UNSET is not set; set it "
+            "in the daemon's environment, or use secrets_file",
+        ),
+        (
+            'scheme = "github"\nsecrets_env = "BLANK"\n',
+            "signature.secrets_env: environment variable $BLANK holds no secret; "
+            "set it to one or more secrets separated by spaces",
+        ),
+        (
+            'scheme = "github"\nsecrets_file = ""\n',
+            "signature.secrets_file: must not be empty; give a path",
+        ),
+        (
+            'scheme = "github"\nsecrets = ["s"]\ntolerance = 300\n',
+            "signature.tolerance: github signs no timestamp, so there is nothing "
+            "to hold to a tolerance; remove it",
+        ),
+        (
+            'scheme = "hmac"\nsecrets = ["s"]\nheader = "X"\ntolerance = 300\n',
+            "signature.tolerance: hmac signs no timestamp, so there is nothing "
+            "to hold to a tolerance; remove it",
+        ),
+        (
+            'scheme = "stripe"\nsecrets = ["s"]\ntolerance = 0\n',
+            "signature.tolerance: 0 would refuse every request; give the seconds "
+            "a signed timestamp may be from now (default 300)",
+        ),
+        (
+            'scheme = "slack"\nsecrets = ["s"]\ntolerance = "300"\n',
+            "signature.tolerance: must be an integer (seconds), got a string",
+        ),
+        (
+            'scheme = "slack"\nsecrets = ["s"]\ntolerance = true\n',
+            "signature.tolerance: must be an integer (seconds), got a boolean",
+        ),
+        (
+            'scheme = "github"\nsecrets = ["s"]\nheader = "X-Hub-Signature-256"\n',
+            'signature.header: only scheme = "hmac" takes it; github always signs '
+            "the same way, so remove it",
+        ),
+        (
+            'scheme = "standard"\nsecrets = ["s"]\nencoding = "base64"\n',
+            'signature.encoding: only scheme = "hmac" takes it; standard always '
+            "signs the same way, so remove it",
+        ),
+        (
+            'scheme = "hmac"\nsecrets = ["s"]\n',
+            'signature.header: required for scheme = "hmac"; give the header the '
+            "sender puts its signature in, e.g. X-Shopify-Hmac-Sha256",
+        ),
+        (
+            'scheme = "hmac"\nsecrets = ["s"]\nheader = "X Sig"\n',
+            "signature.header: 'X Sig' is not a header name; use letters, digits "
+            "and !#$%&'*+-.^_`|~",
+        ),
+        (
+            'scheme = "hmac"\nsecrets = ["s"]\nheader = "X"\nalgorithm = "md5"\n',
+            "signature.algorithm: 'md5' is not one gwebhook knows; give one of "
+            "sha1, sha256, sha512",
+        ),
+        (
+            'scheme = "hmac"\nsecrets = ["s"]\nheader = "X"\nencoding = "b32"\n',
+            "signature.encoding: 'b32' is not one gwebhook knows; give one of "
+            "hex, base64",
+        ),
+        (
+            'scheme = "hmac"\nsecrets = ["s"]\nheader = "X"\nprefix = " sha="\n',
+            "signature.prefix: must be printable ASCII without leading spaces, or "
+            "no request could carry it",
+        ),
+        (
+            'scheme = "hmac"\nsecrets = ["s"]\nheader = "X"\nprefix = "ş="\n',
+            "signature.prefix: must be printable ASCII without leading spaces, or "
+            "no request could carry it",
+        ),
+    ],
+)
+def test_a_bad_signature_table_is_refused_naming_the_key(here, signature, message):
+    """Every refusal of [instance.signature] names the instance, the key and the fix."""
+    assert signature_refused(here, signature, {"BLANK": " \n"}) == message
+
+
+def test_a_signature_that_is_not_a_table_is_refused(here):
+    """signature must be a table."""
+    assert refused(here, instance('signature = "github"\n')) == (
+        "gwebhook.toml: instance 'w': signature: must be a table "
+        "([instance.signature]), got a string"
+    )
+
+
+def test_a_missing_secrets_file_is_refused(here):
+    """A secrets file that cannot be read is refused, naming its path."""
+    message = signature_refused(here, 'scheme = "github"\nsecrets_file = "none"\n')
+    assert message == (
+        f"signature.secrets_file: cannot read {here / 'none'}: No such file or "
+        "directory; give a file the daemon can read, holding one secret per line"
+    )
+
+
+def test_a_secrets_file_of_blank_lines_is_refused(here):
+    """A secrets file with no secret in it is refused."""
+    (here / "hook.secrets").write_text("\n  \n\n")
+    message = signature_refused(
+        here, 'scheme = "github"\nsecrets_file = "hook.secrets"\n'
+    )
+    assert message == (
+        f"signature.secrets_file: {here / 'hook.secrets'} holds no secret; write "
+        "one secret per line"
+    )
+
+
+def test_a_secret_line_with_spaces_is_refused_by_number_not_by_value(here):
+    """A line whose secret has spaces around it is named by its number only."""
+    (here / "hook.secrets").write_text("good\n\nhunter2 \n")
+    message = signature_refused(
+        here, 'scheme = "github"\nsecrets_file = "hook.secrets"\n'
+    )
+    assert message == (
+        f"signature.secrets_file: line 3 of {here / 'hook.secrets'} starts or "
+        "ends with whitespace; remove it"
+    )
+    assert "hunter2" not in message
+
+
+def test_a_secrets_file_that_is_not_utf8_is_refused(here):
+    """A secrets file must be UTF-8."""
+    (here / "hook.secrets").write_bytes(b"ok\n\xff\n")
+    message = signature_refused(
+        here, 'scheme = "github"\nsecrets_file = "hook.secrets"\n'
+    )
+    assert message == (
+        f"signature.secrets_file: {here / 'hook.secrets'} is not UTF-8 (byte 3); "
+        "give a file the daemon can read, holding one secret per line"
+    )
+
+
+def test_a_standard_secret_from_the_environment_is_named_by_position(here):
+    """A bad standard secret from secrets_env is named by its place in the variable."""
+    message = signature_refused(
+        here,
+        'scheme = "standard"\nsecrets_env = "KEYS"\n',
+        {"KEYS": f"{WHSEC} whsec_hunter2!"},
+    )
+    assert message == (
+        "signature.secrets_env: secret 2 of $KEYS is no Standard Webhooks secret "
+        "(what follows whsec_ is not base64); give it as the sender shows it, "
+        "whsec_ and the base64 key"
+    )
+    assert "hunter2" not in message
+
+
+def test_the_command_line_instance_has_no_signature():
+    """The instance the command line describes is built as before, without one."""
+    credentials = Credentials.from_options("u", "p")
+    default = command_line_instance(credentials, False, None, False)
+    assert default is not None
+    assert default.signature is None
