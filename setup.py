@@ -52,6 +52,11 @@ setup(
             "mypy>=2.4.1",
             "mypy-zope>=1.0.17",
             "types-jmespath>=1.1",
+            # The senders' own libraries sign or check the signature tests'
+            # requests: 15.5 is stripe's first generate_signature_header.
+            "stripe>=15.5",
+            "slack-sdk>=3.0",
+            "standardwebhooks>=1.0",
         ],
     },
     entry_points={"console_scripts": ["gwebhook = gwebhook.cli:main"]},
