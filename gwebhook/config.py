@@ -494,17 +494,7 @@ class _Reader:
             return secret
         path = self._path(where, key, value)
         fix = "give a file the daemon can read, holding just the password"
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise self.error(
-                where, key, f"cannot read {path}: {e.strerror}; {fix}"
-            ) from None
-        except UnicodeDecodeError as e:
-            raise self.error(
-                where, key, f"{path} is not UTF-8 (byte {e.start}); {fix}"
-            ) from None
+        text = self._read(where, key, path, fix)
         # One trailing newline is what an editor or `echo` leaves; the same
         # rule as --password-file.
         secret = text[:-1] if text.endswith("\n") else text
@@ -778,11 +768,11 @@ class _Reader:
                 )
         return key, found
 
-    def _text(self, where: str, key: str, path: str) -> list[str]:
-        fix = "give a file the daemon can read, holding one secret per line"
+    def _read(self, where: str, key: str, path: str, fix: str) -> str:
+        """A secret file's text, or the refusal naming ``key`` and ``fix``."""
         try:
             with open(path, encoding="utf-8") as f:
-                text = f.read()
+                return f.read()
         except OSError as e:
             raise self.error(
                 where, key, f"cannot read {path}: {e.strerror}; {fix}"
@@ -791,6 +781,10 @@ class _Reader:
             raise self.error(
                 where, key, f"{path} is not UTF-8 (byte {e.start}); {fix}"
             ) from None
+
+    def _text(self, where: str, key: str, path: str) -> list[str]:
+        fix = "give a file the daemon can read, holding one secret per line"
+        text = self._read(where, key, path, fix)
         # Lines as an editor on any system ends them; a secret may hold any
         # other character, so no wider notion of a line break applies.
         return [line.removesuffix("\r") for line in text.split("\n")]
