@@ -176,19 +176,12 @@ def resolve(
     where = "body" if index is None else f"element {index}"
     mapped_where = where if instance is None else f"{where}: instance '{instance}'"
 
-    if mapped is not None and mapped.name is not None:
-        name = _mapped_string(mapped.name, "map.name", mapped_where)
-    else:
-        name = element.get("name", DEFAULT_NAME)
-        if not isinstance(name, str):
-            raise PayloadError(f"{where}: field 'name' must be a string")
-
-    if mapped is not None and mapped.type is not None:
-        kind = _mapped_string(mapped.type, "map.type", mapped_where)
-    else:
-        kind = element.get("type", default_type)
-        if not isinstance(kind, str):
-            raise PayloadError(f"{where}: field 'type' must be a string")
+    name = _string(
+        element, "name", mapped and mapped.name, DEFAULT_NAME, where, mapped_where
+    )
+    kind = _string(
+        element, "type", mapped and mapped.type, default_type, where, mapped_where
+    )
 
     if mapped is not None and mapped.occurred is not None:
         try:
@@ -207,6 +200,23 @@ def resolve(
     else:
         occurred = received
     return name, kind, occurred
+
+
+def _string(
+    element: dict[str, Any],
+    field: str,
+    mapped: Any,
+    default: str,
+    where: str,
+    mapped_where: str,
+) -> str:
+    """A string field: the mapped value, else the element's own, else ``default``."""
+    if mapped is not None:
+        return _mapped_string(mapped, f"map.{field}", mapped_where)
+    value = element.get(field, default)
+    if not isinstance(value, str):
+        raise PayloadError(f"{where}: field '{field}' must be a string")
+    return value
 
 
 def _mapped_string(value: Any, key: str, where: str) -> str:
