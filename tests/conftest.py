@@ -9,12 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.daemon import TWISTD, Daemon, Processes  # noqa: F401 (TWISTD: below)
+from support.daemon import Daemon, Processes
 from support.pki import PKI, make_pki
-from support.ports import free_port  # noqa: F401 (below)
-
-# TWISTD and free_port are imported from here by test_systemd.py, which is
-# to import them from support instead; until then they stay importable here.
 
 # Fixtures that start a real process: a test using one is marked ``process``.
 PROCESS_FIXTURES = {"daemon", "spawn"}

@@ -23,17 +23,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import TWISTD, free_port
-from service_support import (
-    NotifySocket,
-    basic,
-    leaf_fingerprint,
-    listening_sockets,
-    sha256,
-)
+from support.credentials import AUTH, HEADERS, basic
+from support.daemon import TWISTD
+from support.pki import leaf_fingerprint, sha256
+from support.ports import free_port
+from support.proc import listening_sockets
+from support.systemd import NotifySocket
 
-AUTH = ["--username", "admin", "--password", "pw"]
-HEADERS = basic("admin", "pw")
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 UNIT_TWISTD = "/opt/gwebhook/bin/twistd"
 
