@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
-from gwebhook.clientcert import ClientCertRefused, verify_client
+from gwebhook.clientcert import UNTRUSTED, ClientCertRefused, verify_client
 from gwebhook.config import InstanceConfig
 from gwebhook.metrics import Metrics
 from gwebhook.signatures import SignatureRefused, verify
@@ -25,6 +25,20 @@ log = Logger()
 
 BASIC_CHALLENGE = b'Basic realm="gwebhook", charset="UTF-8"'
 HEALTH_PATH = b"/healthz"
+
+
+def _read(chain: Callable[[], Sequence[x509.Certificate]]):
+    """
+    The client's certificates, or the refusal of what cannot be read: the
+    handshake takes any certificate (each instance checks its own CA), and
+    cryptography refuses some that OpenSSL let through (an X.509 v2, say).
+    """
+    try:
+        return chain()
+    except (ValueError, x509.InvalidVersion) as e:
+        raise ClientCertRefused(
+            UNTRUSTED, f"the client certificate cannot be read: {e}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -93,7 +107,7 @@ class Gate:
             return Admitted()
         try:
             now = datetime.fromtimestamp(self.clock.seconds(), UTC)
-            accepted = verify_client(chain(), instance.mtls, now)
+            accepted = verify_client(_read(chain), instance.mtls, now)
         except ClientCertRefused as e:
             log.info(
                 "{client}: client certificate refused for instance {instance}: "

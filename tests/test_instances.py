@@ -16,8 +16,9 @@ import trustme
 from cryptography import x509
 from support.credentials import AUTH, HEADERS, basic
 from support.daemon import Daemon
-from support.http import served_fingerprint
+from support.http import ask, served_fingerprint
 from support.instances import (
+    connection,
     get,
     instance,
     instance_paths,
@@ -530,3 +531,77 @@ def test_client_certificates_open_an_mtls_instance(daemon, tmp_path, pki, client
         context = client_context(pki, tmp_path, leaf)
         incident = stored(post(d, "/", {}, HEADERS, context=context))
         assert "client_cert" not in show(d, incident["id"])["request"]
+
+
+def _x509_v2_pem(directory: Path) -> Path:
+    """
+    A self-signed X.509 v2 certificate and its key: OpenSSL takes it in a
+    handshake, cryptography cannot read it.
+    """
+    import warnings
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from OpenSSL import crypto
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pkey = crypto.PKey.from_cryptography_key(key)
+        cert = crypto.X509()
+        cert.set_version(1)  # v2: cryptography knows v1 and v3 only
+        cert.get_subject().CN = "sensor-1.example.com"
+        cert.set_issuer(cert.get_subject())
+        cert.set_pubkey(pkey)
+        cert.gmtime_adj_notBefore(0)
+        cert.gmtime_adj_notAfter(3600)
+        cert.set_serial_number(2)
+        cert.sign(pkey, "sha256")
+        pem = crypto.dump_certificate(crypto.FILETYPE_PEM, cert)
+    path = directory / "v2.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        + pem
+    )
+    return path
+
+
+@pytest.mark.parametrize("body", [{"name": "v2"}, None])
+def test_a_client_certificate_that_cannot_be_read_is_a_counted_401(
+    daemon, tmp_path, pki, client_ca, body
+):
+    """
+    A certificate the handshake took but cryptography cannot read (X.509
+    v2) is refused like an untrusted one, with or without a body: no 500,
+    no dropped connection, no traceback in the log.
+    """
+    client_ca.cert_pem.write_to_path(str(tmp_path / "clients-ca.pem"))
+    config = write_config(tmp_path, instance("sensors", client_ca="clients-ca.pem"))
+    metrics = free_port()
+    d = start(daemon, config, "--metrics-port", str(metrics))
+    context = pki.client_context()
+    context.load_cert_chain(str(_x509_v2_pem(tmp_path)))
+    path = "/instance/execute/sensors"
+    if body is None:
+        c = connection(d, None, context)
+        try:
+            reply = ask(c, "POST", path, b"", {"Content-Length": "0"})
+        finally:
+            c.close()
+    else:
+        reply = post(d, path, body, context=context)
+    assert reply.status == 401, reply.body
+    assert reply.json() == {"error": CLIENT_CERT_REFUSALS["untrusted"]}
+    assert row_counts(d.db)["incidents"] == 0
+    failures = sample(
+        scrape(metrics),
+        "gwebhook_auth_failures_total",
+        instance="sensors",
+        reason="client_certificate_untrusted",
+    )
+    assert failures == 1
+    assert "Traceback" not in d.output() + d.log.read_text()
