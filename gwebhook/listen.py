@@ -222,11 +222,12 @@ class OwnPorts(service.MultiService):
             int, tuple[tuple[str, str] | None, ReloadableTLS | None, Listener]
         ] = {}
 
-    def match(self, instances, own_tls: dict) -> None:
+    def match(self, instances, own_tls: dict) -> bool:
         """
         Listen on exactly the own ports of ``instances`` (an Instances),
         with each instance's own certificate (``own_tls``, by name) or the
-        main one.  A port that stays keeps its listener (its own
+        main one; False, with nothing changed, when a port new to the set
+        cannot be bound.  A port that stays keeps its listener (its own
         certificate re-read); one that goes stops listening, and the
         requests in flight on it finish.
         """
@@ -236,36 +237,58 @@ class OwnPorts(service.MultiService):
             pair = (instance.cert, instance.key) if instance.cert else None
             wanted[instance.port] = (pair, own_tls.get(instance.name))
             asks[instance.port] = instance.mtls is not None
+        # New port numbers first, all or none, before anything is let go.
+        opened: list[tuple[int, Listener]] = []
+        for port in sorted(set(wanted) - set(self._open)):
+            pair, tls = wanted[port]
+            listener = self._listen(port, tls)
+            if listener is None:
+                for port_, listener_ in opened:
+                    del self._open[port_]
+                    listener_.disownServiceParent()
+                return False
+            self._open[port] = (pair, tls, listener)
+            opened.append((port, listener))
         for port in list(self._open):
+            if any(port == p for p, _ in opened):
+                continue
             pair, tls, listener = self._open[port]
             if port in wanted and wanted[port][0] == pair:
                 if tls is not None:
                     tls.reload(ask_client_certificate=asks[port])
-                del wanted[port]
                 continue
             del self._open[port]
             listener.disownServiceParent()
             log.info("stopped listening on port {port}", port=port)
-        for port, (pair, tls) in sorted(wanted.items()):
-            plain = SocketEndpoint(
-                self.reactor, port, self.interface, LISTEN_BACKLOG, self.reuse_port
+            if port in wanted:
+                # The same port with another certificate: reopened at once.
+                new_pair, new_tls = wanted[port]
+                replacement = self._listen(port, new_tls)
+                if replacement is not None:
+                    self._open[port] = (new_pair, new_tls, replacement)
+        return True
+
+    def _listen(self, port: int, tls) -> Listener | None:
+        """A listener on ``port`` in this service (bound if it runs), or None."""
+        plain = SocketEndpoint(
+            self.reactor, port, self.interface, LISTEN_BACKLOG, self.reuse_port
+        )
+        serving = tls if tls is not None else self.tls
+        endpoint: IStreamServerEndpoint = plain
+        if serving is not None:
+            endpoint = TLSServerEndpoint(
+                plain,
+                serving,
+                onHandshakeFailure=self.metrics.tls_handshake_failures.inc,
+                failures=self.failures,
             )
-            serving = tls if tls is not None else self.tls
-            endpoint: IStreamServerEndpoint = plain
-            if serving is not None:
-                endpoint = TLSServerEndpoint(
-                    plain,
-                    serving,
-                    onHandshakeFailure=self.metrics.tls_handshake_failures.inc,
-                    failures=self.failures,
-                )
-            listener = Listener(endpoint, self.site)
-            try:
-                listener.setServiceParent(self)
-            except Exception as e:  # a reload must not take the daemon down
-                log.error("cannot listen on port {port}: {why}", port=port, why=e)
-                listener.disownServiceParent()
-                continue
-            self._open[port] = (pair, tls, listener)
-            if self.running:
-                log.info("listening on port {port}", port=port)
+        listener = Listener(endpoint, self.site)
+        try:
+            listener.setServiceParent(self)
+        except Exception as e:  # a reload must not take the daemon down
+            log.error("cannot listen on port {port}: {why}", port=port, why=e)
+            listener.disownServiceParent()
+            return None
+        if self.running:
+            log.info("listening on port {port}", port=port)
+        return listener

@@ -124,12 +124,7 @@ class WebhookService(service.MultiService):
         ask = new[0].needs_client_certificate if new is not None else None
         if self.tls is not None and not self.tls.reload(ask_client_certificate=ask):
             if new is not None:
-                # Neither is put in service: the listener goes on asking for
-                # client certificates as the instances in service need.
-                self.tls.ask_client_certificate = (
-                    self.site.instances.needs_client_certificate
-                )
-                self.tls.rotate_ticket_key()
+                self._keep_asking_as_before()
                 log.error("configuration not reloaded either: both or neither")
             return False
         if new is None:
@@ -138,14 +133,27 @@ class WebhookService(service.MultiService):
                 return False
             return True
         instances, own_tls = new
+        if self.own_ports is not None and not self.own_ports.match(instances, own_tls):
+            self._keep_asking_as_before()
+            log.error(
+                "configuration not reloaded, the running one stays in service: "
+                "a port of its own could not be opened (see above)"
+            )
+            return False
         self.site.instances = instances
-        if self.own_ports is not None:
-            self.own_ports.match(instances, own_tls)
         log.info(
             "configuration reloaded: instances {names}",
             names=", ".join(i.name for i in instances.all) or "none",
         )
         return True
+
+    def _keep_asking_as_before(self) -> None:
+        # The certificate was re-read with the new configuration's wish for
+        # client certificates; the running configuration's stays in force.
+        if self.tls is not None:
+            running = self.site.instances.needs_client_certificate
+            self.tls.ask_client_certificate = running
+            self.tls.rotate_ticket_key()
 
     def stopService(self) -> Deferred[None]:
         return ensureDeferred(self._stop())

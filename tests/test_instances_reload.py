@@ -22,7 +22,12 @@ from support.instances import (
     write_config,
     write_secret,
 )
-from support.ports import free_port, wait_until_listening, wait_until_not_listening
+from support.ports import (
+    free_port,
+    occupied_port,
+    wait_until_listening,
+    wait_until_not_listening,
+)
 from support.store import row_counts
 from support.wait import wait_for
 
@@ -158,3 +163,41 @@ def test_a_reload_opens_and_closes_an_instances_own_port(daemon, tmp_path):
     wait_until_not_listening(own)
     assert status(d, "/instance/execute/mover", mover) == 200
     assert status(d, "/instance/execute/keep", KEEP) == 200
+
+
+def test_a_reload_whose_new_port_cannot_be_opened_changes_nothing(daemon, tmp_path):
+    """
+    A new own port that is taken: the reload is refused whole (logged), the
+    running instances and their ports stay, and a later good reload works.
+    """
+    first, taken = free_port(), occupied_port()
+    busy = taken.getsockname()[1]
+    write_secret(tmp_path, "keep.pw", "keep-secret")
+    mover = basic("mover", "mover-pw")
+    config = write_config(
+        tmp_path,
+        keep(),
+        instance("mover", username="mover", password="mover-pw", port=first),
+    )
+    d = daemon("--config", str(config), *NO_THROTTLE)
+    wait_until_listening(first)
+    try:
+        reload(
+            d,
+            config,
+            keep(),
+            instance("mover", username="mover", password="mover-pw", port=busy),
+            instance("added", username="added", password="added-secret"),
+        )
+        wait_for_log(d, "configuration not reloaded")
+    finally:
+        taken.close()
+    assert "configuration reloaded" not in log_text(d)
+    # The running configuration serves on, its own port included.
+    assert status(d, "/", mover, port=first) == 200
+    assert status(d, "/instance/execute/added", ADDED) == 404  # not in service
+    reload(
+        d, config, keep(), instance("added", username="added", password="added-secret")
+    )
+    wait_for_log(d, "configuration reloaded")
+    assert status(d, "/instance/execute/added", ADDED) == 200
