@@ -309,6 +309,11 @@ class Server:
     def command(self, scenario: Scenario) -> tuple[list[str], dict[str, str]]:
         raise NotImplementedError
 
+    @property
+    def path(self) -> str:
+        """The path every request of the load is posted to."""
+        return "/"
+
     def start(self, scenario: Scenario, label: str) -> None:
         self.port = free_port()
         # A fresh store every time, even for a repeated run of one scenario.
@@ -354,7 +359,7 @@ class Server:
         try:
             connection.request(
                 "POST",
-                "/",
+                self.path,
                 body=b'{"name": "bench probe"}',
                 headers={"Authorization": auth, "Content-Type": "application/json"},
             )
@@ -387,6 +392,10 @@ class Server:
 
 class Gwebhook(Server):
     name = "gwebhook"
+
+    @property
+    def path(self) -> str:
+        return self.options.gwebhook_path
 
     def command(self, scenario):
         if scenario.discard and scenario.workers > 1:
@@ -429,6 +438,8 @@ class Gwebhook(Server):
             argv += shlex.split(
                 self.options.gwebhook_workers_args.format(workers=scenario.workers)
             )
+        # Last, so that they can add to everything above (--config, say).
+        argv += shlex.split(self.options.gwebhook_args)
         env = {"GWEBHOOK_PASSWORD": self.password}
         return argv, env
 
@@ -471,7 +482,14 @@ class Reference(Server):
 # --- load --------------------------------------------------------------------
 
 
-def wrk(port: int, scenario: Scenario, seconds: float, auth: str, until=None) -> dict:
+def wrk(
+    port: int,
+    scenario: Scenario,
+    seconds: float,
+    auth: str,
+    until=None,
+    path: str = "/",
+) -> dict:
     """
     Run wrk against the port; with ``until``, a function polled while it
     runs, stop it early (SIGINT: wrk then reports as usual) once that is true.
@@ -488,7 +506,7 @@ def wrk(port: int, scenario: Scenario, seconds: float, auth: str, until=None) ->
         "10s",
         "-s",
         str(LUA),
-        f"https://127.0.0.1:{port}/",
+        f"https://127.0.0.1:{port}{path}",
     ]
     if scenario.pinned:
         argv = ["taskset", "-c", LOAD_CPU, *argv]
@@ -533,12 +551,12 @@ def measure(server: Server, scenario: Scenario, options, auth: str) -> Run:
     try:
         acked = server.probe(auth)
         if options.warmup > 0:
-            warm = wrk(server.port, scenario, options.warmup, auth)
+            warm = wrk(server.port, scenario, options.warmup, auth, path=server.path)
             acked += warm["acked"]
         before = cpu_seconds(server.process.pid)
         main_before = main_thread_cpu(server.process.pid)
         others, load, steal = user_processes(), children_cpu(), stolen()
-        result = wrk(server.port, scenario, options.seconds, auth)
+        result = wrk(server.port, scenario, options.seconds, auth, path=server.path)
         steal = stolen() - steal
         cpu = cpu_seconds(server.process.pid) - before
         main_cpu = main_thread_cpu(server.process.pid) - main_before
@@ -590,6 +608,7 @@ def rss_growth(server: Gwebhook, auth: str) -> dict:
                 600,
                 auth,
                 until=lambda target=target: server.stored() >= target,
+                path=server.path,
             )
             points[target] = (server.stored(), rss_mb(server.process.pid))
     finally:
@@ -614,7 +633,7 @@ def profile(server: Gwebhook, options, auth: str) -> dict:
     raw = OUT / f"profile-{scenario.key}.txt"
     try:
         server.probe(auth)
-        wrk(server.port, scenario, options.warmup or 1, auth)
+        wrk(server.port, scenario, options.warmup or 1, auth, path=server.path)
         env = {
             **os.environ,
             "BENCH_AUTH": auth,
@@ -632,7 +651,7 @@ def profile(server: Gwebhook, options, auth: str) -> dict:
                 f"-d{options.profile_seconds + 4}s",
                 "-s",
                 str(LUA),
-                f"https://127.0.0.1:{server.port}/",
+                f"https://127.0.0.1:{server.port}{server.path}",
             ],
             env=env,
             stdout=subprocess.DEVNULL,
@@ -1018,6 +1037,19 @@ def parse_arguments(
         "(default '--workers {workers} --pin-cpus')",
     )
     parser.add_argument(
+        "--gwebhook-args",
+        default="",
+        help="more gwebhook options, appended to its command line in every "
+        "scenario (e.g. '--config FILE'; the password is in the environment "
+        "as GWEBHOOK_PASSWORD)",
+    )
+    parser.add_argument(
+        "--gwebhook-path",
+        default="/",
+        help="the path gwebhook's requests are posted to (default /; e.g. "
+        "/instance/execute/NAME); the reference's stay at /",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -1055,6 +1087,8 @@ def parse_arguments(
     unknown = [k for k in keys if k not in SCENARIOS and k != "rss"]
     if unknown:
         parser.error(f"unknown scenario(s) {','.join(unknown)}")
+    if not options.gwebhook_path.startswith("/"):
+        parser.error("--gwebhook-path must start with /")
     servers = [s.strip() for s in options.servers.split(",")]
     if options.profile_only:
         keys, options.profile = [], True
