@@ -119,6 +119,7 @@ def test_the_drop_in_hands_over_the_config_and_every_file_it_names():
     assert "--config ${CREDENTIALS_DIRECTORY}/gwebhook.toml" in DROP_IN.read_text()
 
 
+@pytest.mark.process
 def test_the_drop_in_passes_systemd_analyze_verify_with_the_unit(tmp_path):
     """systemd-analyze verify reads the unit with the drop-in, without a warning."""
     analyze = shutil.which("systemd-analyze")
@@ -144,6 +145,7 @@ def test_the_drop_in_passes_systemd_analyze_verify_with_the_unit(tmp_path):
     assert (result.stdout + result.stderr).strip() == "", "warnings: " + result.stderr
 
 
+@pytest.mark.process
 def test_a_drop_in_with_a_mistake_is_not_passed_silently(tmp_path):
     """The check above reads the drop-in: a wrong key in it is reported."""
     analyze = shutil.which("systemd-analyze")
@@ -193,6 +195,7 @@ def post(port: int, path: str, body: dict, headers: dict, ca: Path) -> tuple:
         connection.close()
 
 
+@pytest.mark.process
 @pytest.mark.process
 def test_the_drop_in_command_line_serves_the_example_senders(tmp_path):
     """

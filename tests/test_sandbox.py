@@ -143,6 +143,7 @@ def test_the_unit_names_only_settings_the_sandbox_understands():
     ]
 
 
+@pytest.mark.process
 def test_inside_the_sandbox_the_units_restrictions_hold(sandbox):
     """A process in the sandbox cannot write outside its state, open other socket
     families, make namespaces or change personality; it is nobody with one

@@ -145,6 +145,7 @@ def test_insecure_sends_without_verifying_and_says_so(daemon, tmp_path):
     assert [n for n, _, _ in stored(d)] == ["k"]
 
 
+@pytest.mark.process
 def test_connection_refused(tmp_path):
     """A port with nothing listening is one line naming the refusal."""
     port = free_port()
@@ -191,6 +192,7 @@ def test_bad_data_is_refused_before_sending(daemon, pki):
         ("https:///path", "has no host"),
     ],
 )
+@pytest.mark.process
 def test_invalid_url_is_refused(target, reason):
     """A URL that is not http(s) with a host and a valid port is one line, status 2."""
     assert reason in assert_one_line_error(send(target), status=2)
@@ -371,6 +373,7 @@ def test_cacert_bundle_trusts_each_of_its_certificates(daemon, tmp_path, pki):
     assert requests_stored(d) == 1
 
 
+@pytest.mark.process
 def test_cacert_without_a_certificate_is_refused_naming_cacert(tmp_path):
     """A --cacert file with no PEM certificate is one line naming --cacert, status 2."""
     der = tmp_path / "ca.der"

@@ -156,6 +156,7 @@ def test_socket_activation_serves_tls_on_the_inherited_socket(spawn, pki, worker
 # ------------------------------------------------------------------ unit files
 
 
+@pytest.mark.process
 def test_units_pass_systemd_analyze_verify(tmp_path):
     """systemd-analyze verify accepts both unit files without a single warning."""
     analyze = shutil.which("systemd-analyze")

@@ -38,6 +38,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.mark.process
 def test_the_restriction_is_real_here():
     """Under the wrapper, cffi cannot make a callback (what TLS runs into)."""
     done = subprocess.run(
@@ -49,6 +50,7 @@ def test_the_restriction_is_real_here():
     assert "write+execute" in done.stderr, done.stderr
 
 
+@pytest.mark.process
 def test_daemon_refuses_to_start_in_one_line(tmp_path, pki):
     """twistd gwebhook under PR_SET_MDWE exits non-zero, its last line naming the
     restriction and how to lift it, with no traceback."""
