@@ -18,7 +18,7 @@ from twisted.web.http_headers import Headers
 from gwebhook.clientcert import UNTRUSTED, ClientCertRefused, verify_client
 from gwebhook.config import InstanceConfig
 from gwebhook.metrics import Metrics
-from gwebhook.signatures import SignatureRefused, verify
+from gwebhook.signatures import SignatureRefused, check_headers, verify
 from gwebhook.throttle import AuthThrottle
 
 log = Logger()
@@ -102,6 +102,17 @@ class Gate:
                     "missing" if not values else "wrong",
                     "missing or wrong credentials",
                     BASIC_CHALLENGE if creds.basic else None,
+                )
+        if instance.signature is not None:
+            # The body is needed for the signature itself, but not to see
+            # that there is none, or a malformed or stale one: refused unread.
+            try:
+                check_headers(
+                    instance.signature, headers.getRawHeaders, self.clock.seconds()
+                )
+            except SignatureRefused as e:
+                return self._failed(
+                    instance, client, f"signature_{e.reason}", e.message
                 )
         if instance.mtls is None:
             return Admitted()

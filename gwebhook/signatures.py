@@ -156,7 +156,12 @@ def verify(
     mapping from lowercase names to lists of values.  ``now`` is Unix time.
     Raises SignatureRefused.
     """
-    read = _Headers(headers)
+    _check(config, _Headers(headers), body, now)
+
+
+def _check(
+    config: SignatureConfig, read: _Headers, body: bytes | None, now: float
+) -> None:
     if config.scheme == "github":
         _github(config, read, body)
     elif config.scheme == "stripe":
@@ -169,10 +174,19 @@ def verify(
         _hmac(config, read, body)
 
 
+def check_headers(config: SignatureConfig, headers: HeaderSource, now: float) -> None:
+    """
+    What ``verify`` checks before the body is needed: the headers are there,
+    well formed and (for timestamped schemes) fresh.  Lets a request with no
+    signature be refused before its body is read.  Raises SignatureRefused.
+    """
+    _check(config, _Headers(headers), None, now)
+
+
 # -- the schemes ----------------------------------------------------------------
 
 
-def _github(config: SignatureConfig, headers: _Headers, body: bytes) -> None:
+def _github(config: SignatureConfig, headers: _Headers, body: bytes | None) -> None:
     [value] = headers.require(_GITHUB)
     given = _hex_after("sha256=", value)
     if given is None:
@@ -181,7 +195,7 @@ def _github(config: SignatureConfig, headers: _Headers, body: bytes) -> None:
 
 
 def _stripe(
-    config: SignatureConfig, headers: _Headers, body: bytes, now: float
+    config: SignatureConfig, headers: _Headers, body: bytes | None, now: float
 ) -> None:
     [value] = headers.require(_STRIPE)
     fix = (
@@ -209,7 +223,9 @@ def _stripe(
     _match(config, hashlib.sha256, (timestamp.encode(), b".", body), signatures)
 
 
-def _slack(config: SignatureConfig, headers: _Headers, body: bytes, now: float) -> None:
+def _slack(
+    config: SignatureConfig, headers: _Headers, body: bytes | None, now: float
+) -> None:
     timestamp, value = headers.require(_SLACK_TIMESTAMP, _SLACK)
     seconds = _unix_time(
         timestamp, f"{_SLACK_TIMESTAMP} must be a Unix time in seconds"
@@ -223,7 +239,7 @@ def _slack(config: SignatureConfig, headers: _Headers, body: bytes, now: float) 
 
 
 def _standard(
-    config: SignatureConfig, headers: _Headers, body: bytes, now: float
+    config: SignatureConfig, headers: _Headers, body: bytes | None, now: float
 ) -> None:
     message_id, timestamp, value = headers.require(
         _STANDARD_ID, _STANDARD_TIMESTAMP, _STANDARD
@@ -253,7 +269,7 @@ def _standard(
     _match(config, hashlib.sha256, signed, signatures)
 
 
-def _hmac(config: SignatureConfig, headers: _Headers, body: bytes) -> None:
+def _hmac(config: SignatureConfig, headers: _Headers, body: bytes | None) -> None:
     assert config.header is not None  # SignatureConfig refuses hmac without one
     [value] = headers.require(config.header)
     digest = ALGORITHMS[config.algorithm]
@@ -333,19 +349,22 @@ def _fresh(config: SignatureConfig, seconds: int, now: float) -> None:
 def _match(
     config: SignatureConfig,
     digest: Callable[[], Any],
-    signed: tuple[bytes, ...],
+    signed: tuple[bytes | None, ...],
     given: list[bytes],
 ) -> None:
     """
     Refuse unless one of ``given`` is the HMAC of ``signed`` (its parts in
     order) under one of the secrets.  One HMAC per secret, whatever the
     number of signatures sent; each comparison of two digests of one length
-    in constant time.
+    in constant time.  Nothing to compare while the body is not read yet
+    (a part is None: see check_headers).
     """
+    if any(part is None for part in signed):
+        return
     for secret in config.secrets:
         mac = hmac.new(secret, digestmod=digest)
         for part in signed:
-            mac.update(part)
+            mac.update(part)  # type: ignore[arg-type]  # None returned above
         expected = mac.digest()
         if any(
             hmac.compare_digest(expected, g) for g in given if len(g) == len(expected)

@@ -15,6 +15,7 @@ import time
 
 import pytest
 from support.credentials import basic
+from support.daemon import wait_for_log
 from support.http import send
 from support.instances import write_config
 from support.metrics import sample, scrape
@@ -155,3 +156,15 @@ def test_every_way_in_must_pass_and_a_stale_timestamp_is_refused(signed):
     reply = send(signed, body, {**password, **signed_now}, path=path)
     assert reply.status == 200, reply.body
     assert row_counts(signed.db)["incidents"] == 1
+
+
+def test_a_request_without_a_signature_is_refused_before_its_body_is_read(signed):
+    """No signature header, or a stale one: 401 at the end of the headers."""
+    body = b'{"name": "' + b"x" * 5000 + b'"}'
+    reply = send(signed, body, {}, path="/instance/execute/github")
+    assert reply.status == 401
+    request_id = reply.headers["x-request-id"]
+    line = wait_for_log(signed, f"id={request_id}")
+    [access] = [entry for entry in line.splitlines() if f"id={request_id}" in entry]
+    assert " 401 incidents=0 bytes=0 " in access
+    assert "refused: signature missing" in access
