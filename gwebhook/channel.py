@@ -91,8 +91,9 @@ class WebhookRequest(server.Request):
     channel: LimitedChannel
     incidents = 0
     route = "other"
-    # The instance the channel resolved and admitted it for (a webhook), and
-    # the client certificate that instance checked ({"subject", "sha256"}).
+    # The instance the channel resolved it to (a webhook; it reaches a route
+    # only once admitted), and the client certificate that instance checked
+    # ({"subject", "sha256"}).
     instance: InstanceConfig | None = None
     client_cert: dict[str, str] | None = None
     # The message of an error answer (see answers.error_answer), for the
@@ -309,6 +310,7 @@ class LimitedChannel(http.HTTPChannel):
             if instance is None:
                 self.refuse(404, NOT_FOUND_MESSAGE)
                 return
+            request.instance = instance  # for the access line, if refused
             verdict = self.site.gate.check(
                 instance, self.client, request.requestHeaders, self.peerChain
             )
@@ -320,7 +322,6 @@ class LimitedChannel(http.HTTPChannel):
                     verdict.challenge,
                 )
                 return
-            request.instance = instance
             request.client_cert = verdict.client_cert
         else:
             # A body where none is taken is not read: 405 on a path that
@@ -628,6 +629,7 @@ class WebhookSite(server.Site):
             request_id=request_id,
             route="channel",
             reason=f"refused: {reason}",
+            instance=request.instance.name if request and request.instance else None,
         )
 
     def _since(self, started: float | None) -> float:

@@ -230,3 +230,19 @@ def test_a_refused_body_leaves_its_reason_on_the_access_line(wire):
         f"id={line['request_id']} refused: element 0 is not a JSON object"
     )
     assert wire.reply().json() == {"error": "element 0 is not a JSON object"}
+
+
+def test_a_request_refused_at_the_end_of_its_headers_names_its_instance(site):
+    """The access line of a 401 the channel gave says which instance refused it."""
+    w = Wire(site)
+    try:
+        with capturedLogs() as events:
+            w.send(
+                b"POST / HTTP/1.1\r\nHost: localhost\r\n"
+                b"Content-Length: 2\r\n\r\n{}"
+            )
+        [line] = [e for e in events if e.get("request_id")]
+        assert (line["status"], line["instance"]) == (401, "default")
+        assert line["reason"] == "refused: missing or wrong credentials"
+    finally:
+        w.close()
