@@ -26,9 +26,9 @@ from gwebhook.answers import (
     raw_response,
 )
 from gwebhook.config import InstanceConfig
-from gwebhook.gate import HEALTH_PATH, Gate, Refusal
+from gwebhook.gate import Gate, Refusal
 from gwebhook.headers import is_printable_ascii
-from gwebhook.instances import Instances, is_webhook_path
+from gwebhook.instances import WEBHOOK_METHODS_BYTES, Instances, is_webhook_path
 from gwebhook.metrics import Metrics
 from gwebhook.tls import peer_chain
 
@@ -50,7 +50,6 @@ _PHASE_LIMITS = {
     "headers": "header_timeout",
     "body": "body_timeout",
 }
-WEBHOOK_METHODS = (b"POST", b"PUT")
 
 # A connection over a cap gets this long to send its first bytes (and read
 # its 503); then it is dropped, so it cannot hold a descriptor for long.
@@ -302,7 +301,7 @@ class LimitedChannel(http.HTTPChannel):
             # Nothing to read: Klein routes it, and the webhook route admits
             # it as below (its refusals keep the connection).
             pass
-        elif method in WEBHOOK_METHODS and is_webhook_path(path):
+        elif method in WEBHOOK_METHODS_BYTES and is_webhook_path(path):
             # Which instance, then its credentials, before a byte of the body
             # is read (or invited by a "100 Continue"): a stranger's body
             # costs us nothing.
@@ -396,6 +395,9 @@ def _non_ascii_message(line: bytes, first: bool) -> str:
             f"header {name.decode('ascii')!r} has a value that is not printable ASCII"
         )
     return "a header name is not printable ASCII"
+
+
+HEALTH_PATH = b"/healthz"
 
 
 def _allowed_methods(path: bytes) -> str | None:

@@ -24,7 +24,6 @@ from gwebhook.throttle import AuthThrottle
 log = Logger()
 
 BASIC_CHALLENGE = b'Basic realm="gwebhook", charset="UTF-8"'
-HEALTH_PATH = b"/healthz"
 
 
 def _read(chain: Callable[[], Sequence[x509.Certificate]]):
@@ -72,11 +71,6 @@ class Gate:
         self.throttle = throttle
         self.metrics = metrics
         self.clock = clock
-
-    @staticmethod
-    def exempt(method: bytes, path: bytes) -> bool:
-        """Only the health check is open to anyone."""
-        return method in (b"GET", b"HEAD") and path.split(b"?", 1)[0] == HEALTH_PATH
 
     def check(
         self,

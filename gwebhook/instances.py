@@ -20,6 +20,10 @@ from gwebhook.config import DEFAULT_INSTANCE, InstanceConfig
 from gwebhook.credentials import Credentials
 from gwebhook.payload import DEFAULT_TYPE
 
+# How senders send: POST, or PUT (Wallarm can be set to it).
+WEBHOOK_METHODS = ("POST", "PUT")
+WEBHOOK_METHODS_BYTES = frozenset(m.encode("ascii") for m in WEBHOOK_METHODS)
+
 # The webhook paths, with the instance name of XSOAR's URL forms.
 _WEBHOOK_PATH = re.compile(rb"/|/(?:xsoar/)?instance/execute/([^/?]+)")
 

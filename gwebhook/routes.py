@@ -34,7 +34,11 @@ from gwebhook.answers import (
 from gwebhook.config import InstanceConfig
 from gwebhook.gate import Admitted, Gate
 from gwebhook.headers import headers_for_details
-from gwebhook.instances import is_webhook_path
+from gwebhook.instances import (
+    WEBHOOK_METHODS,
+    WEBHOOK_METHODS_BYTES,
+    is_webhook_path,
+)
 from gwebhook.metrics import Metrics
 from gwebhook.model import ReceivedRequest, StoredIncident
 from gwebhook.payload import (
@@ -47,9 +51,6 @@ from gwebhook.store import IncidentStore, StoreUnavailable
 from gwebhook.timestamps import format_utc
 
 log = Logger()
-
-WEBHOOK_METHODS = ["POST", "PUT"]
-_WEBHOOK_METHODS = frozenset(m.encode("ascii") for m in WEBHOOK_METHODS)
 
 
 class WebhookRoutes:
@@ -252,7 +253,9 @@ class Front(Resource):
         self.klein = klein
 
     def render(self, request):
-        if request.method not in _WEBHOOK_METHODS or not is_webhook_path(request.path):
+        if request.method not in WEBHOOK_METHODS_BYTES or not is_webhook_path(
+            request.path
+        ):
             return self.klein.render(request)
         try:
             answer = self.routes.ingest(request)
