@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import base64
 import ctypes
+import hashlib
+import hmac
 import itertools
 import json
 import os
@@ -22,6 +24,7 @@ import signal
 import socket
 import sqlite3
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,10 +38,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
 LUA = HERE / "post.lua"
+CONFIGS = HERE / "instances"
 OUT = HERE / "out"
 TICKS = os.sysconf("SC_CLK_TCK")
 SERVER_CPU, LOAD_CPU = "0", "1"
 USERNAME = "bench"
+# Where the config-instance scenarios (b-plain, b-signed, b-dedup...) post:
+# every config in bench/instances declares one instance, named bench.
+INSTANCE_PATH = "/instance/execute/bench"
+# The environment variable the signed configs read their secret from.
+SECRET_ENV = "BENCH_SIGNATURE_SECRET"  # noqa: S105 (a name, not a secret)
 
 
 @dataclass(frozen=True)
@@ -51,11 +60,20 @@ class Scenario:
     discard: bool = False
     workers: int = 1
     threads: int = 1
+    # gwebhook only: --config bench/instances/CONFIG.toml, requests posted to
+    # INSTANCE_PATH.
+    config: str | None = None
+    # Every request distinct and signed (post.lua's BENCH_VARY).
+    vary: bool = False
 
     @property
     def pinned(self) -> bool:
         """One server process: server on core 0, wrk on core 1."""
         return self.workers == 1
+
+    def runs_on(self, server: str) -> bool:
+        """The config-instance scenarios are gwebhook's alone."""
+        return self.config is None or server == "gwebhook"
 
 
 SCENARIOS = {
@@ -96,8 +114,44 @@ SCENARIOS = {
             workers=2,
             threads=2,
         ),
+        # As b, but every request distinct (its own alertId and webhook-id)
+        # and signed (Standard Webhooks), to one config instance that checks
+        # Basic auth and, depending on the scenario, the signature, the
+        # duplicates, or both: the same requests each time, only the
+        # instance's config differs.
+        Scenario(
+            "b-plain",
+            "as b, distinct signed requests, instance checks Basic auth only",
+            32,
+            config="plain",
+            vary=True,
+        ),
+        Scenario(
+            "b-signed",
+            "as b-plain, instance also verifies the signature (standard)",
+            32,
+            config="signed",
+            vary=True,
+        ),
+        Scenario(
+            "b-dedup",
+            "as b-plain, instance also deduplicates (keys alertId, header webhook-id)",
+            32,
+            config="dedup",
+            vary=True,
+        ),
+        Scenario(
+            "b-signed-dedup",
+            "as b-plain, instance verifies the signature and deduplicates",
+            32,
+            config="signed-dedup",
+            vary=True,
+        ),
     ]
 }
+# The config-instance scenarios compared with b-plain, and the most each may
+# cost of its throughput (the targets).
+INSTANCE_COSTS = {"b-signed": 0.05, "b-dedup": 0.10, "b-signed-dedup": None}
 DEFAULT_SCENARIOS = "a,b,c,d,e,rss"
 
 
@@ -122,6 +176,34 @@ class Run:
     skipped: str | None = None
     wrk: dict = field(default_factory=dict)
     tls: str = ""
+    round: int = 0
+    duplicates: int = 0  # answer entries marked "duplicate": true
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the load needs to be let in: Basic auth and a signing key."""
+
+    password: str
+    signing_key: bytes  # the Standard Webhooks HMAC key
+
+    @property
+    def auth(self) -> str:
+        """The Authorization header's value."""
+        token = base64.b64encode(f"{USERNAME}:{self.password}".encode()).decode()
+        return "Basic " + token
+
+    @property
+    def secret(self) -> str:
+        """The key as a Standard Webhooks secret, for the instance's config."""
+        return "whsec_" + base64.b64encode(self.signing_key).decode()
+
+
+def standard_signature(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
+    """webhook-signature for a body, as Standard Webhooks senders make it."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    mac = hmac.new(key, signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
 
 
 class Failed(Exception):
@@ -295,11 +377,12 @@ class Server:
         work: Path,
         cert: Path,
         key: Path,
-        password: str,
+        credentials: Credentials,
         options: argparse.Namespace,
     ) -> None:
         self.work, self.cert, self.key = work, cert, key
-        self.password = password
+        self.credentials = credentials
+        self.password = credentials.password
         self.options = options
         self.process: subprocess.Popen | None = None
         self.port = 0
@@ -309,9 +392,8 @@ class Server:
     def command(self, scenario: Scenario) -> tuple[list[str], dict[str, str]]:
         raise NotImplementedError
 
-    @property
-    def path(self) -> str:
-        """The path every request of the load is posted to."""
+    def path(self, scenario: Scenario) -> str:
+        """The path every request of the scenario's load is posted to."""
         return "/"
 
     def start(self, scenario: Scenario, label: str) -> None:
@@ -350,19 +432,27 @@ class Server:
             f"{self.name} did not answer within {timeout} s:\n{self.log_tail()}"
         )
 
-    def probe(self, auth: str) -> int:
+    def probe(self, scenario: Scenario) -> int:
         """One real POST; the incidents it acknowledged."""
         context = ssl._create_unverified_context()  # noqa: S323
         connection = HTTPSConnection(
             "127.0.0.1", self.port, context=context, timeout=10
         )
-        try:
-            connection.request(
-                "POST",
-                self.path,
-                body=b'{"name": "bench probe"}',
-                headers={"Authorization": auth, "Content-Type": "application/json"},
+        body = b'{"name": "bench probe"}'
+        headers = {
+            "Authorization": self.credentials.auth,
+            "Content-Type": "application/json",
+        }
+        if scenario.vary:
+            # Signed as the load's requests are, under an id of its own.
+            message_id, now = f"msg_probe_{secrets.token_hex(4)}", int(time.time())
+            headers["webhook-id"] = message_id
+            headers["webhook-timestamp"] = str(now)
+            headers["webhook-signature"] = standard_signature(
+                self.credentials.signing_key, message_id, now, body
             )
+        try:
+            connection.request("POST", self.path(scenario), body=body, headers=headers)
             answer = connection.getresponse()
             body = answer.read()
         finally:
@@ -393,8 +483,9 @@ class Server:
 class Gwebhook(Server):
     name = "gwebhook"
 
-    @property
-    def path(self) -> str:
+    def path(self, scenario: Scenario) -> str:
+        if scenario.config:
+            return INSTANCE_PATH
         return self.options.gwebhook_path
 
     def command(self, scenario):
@@ -438,9 +529,11 @@ class Gwebhook(Server):
             argv += shlex.split(
                 self.options.gwebhook_workers_args.format(workers=scenario.workers)
             )
+        if scenario.config:
+            argv += ["--config", str(CONFIGS / f"{scenario.config}.toml")]
         # Last, so that they can add to everything above (--config, say).
         argv += shlex.split(self.options.gwebhook_args)
-        env = {"GWEBHOOK_PASSWORD": self.password}
+        env = {"GWEBHOOK_PASSWORD": self.password, SECRET_ENV: self.credentials.secret}
         return argv, env
 
 
@@ -482,11 +575,25 @@ class Reference(Server):
 # --- load --------------------------------------------------------------------
 
 
+def load_env(scenario: Scenario, credentials: Credentials) -> dict[str, str]:
+    """post.lua's settings for the scenario's load (see its header)."""
+    return {
+        **os.environ,
+        "BENCH_AUTH": credentials.auth,
+        "BENCH_BATCH": str(scenario.batch),
+        "BENCH_CLOSE": "1" if scenario.close else "0",
+        "BENCH_VARY": "1" if scenario.vary else "0",
+        "BENCH_SIGNING_KEY": credentials.signing_key.hex(),
+        # New for every wrk: the warm-up's ids are not the measured run's.
+        "BENCH_SALT": secrets.token_hex(6),
+    }
+
+
 def wrk(
     port: int,
     scenario: Scenario,
     seconds: float,
-    auth: str,
+    credentials: Credentials,
     until=None,
     path: str = "/",
 ) -> dict:
@@ -510,12 +617,7 @@ def wrk(
     ]
     if scenario.pinned:
         argv = ["taskset", "-c", LOAD_CPU, *argv]
-    env = {
-        **os.environ,
-        "BENCH_AUTH": auth,
-        "BENCH_BATCH": str(scenario.batch),
-        "BENCH_CLOSE": "1" if scenario.close else "0",
-    }
+    env = load_env(scenario, credentials)
     process = spawn(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     wrk_pids.add(process.pid)
     try:
@@ -536,7 +638,9 @@ def wrk(
     return json.loads(match.group(1))
 
 
-def measure(server: Server, scenario: Scenario, options, auth: str) -> Run:
+def measure(
+    server: Server, scenario: Scenario, options, credentials: Credentials
+) -> Run:
     run = Run(scenario.key, server.name)
     label = f"{scenario.key}-{server.name}"
     try:
@@ -549,14 +653,15 @@ def measure(server: Server, scenario: Scenario, options, auth: str) -> Run:
         raise
     run.tls = server.tls
     try:
-        acked = server.probe(auth)
+        path = server.path(scenario)
+        acked = server.probe(scenario)
         if options.warmup > 0:
-            warm = wrk(server.port, scenario, options.warmup, auth, path=server.path)
+            warm = wrk(server.port, scenario, options.warmup, credentials, path=path)
             acked += warm["acked"]
         before = cpu_seconds(server.process.pid)
         main_before = main_thread_cpu(server.process.pid)
         others, load, steal = user_processes(), children_cpu(), stolen()
-        result = wrk(server.port, scenario, options.seconds, auth, path=server.path)
+        result = wrk(server.port, scenario, options.seconds, credentials, path=path)
         steal = stolen() - steal
         cpu = cpu_seconds(server.process.pid) - before
         main_cpu = main_thread_cpu(server.process.pid) - main_before
@@ -583,6 +688,7 @@ def measure(server: Server, scenario: Scenario, options, auth: str) -> Run:
     run.other_cpu_percent = min(100 * others / seconds, 100.0 * (os.cpu_count() or 2))
     run.steal_percent = 100 * steal / seconds
     run.acknowledged = acked + result["acked"]
+    run.duplicates = result.get("duplicates", 0)
     run.errors = (
         result["other"]
         + result["connect_errors"]
@@ -594,21 +700,21 @@ def measure(server: Server, scenario: Scenario, options, auth: str) -> Run:
     return run
 
 
-def rss_growth(server: Gwebhook, auth: str) -> dict:
+def rss_growth(server: Gwebhook, credentials: Credentials) -> dict:
     """gwebhook's RSS after 10,000 and after 100,000 requests (32 connections)."""
     scenario = SCENARIOS["b"]
     server.start(scenario, "rss-gwebhook")
     try:
-        server.probe(auth)
+        server.probe(scenario)
         points = {}
         for target in (10_000, 100_000):
             wrk(
                 server.port,
                 scenario,
                 600,
-                auth,
+                credentials,
                 until=lambda target=target: server.stored() >= target,
-                path=server.path,
+                path=server.path(scenario),
             )
             points[target] = (server.stored(), rss_mb(server.process.pid))
     finally:
@@ -626,20 +732,16 @@ def rss_growth(server: Gwebhook, auth: str) -> dict:
 # --- profile -----------------------------------------------------------------
 
 
-def profile(server: Gwebhook, options, auth: str) -> dict:
+def profile(server: Gwebhook, options, credentials: Credentials) -> dict:
     """py-spy on gwebhook under a one-process scenario: where the CPU goes."""
     scenario = SCENARIOS[options.profile_scenario]
     server.start(scenario, "profile-gwebhook")
     raw = OUT / f"profile-{scenario.key}.txt"
+    path = server.path(scenario)
     try:
-        server.probe(auth)
-        wrk(server.port, scenario, options.warmup or 1, auth, path=server.path)
-        env = {
-            **os.environ,
-            "BENCH_AUTH": auth,
-            "BENCH_BATCH": str(scenario.batch),
-            "BENCH_CLOSE": "1" if scenario.close else "0",
-        }
+        server.probe(scenario)
+        wrk(server.port, scenario, options.warmup or 1, credentials, path=path)
+        env = load_env(scenario, credentials)
         load = spawn(
             [
                 "taskset",
@@ -651,7 +753,7 @@ def profile(server: Gwebhook, options, auth: str) -> dict:
                 f"-d{options.profile_seconds + 4}s",
                 "-s",
                 str(LUA),
-                f"https://127.0.0.1:{server.port}{server.path}",
+                f"https://127.0.0.1:{server.port}{path}",
             ],
             env=env,
             stdout=subprocess.DEVNULL,
@@ -817,6 +919,9 @@ def versions() -> dict:
 def source_state() -> str:
     """Which gwebhook was measured: the commit, and whether the tree differs."""
     project = HERE.parent
+    installed = os.environ.get("BENCH_INSTALLED_COMMIT")
+    if installed:
+        return f"{installed[:7]} (a git archive of that commit, not the working tree)"
 
     def git(*args: str) -> str:
         done = subprocess.run(
@@ -844,8 +949,10 @@ def _functions_table(title: str, rows: list[dict]) -> list[str]:
     ]
 
 
-def table(runs: list[Run]) -> str:
+def table(runs: list[Run], rounds: bool = False) -> str:
+    """The runs as a markdown table; with ``rounds``, each run's round first."""
     head = (
+        *(("round",) if rounds else ()),
         "scen",
         "server",
         "req/s",
@@ -865,12 +972,16 @@ def table(runs: list[Run]) -> str:
     )
     rows = []
     for r in runs:
+        first = (str(r.round),) if rounds else ()
         if r.skipped:
-            rows.append((r.scenario, r.server, "skipped: " + r.skipped, *[""] * 13))
+            rows.append(
+                (*first, r.scenario, r.server, "skipped: " + r.skipped, *[""] * 13)
+            )
             continue
         stored = "n/a (disabled)" if r.stored is None else str(r.stored)
         rows.append(
             (
+                *first,
                 r.scenario,
                 r.server,
                 f"{r.requests_per_s:,.0f}",
@@ -910,7 +1021,47 @@ def ratios(runs: list[Run]) -> list[str]:
     return lines
 
 
-def targets(runs: list[Run], rss: dict | None) -> list[str]:
+def instance_ratios(every: list[Run]) -> dict[str, list[tuple[int, Run, Run]]]:
+    """
+    For each config-instance scenario, its runs paired with b-plain's run of
+    the same round: (round, the run, b-plain's run).  Rounds rather than
+    each one's best: the same requests, minutes apart at most, so their
+    ratio is what the instance's config costs.
+    """
+    plain = {r.round: r for r in every if r.scenario == "b-plain" and not r.skipped}
+    pairs: dict[str, list[tuple[int, Run, Run]]] = {}
+    for r in every:
+        if r.scenario in INSTANCE_COSTS and not r.skipped and r.round in plain:
+            base = plain[r.round]
+            if base.requests_per_s:
+                pairs.setdefault(r.scenario, []).append((r.round, r, base))
+    return pairs
+
+
+def instance_lines(every: list[Run]) -> list[str]:
+    """Each config-instance scenario against b-plain, round by round."""
+    lines = []
+    for key, pairs in instance_ratios(every).items():
+        rps = [r.requests_per_s / base.requests_per_s for _, r, base in pairs]
+        cpu = [r.cpu_us_per_request - base.cpu_us_per_request for _, r, base in pairs]
+        main = [
+            r.main_thread_us_per_request - base.main_thread_us_per_request
+            for _, r, base in pairs
+        ]
+        lines.append(
+            f"{key} / b-plain, round by round: req/s "
+            + " ".join(f"{x:.3f}" for x in rps)
+            + f" (range {min(rps):.3f}-{max(rps):.3f}); CPU us/req "
+            + " ".join(f"{x:+.0f}" for x in cpu)
+            + "; main thread us/req "
+            + " ".join(f"{x:+.0f}" for x in main)
+        )
+    return lines
+
+
+def targets(
+    runs: list[Run], rss: dict | None, every: list[Run] | None = None
+) -> list[str]:
     by = {(r.scenario, r.server): r for r in runs if not r.skipped}
     lines = []
 
@@ -982,6 +1133,20 @@ def targets(runs: list[Run], rss: dict | None) -> list[str]:
             "{:.1f}",
             higher=False,
         )
+    # What an instance's signature check and dedup may cost: judged on the
+    # median of the rounds' ratios (each round's pair ran minutes apart).
+    for key, pairs in instance_ratios(every or []).items():
+        cost = INSTANCE_COSTS[key]
+        if cost is None:
+            continue
+        rps = sorted(r.requests_per_s / base.requests_per_s for _, r, base in pairs)
+        check(
+            f"{key}/b-plain req/s, median of {len(rps)} round(s) "
+            f"(range {rps[0]:.3f}-{rps[-1]:.3f})",
+            statistics.median(rps),
+            1 - cost,
+            "{:.3f}",
+        )
     return lines
 
 
@@ -1016,7 +1181,9 @@ def parse_arguments(
         default=DEFAULT_SCENARIOS,
         help=f"comma-separated, of {','.join(SCENARIOS)},rss "
         f"(default {DEFAULT_SCENARIOS}; f and g: two server "
-        "processes)",
+        "processes; b-plain, b-signed, b-dedup, b-signed-dedup: gwebhook "
+        "only, an instance of bench/instances/*.toml, each against b-plain "
+        "round by round)",
     )
     parser.add_argument(
         "--servers",
@@ -1047,7 +1214,8 @@ def parse_arguments(
         "--gwebhook-path",
         default="/",
         help="the path gwebhook's requests are posted to (default /; e.g. "
-        "/instance/execute/NAME); the reference's stay at /",
+        "/instance/execute/NAME); the reference's stay at /, and the "
+        f"b-* config-instance scenarios' at {INSTANCE_PATH}",
     )
     parser.add_argument(
         "--repeat",
@@ -1067,7 +1235,7 @@ def parse_arguments(
     parser.add_argument("--profile-seconds", type=int, default=15)
     parser.add_argument(
         "--profile-scenario",
-        choices=["a", "b", "c", "d", "e"],
+        choices=[k for k, s in SCENARIOS.items() if s.pinned],
         default="b",
         help="the load to profile under (default b)",
     )
@@ -1075,6 +1243,13 @@ def parse_arguments(
         "--profile-native",
         action="store_true",
         help="py-spy --native: C frames (OpenSSL, SQLite) too",
+    )
+    parser.add_argument(
+        "--commit",
+        metavar="REV",
+        help="(bench/run) measure that commit: bench/run installs a git "
+        "archive of it instead of the working tree, whose uncommitted "
+        "changes may be someone's work in progress",
     )
     parser.add_argument(
         "--keep",
@@ -1090,6 +1265,8 @@ def parse_arguments(
     if not options.gwebhook_path.startswith("/"):
         parser.error("--gwebhook-path must start with /")
     servers = [s.strip() for s in options.servers.split(",")]
+    if options.commit and not os.environ.get("BENCH_INSTALLED_COMMIT"):
+        parser.error("--commit is bench/run's: run bench/run, not bench.py")
     if options.profile_only:
         keys, options.profile = [], True
     return options, keys, servers
@@ -1103,18 +1280,20 @@ class Bench:
     work: Path
     cert: Path
     key: Path
-    password: str
-    auth: str
+    credentials: Credentials
 
     def server(self, name: str) -> Server:
         """A new server of that kind, not yet started, with this run's settings."""
         return SERVERS[name](
-            self.work, self.cert, self.key, self.password, self.options
+            self.work, self.cert, self.key, self.credentials, self.options
         )
 
 
 def set_up(work: Path, options: argparse.Namespace) -> Bench:
-    """A certificate (made in ``work``) and a random password for the servers."""
+    """
+    A certificate (made in ``work``), a random password for the servers and
+    a random signing key for the signed instances.
+    """
     made = subprocess.run(
         [str(VENV_BIN / "gwebhook"), "make-cert", str(work / "certs")],
         capture_output=True,
@@ -1123,9 +1302,8 @@ def set_up(work: Path, options: argparse.Namespace) -> Bench:
     if made.returncode:
         raise Failed(f"gwebhook make-cert failed: {made.stderr}")
     cert, key = work / "certs" / "server.crt", work / "certs" / "server.key"
-    password = secrets.token_urlsafe(18)
-    auth = "Basic " + base64.b64encode(f"{USERNAME}:{password}".encode()).decode()
-    return Bench(options, work, cert, key, password, auth)
+    credentials = Credentials(secrets.token_urlsafe(18), secrets.token_bytes(32))
+    return Bench(options, work, cert, key, credentials)
 
 
 @dataclass
@@ -1141,7 +1319,7 @@ class Results:
 def run_rss(bench: Bench) -> dict:
     """gwebhook's memory growth under scenario b's load."""
     print("bench: rss: gwebhook after 10,000 and 100,000 requests", file=sys.stderr)
-    return rss_growth(bench.server("gwebhook"), bench.auth)
+    return rss_growth(bench.server("gwebhook"), bench.credentials)
 
 
 def run_scenario(bench: Bench, key: str, name: str, attempt: int) -> Run:
@@ -1153,7 +1331,7 @@ def run_scenario(bench: Bench, key: str, name: str, attempt: int) -> Run:
         + (f", round {attempt + 1}/{options.repeat}" if options.repeat > 1 else ""),
         file=sys.stderr,
     )
-    run = measure(bench.server(name), scenario, options, bench.auth)
+    run = measure(bench.server(name), scenario, options, bench.credentials)
     if not run.skipped:
         print(
             f"bench:     {run.requests_per_s:,.0f} req/s, "
@@ -1182,13 +1360,20 @@ def run_scenarios(
                     results.rss = run_rss(bench)
                 continue
             for name in servers:
+                if not SCENARIOS[key].runs_on(name):
+                    continue
                 run = run_scenario(bench, key, name, attempt)
+                run.round = attempt + 1
                 results.every.append(run)
                 mine = best.get((key, name))
                 if mine is None or run.requests_per_s > mine.requests_per_s:
                     best[(key, name)] = run
     results.runs.extend(
-        best[(k, name)] for k in keys if k in SCENARIOS for name in servers
+        best[(k, name)]
+        for k in keys
+        if k in SCENARIOS
+        for name in servers
+        if (k, name) in best
     )
 
 
@@ -1199,7 +1384,7 @@ def run_profile(bench: Bench) -> dict:
         "with py-spy",
         file=sys.stderr,
     )
-    return profile(bench.server("gwebhook"), bench.options, bench.auth)
+    return profile(bench.server("gwebhook"), bench.options, bench.credentials)
 
 
 @dataclass
@@ -1238,11 +1423,19 @@ def header_lines(
     return lines
 
 
-def measurement_lines(runs: list[Run], rss: dict | None) -> list[str]:
+def measurement_lines(
+    runs: list[Run], rss: dict | None, every: list[Run] | None = None
+) -> list[str]:
     """The table, the ratios, a warning for a busy machine, RSS, the targets."""
     lines: list[str] = []
+    every = every or []
     if runs:
-        lines += ["", table(runs), "", *ratios(runs)]
+        lines += ["", table(runs), "", *ratios(runs), *instance_lines(every)]
+        if len({r.round for r in every}) > 1 and any(
+            s.config for s in (SCENARIOS[r.scenario] for r in every)
+        ):
+            # The config-instance ratios are round by round: show the rounds.
+            lines += ["", "every run, round by round:", "", table(every, rounds=True)]
         busiest = max(r.other_cpu_percent + r.steal_percent for r in runs)
         if busiest > 10:
             lines += [
@@ -1262,7 +1455,7 @@ def measurement_lines(runs: list[Run], rss: dict | None) -> list[str]:
         lines += [
             "",
             "targets:",
-            *(targets(runs, rss) or ["(none judged by these scenarios)"]),
+            *(targets(runs, rss, every) or ["(none judged by these scenarios)"]),
         ]
     return lines
 
@@ -1284,6 +1477,12 @@ def store_check_lines(every: list[Run]) -> list[str]:
             lines.append(
                 f"[CHECK] ({r.scenario}) {r.server}: stored {r.stored} is "
                 f"more than acknowledged {r.acknowledged} + {slack} in flight"
+            )
+        if r.duplicates:
+            # Every request of the load is distinct: none may be a duplicate.
+            lines.append(
+                f"[CHECK] ({r.scenario}) {r.server}: {r.duplicates} answer "
+                "entries marked duplicate, though every request was distinct"
             )
     for r in lost(every):
         lines.append(
@@ -1333,7 +1532,7 @@ def report(
     """Print the report and write it, with the raw numbers as JSON, to OUT."""
     lines = [
         *header_lines(circumstances, argv, options, keys, results.runs),
-        *measurement_lines(results.runs, results.rss),
+        *measurement_lines(results.runs, results.rss, results.every),
         *store_check_lines(results.every),
         *profile_lines(results.profile, options.profile_scenario),
     ]
