@@ -1352,9 +1352,11 @@ def run_scenarios(
     # row: a machine whose speed drifts (other guests on the host) then
     # drifts under every scenario alike, and ratios between scenarios
     # (store on/off, one process/two) stay fair.
+    # Every other round goes over them backwards (A B, B A, A B...), so that
+    # a drift within a round does not always favour the same scenario.
     best: dict[tuple[str, str], Run] = {}
     for attempt in range(bench.options.repeat):
-        for key in keys:
+        for key in keys if attempt % 2 == 0 else keys[::-1]:
             if key == "rss":
                 if attempt == 0 and "gwebhook" in servers:
                     results.rss = run_rss(bench)
