@@ -55,16 +55,27 @@ class AccessLog:
         route: str,
         reason: str | None = None,
         instance: str | None = None,
+        duplicates: int = 0,
+        duplicate_of: str | None = None,
     ) -> None:
         """
         One access line: client, method, path, status, incidents, body
-        bytes, duration, request id, and why it was refused when it was —
-        never a header value, a credential or a body.
+        bytes, duration, request id; the duplicates it was answered with
+        and, for a request that repeated an earlier one's idempotency key,
+        that request's id; and why it was refused when it was — never a
+        header value, a credential or a body.
         """
         method_text = method.decode("ascii", "replace")
         path_text = path.decode("ascii", "replace")
         self.metrics.answered(
-            method_text, route, status, seconds, body_bytes, incidents, instance
+            method_text,
+            route,
+            status,
+            seconds,
+            body_bytes,
+            incidents,
+            instance,
+            duplicates,
         )
         line = _ACCESS_LINE % (
             client,
@@ -76,6 +87,10 @@ class AccessLog:
             seconds * 1000,
             request_id,
         )
+        if duplicates:
+            line = f"{line} duplicates={duplicates}"
+        if duplicate_of is not None:
+            line = f"{line} duplicate-of={duplicate_of or '-'}"
         if reason:
             line = f"{line} {reason}"
         # Formatted here, once (see as_format); the fields ride along for
@@ -93,4 +108,6 @@ class AccessLog:
             request_id=request_id,
             reason=reason,
             instance=instance,
+            duplicates=duplicates,
+            duplicate_of=duplicate_of,
         )

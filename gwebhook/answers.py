@@ -15,6 +15,7 @@ from gwebhook.model import StoredIncident
 RETRY_AFTER_SECONDS = 5
 # One incident as json.dumps writes StoredIncident.summary(), fields quoted.
 _INCIDENT = '{"id": %s, "name": %s, "type": %s, "occurred": %s, "created": %s}'
+_DUPLICATE = _INCIDENT[:-1] + ', "duplicate": true}'
 
 
 def reason_phrase(status: int) -> bytes:
@@ -58,7 +59,10 @@ def incidents_json(stored: Iterable[StoredIncident]) -> bytes:
     the dicts and the generic encoder: an answer lists every incident of its
     request, a hundred for an array of a hundred.
     """
-    items = ", ".join(_INCIDENT % tuple(map(_quote, s)) for s in stored)
+    items = ", ".join(
+        (_DUPLICATE if s.duplicate else _INCIDENT) % tuple(map(_quote, s[:5]))
+        for s in stored
+    )
     return f"[{items}]".encode("ascii")
 
 

@@ -89,6 +89,10 @@ class WebhookRequest(server.Request):
     # Made by WebhookSite's channels only (Twisted types it HTTPChannel).
     channel: LimitedChannel
     incidents = 0
+    # Of the answer's incidents, those an earlier request created; and, when
+    # the whole request repeated an earlier one, that one's request id.
+    duplicates = 0
+    duplicate_of: str | None = None
     route = "other"
     # The instance the channel resolved it to (a webhook; it reaches a route
     # only once admitted), and the client certificate that instance checked
@@ -606,6 +610,8 @@ class WebhookSite(server.Site):
             route=request.route,
             reason=request.error and _why(request.code, request.error),
             instance=request.instance.name if request.instance else None,
+            duplicates=request.duplicates,
+            duplicate_of=request.duplicate_of,
         )
 
     def refused(

@@ -21,6 +21,7 @@ from typing import Any
 from cryptography import x509
 
 from gwebhook.credentials import HEADER_PREFIX, Credentials
+from gwebhook.dedup import DEFAULT_WINDOW, SCHEME_HEADERS, DedupConfig
 from gwebhook.headers import is_printable_ascii, is_token
 from gwebhook.mapping import (
     MAP_KEYS,
@@ -60,6 +61,7 @@ _INSTANCE_KEYS = (
     "auth",
     "mtls",
     "signature",
+    "dedup",
     "map",
     "fields",
 )
@@ -78,6 +80,7 @@ _SIGNATURE_KEYS = (
     "prefix",
 )
 _SECRET_SOURCES = ("secrets", "secrets_file", "secrets_env")
+_DEDUP_KEYS = ("keys", "header", "window")
 _HMAC_KEYS = ("header", "algorithm", "encoding", "prefix")
 # Who may send, as the sections a file writes them.
 _DOORS = ("auth", "mtls", "signature")
@@ -85,7 +88,7 @@ _DOORS = ("auth", "mtls", "signature")
 # Keys of features this version does not have yet.  Refused with their own
 # message: "unknown key" would send the operator looking for a typo.
 _TOP_LATER = ("api", "forward", "db", "db_password_file")
-_INSTANCE_LATER = ("dedup",)
+_INSTANCE_LATER: tuple[str, ...] = ()
 
 _CA_FIX = "give the PEM file of the CA that issues the senders' certificates"
 
@@ -130,9 +133,10 @@ class InstanceConfig:
     credentials: Credentials | None = field(repr=False)
     mtls: MTLSConfig | None
     mapping: Mapping | None
-    # Last, with a default: instances built before signatures existed
-    # (the command line's among them) keep being built as they were.
+    # Last, with defaults: instances built before signatures and duplicates
+    # existed (the command line's among them) keep being built as they were.
     signature: SignatureConfig | None = None
+    dedup: DedupConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -280,6 +284,9 @@ class _Reader:
         signature = None
         if "signature" in table:
             signature = self._signature(where, self._table(where, table, "signature"))
+        dedup = None
+        if "dedup" in table:
+            dedup = self._dedup(where, self._table(where, table, "dedup"), signature)
         mapping = self._mapping(where, table)
 
         if port is not None:
@@ -296,6 +303,7 @@ class _Reader:
             mtls=mtls,
             mapping=mapping,
             signature=signature,
+            dedup=dedup,
         )
 
     # -- the instance's own keys ---------------------------------------------
@@ -825,6 +833,65 @@ class _Reader:
             return compile_mapping(expressions["map"], expressions["fields"])
         except MappingError as e:
             raise self.error(where, e.key, e.message) from None
+
+    # -- [instance.dedup] -----------------------------------------------------
+
+    def _dedup(
+        self,
+        where: str,
+        table: dict[str, Any],
+        signature: SignatureConfig | None,
+    ) -> DedupConfig:
+        self.check_keys(where, table, "dedup", _DEDUP_KEYS)
+        keys = self._optional(
+            where, table, "keys", list, "an array of strings", "dedup"
+        )
+        if keys is not None:
+            if not keys or not all(isinstance(k, str) and k for k in keys):
+                raise self.error(
+                    where,
+                    "dedup.keys",
+                    "must be a non-empty array of non-empty strings: the fields "
+                    'of each element\'s details that identify it, e.g. ["alertId"]',
+                )
+            repeated = sorted({k for k in keys if keys.count(k) > 1})
+            if repeated:
+                raise self.error(
+                    where,
+                    "dedup.keys",
+                    f"names {_and([repr(k) for k in repeated])} more than once; "
+                    "name each field once",
+                )
+        header = self._optional(where, table, "header", str, "a string", "dedup")
+        if header is not None and not is_token(header):
+            raise self.error(
+                where,
+                "dedup.header",
+                f"{header!r} is not a header name; give the name of the header "
+                "that carries the sender's delivery id, e.g. webhook-id",
+            )
+        if header is None and signature is not None:
+            header = SCHEME_HEADERS.get(signature.scheme)
+        if keys is None and header is None:
+            raise self.error(
+                where,
+                "dedup",
+                "has nothing to recognise a duplicate by; give keys (fields of "
+                "each element) or header (the sender's delivery id header)",
+            )
+        window = self._optional(
+            where, table, "window", int, "an integer (seconds)", "dedup"
+        )
+        if window is None:
+            window = DEFAULT_WINDOW
+        elif window <= 0:
+            raise self.error(
+                where,
+                "dedup.window",
+                f"{window} would remember nothing; give the seconds a key is "
+                f"remembered (default {DEFAULT_WINDOW}, 7 days)",
+            )
+        return DedupConfig(tuple(keys or ()), header, window)
 
     # -- helpers -------------------------------------------------------------
 

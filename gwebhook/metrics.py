@@ -44,6 +44,14 @@ class Metrics:
             ["instance"],
             registry=r,
         )
+        self.duplicates = Counter(
+            "gwebhook_duplicates",
+            "Elements that created no incident because the instance had seen "
+            "them (their composite key, or their request's idempotency key), "
+            "by instance.",
+            ["instance"],
+            registry=r,
+        )
         self.request_seconds = Histogram(
             "gwebhook_request_duration_seconds",
             "From the end of the headers to the answer.",
@@ -95,8 +103,12 @@ class Metrics:
         body_bytes: int,
         incidents: int,
         instance: str | None = None,
+        duplicates: int = 0,
     ) -> None:
-        """Count one answered request (``instance``: whose, when it had one)."""
+        """
+        Count one answered request (``instance``: whose, when it had one),
+        the incidents it created and the duplicates it was answered with.
+        """
         key = (method, route, status)
         counter = self._requests.get(key)
         if counter is None:
@@ -109,5 +121,8 @@ class Metrics:
         counter.inc()
         self.request_seconds.observe(seconds)
         self.body_bytes.observe(body_bytes)
-        if incidents and instance is not None:
-            self.incidents.labels(instance).inc(incidents)
+        if instance is not None:
+            if incidents:
+                self.incidents.labels(instance).inc(incidents)
+            if duplicates:
+                self.duplicates.labels(instance).inc(duplicates)

@@ -39,6 +39,9 @@ class ReceivedRequest:
     body: bytes
     instance: str
     client_cert: dict[str, str] | None
+    # The X-Request-Id it was answered with (its access line's id=), so that
+    # ``show`` can say which request an incident came from.
+    x_request_id: str | None = None
 
 
 class StoredIncident(NamedTuple):
@@ -52,13 +55,36 @@ class StoredIncident(NamedTuple):
     type: str
     occurred: str
     created: str
+    # True when this request created nothing for the element: it is an
+    # earlier incident, answered again (docs/reference.md 8.7).
+    duplicate: bool = False
 
-    def summary(self) -> dict[str, str]:
+    def summary(self) -> dict[str, str | bool]:
         """The incident as the answer lists it (docs/reference.md 2.5)."""
-        return {
+        summary: dict[str, str | bool] = {
             "id": self.id,
             "name": self.name,
             "type": self.type,
             "occurred": self.occurred,
             "created": self.created,
         }
+        if self.duplicate:
+            summary["duplicate"] = True
+        return summary
+
+
+class Committed(NamedTuple):
+    """
+    What the store says of a request once its transaction committed: the
+    answer's incidents, new or duplicates, and, when the request repeated
+    an earlier one's idempotency key, that request's X-Request-Id (``""``
+    when it had none) — the request was answered again, nothing stored.
+    """
+
+    incidents: list[StoredIncident]
+    replay_of: str | None = None
+
+    @property
+    def duplicates(self) -> int:
+        """How many of the answer's incidents were not created by this request."""
+        return sum(s.duplicate for s in self.incidents)

@@ -28,8 +28,8 @@ class _Queries(NamedTuple):
 _SUMMARY = "SELECT i.id, i.name, i.type, i.occurred, i.created, i.instance"
 _WHOLE = (
     "SELECT i.id, i.name, i.type, i.occurred, i.created, i.instance, i.fields,"
-    " i.details, r.received, r.client, r.method, r.path, r.headers, r.client_cert"
-    " FROM incidents i JOIN requests r ON r.id = i.request_id"
+    " i.details, r.received, r.client, r.method, r.path, r.headers, r.client_cert,"
+    " r.x_request_id FROM incidents i JOIN requests r ON r.id = i.request_id"
 )
 _QUERIES = _Queries(
     list=_SUMMARY + " FROM incidents i WHERE i.id > ? ORDER BY i.id LIMIT ?",
@@ -50,7 +50,7 @@ _SUMMARY_BEFORE_INSTANCES = (
 )
 _WHOLE_BEFORE_INSTANCES = (
     "SELECT i.id, i.name, i.type, i.occurred, i.created, 'default', '{}',"
-    " i.details, r.received, r.client, r.method, r.path, r.headers, NULL"
+    " i.details, r.received, r.client, r.method, r.path, r.headers, NULL, NULL"
     " FROM incidents i JOIN requests r ON r.id = i.request_id"
 )
 _QUERIES_BEFORE_INSTANCES = _Queries(
@@ -65,14 +65,24 @@ _QUERIES_BEFORE_INSTANCES = _Queries(
     samples_of=_WHOLE_BEFORE_INSTANCES + " JOIN samples s ON s.incident_id = i.id"
     " WHERE ? = 'default' ORDER BY i.id",
 )
-# The first schema version with instances.
+# The same of a store with instances but not yet the requests' X-Request-Id
+# (schema version 3): the one column read as NULL.
+_QUERIES_BEFORE_REQUEST_IDS = _Queries(
+    *(q.replace("r.x_request_id", "NULL") for q in _QUERIES)
+)
+# The first schema versions with instances, and with request ids.
 _INSTANCES_SINCE = 3
+_REQUEST_IDS_SINCE = 4
 
 
 def _queries(db: sqlite3.Connection) -> _Queries:
     """The statements that read this store's schema version."""
     version = db.execute("PRAGMA user_version").fetchone()[0]
-    return _QUERIES if version >= _INSTANCES_SINCE else _QUERIES_BEFORE_INSTANCES
+    if version >= _REQUEST_IDS_SINCE:
+        return _QUERIES
+    if version >= _INSTANCES_SINCE:
+        return _QUERIES_BEFORE_REQUEST_IDS
+    return _QUERIES_BEFORE_INSTANCES
 
 
 class ReadError(Exception):
@@ -107,6 +117,9 @@ def _full(row: tuple) -> dict[str, Any]:
     # stored details never hold that key (see payload.incidents_from).
     incident["rawJson"] = {**json.loads(row[7]), "headers": json.loads(row[12])}
     incident["request"] = {
+        # The X-Request-Id it was answered with, as its access line says
+        # id= (None for requests stored before gwebhook kept it).
+        "id": row[14],
         "received": row[8],
         "client": row[9],
         "method": row[10],

@@ -11,6 +11,7 @@ runs ``prune`` in the daemon on a schedule.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 
 from twisted.application import service
@@ -45,6 +46,9 @@ _DELETE_INCIDENTS = (
     " (SELECT id FROM requests WHERE rtrim(received, 'Z') < ?)"
 )
 _DELETE_REQUESTS = "DELETE FROM requests WHERE rtrim(received, 'Z') < ?"
+# Duplicates' keys past their window (seconds since the epoch).
+_FORGET_KEYS = "DELETE FROM dedup_keys WHERE expires <= ?"
+_FORGET_REPLAYS = "DELETE FROM dedup_requests WHERE expires <= ?"
 
 
 class PruneError(Exception):
@@ -97,7 +101,22 @@ def prune(db, before: str) -> tuple[int, int]:
     cursor.execute(_DELETE_INCIDENTS, key)
     incidents = cursor.rowcount
     cursor.execute(_DELETE_REQUESTS, key)
-    return incidents, cursor.rowcount
+    requests = cursor.rowcount
+    forget_expired(cursor, time.time())
+    return incidents, requests
+
+
+def forget_expired(db, now: float) -> int:
+    """
+    Forget the duplicates' keys (composite and idempotency) whose window
+    ended by ``now`` (seconds since the epoch); return how many went.  In
+    the caller's transaction, as ``prune``.
+    """
+    cursor = db.cursor() if hasattr(db, "cursor") else db
+    cursor.execute(_FORGET_KEYS, (now,))
+    keys = cursor.rowcount
+    cursor.execute(_FORGET_REPLAYS, (now,))
+    return keys + cursor.rowcount
 
 
 # gwebhook prune -------------------------------------------------------------
@@ -202,7 +221,9 @@ def _reclaim(connection: sqlite3.Connection) -> bool:
 
 class RetentionService(service.Service):
     """
-    Deletes incidents received more than ``retain_days`` ago: first
+    Deletes incidents received more than ``retain_days`` ago, and forgets
+    the duplicates' keys past their window; with ``retain_days`` None, only
+    the latter.  First
     ``start_delay`` seconds after start-up, then every ``interval`` seconds,
     through ``write`` (the store's: its one connection serialises the prune
     with the webhook writes, and its writer lock with other processes'), or
@@ -214,7 +235,7 @@ class RetentionService(service.Service):
     def __init__(
         self,
         pool: adbapi.ConnectionPool,
-        retain_days: float,
+        retain_days: float | None,
         interval: float = DEFAULT_INTERVAL,
         clock: IReactorTime | None = None,
         start_delay: float = START_DELAY,
@@ -261,8 +282,14 @@ class RetentionService(service.Service):
     def prune_once(self) -> Deferred:
         """
         Prune what is older than ``retain_days`` now; fires with the counts
-        (incidents, requests), or None after logging a failure.
+        (incidents, requests), or None after logging a failure.  Without
+        ``retain_days``, forget the expired duplicates' keys only; fires with
+        how many went.
         """
+        if self.retain_days is None:
+            d = maybeDeferred(self._write, forget_expired, self.clock.seconds())
+            d.addCallbacks(self._forgotten, self._not_forgotten)
+            return d
         before = from_epoch(self.clock.seconds() - self.retain_days * SECONDS_PER_DAY)
         d = maybeDeferred(self._write, prune, before)
         d.addCallbacks(
@@ -280,6 +307,21 @@ class RetentionService(service.Service):
             before=before,
         )
         return counts
+
+    def _forgotten(self, keys: int) -> int:
+        if keys:
+            log.info(
+                "retention: forgot {keys} duplicate keys past their window", keys=keys
+            )
+        return keys
+
+    def _not_forgotten(self, failure: Failure) -> None:
+        log.failure(
+            "retention: cannot forget expired duplicate keys; trying again in "
+            "{interval:g} s",
+            failure,
+            interval=self.interval,
+        )
 
     def _failed(self, failure: Failure, before: str) -> None:
         if failure.check(self.pool.dbapi.Error):

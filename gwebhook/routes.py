@@ -22,6 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from gwebhook import dedup
 from gwebhook.addresses import display_host
 from gwebhook.answers import (
     NOT_FOUND_MESSAGE,
@@ -40,7 +41,7 @@ from gwebhook.instances import (
     is_webhook_path,
 )
 from gwebhook.metrics import Metrics
-from gwebhook.model import ReceivedRequest, StoredIncident
+from gwebhook.model import Committed, ReceivedRequest
 from gwebhook.payload import (
     PayloadError,
     decode_body,
@@ -142,21 +143,35 @@ class WebhookRoutes:
             body=raw,
             instance=instance.name,
             client_cert=request.client_cert,
+            x_request_id=request.requestId,
         )
-        return self.store.add(kept, drafts, instance.store_samples).addCallbacks(
+        # Seen before?  Decided by the store, in the transaction.
+        ticket = None
+        if instance.dedup is not None:
+            header = instance.dedup.header
+            ticket = dedup.ticket(
+                instance.dedup,
+                request.requestHeaders.getRawHeaders(header) if header else None,
+                (d.details for d in drafts),
+            )
+        added = self.store.add(kept, drafts, instance.store_samples, ticket)
+        return added.addCallbacks(
             self._stored,
             self._not_stored,
             callbackArgs=(request, now),
             errbackArgs=(request,),
         )
 
-    def _stored(self, stored: list[StoredIncident], request, started: float) -> bytes:
+    def _stored(self, committed: Committed, request, started: float) -> bytes:
         self.metrics.commit_seconds.observe(self.clock.seconds() - started)
         if self.store_down:
             self.store_down = False
             log.info("store available again")
-        request.incidents = len(stored)
-        return encoded_answer(request, 200, incidents_json(stored))
+        duplicates = committed.duplicates
+        request.incidents = len(committed.incidents) - duplicates
+        request.duplicates = duplicates
+        request.duplicate_of = committed.replay_of
+        return encoded_answer(request, 200, incidents_json(committed.incidents))
 
     def _not_stored(self, failure: Failure, request) -> bytes | Failure:
         if not failure.check(StoreUnavailable):

@@ -54,6 +54,35 @@ MIGRATIONS: list[str] = [
     ALTER TABLE requests ADD COLUMN client_cert TEXT;
     CREATE INDEX incidents_by_instance ON incidents (instance, id);
     """,
+    # 4: duplicates.  What an instance remembers of each composite key (the
+    # incident it created, as its answer lists it) and of each idempotency
+    # key (the answer, as JSON), until ``expires`` (seconds since the epoch).
+    # The primary keys are what make a key's first request the only one: a
+    # second row for it cannot be written.  Requests keep their X-Request-Id.
+    """
+    ALTER TABLE requests ADD COLUMN x_request_id TEXT;
+    CREATE TABLE dedup_keys (
+        instance TEXT NOT NULL,
+        key TEXT NOT NULL,
+        expires REAL NOT NULL,
+        incident_id INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        type TEXT NOT NULL,
+        occurred TEXT NOT NULL,
+        created TEXT NOT NULL,
+        PRIMARY KEY (instance, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX dedup_keys_by_expiry ON dedup_keys (expires);
+    CREATE TABLE dedup_requests (
+        instance TEXT NOT NULL,
+        key TEXT NOT NULL,
+        expires REAL NOT NULL,
+        x_request_id TEXT,
+        answer TEXT NOT NULL,
+        PRIMARY KEY (instance, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX dedup_requests_by_expiry ON dedup_requests (expires);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +31,8 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 
 from gwebhook import schema
-from gwebhook.model import IncidentDraft, ReceivedRequest, StoredIncident
+from gwebhook.dedup import Ticket
+from gwebhook.model import Committed, IncidentDraft, ReceivedRequest, StoredIncident
 from gwebhook.timestamps import format_utc
 from gwebhook.writerlock import WriterLock
 
@@ -72,9 +74,36 @@ _INCIDENT_WIDTH = 10
 
 _INSERT_REQUESTS = (
     "INSERT INTO requests (id, received, client, method, path, headers, body,"
-    " instance, client_cert) VALUES "
+    " instance, client_cert, x_request_id) VALUES "
 )
-_REQUEST_WIDTH = 9
+_REQUEST_WIDTH = 10
+
+# Duplicates: what an instance remembers of composite keys and idempotency
+# keys.  A plain INSERT, not OR IGNORE or OR REPLACE: should a key be
+# written twice, the primary key fails the transaction rather than let
+# a second set of incidents be created for it.
+_INSERT_KEYS = (
+    "INSERT INTO dedup_keys (instance, key, expires, incident_id, name, type,"
+    " occurred, created) VALUES "
+)
+_KEY_WIDTH = 8
+_INSERT_REPLAYS = (
+    "INSERT INTO dedup_requests (instance, key, expires, x_request_id, answer) VALUES "
+)
+_REPLAY_WIDTH = 5
+# Looked up for a whole batch at once, an instance at a time.
+_KEYS_PER_LOOKUP = 500
+_LOOK_UP_KEYS = (
+    "SELECT key, expires, incident_id, name, type, occurred, created"
+    " FROM dedup_keys WHERE instance = ? AND key IN "
+)
+_LOOK_UP_REPLAYS = (
+    "SELECT key, expires, x_request_id, answer FROM dedup_requests"
+    " WHERE instance = ? AND key IN "
+)
+# A key past its expiry is forgotten before it is remembered again.
+_FORGET_KEY = "DELETE FROM dedup_keys WHERE instance = ? AND key = ?"
+_FORGET_REPLAY = "DELETE FROM dedup_requests WHERE instance = ? AND key = ?"
 
 _INSERT_SAMPLES = "INSERT INTO samples (incident_id) VALUES "
 # An instance's samples past its SAMPLE_COUNT most recent.  The samples
@@ -86,22 +115,42 @@ _TRIM_SAMPLES = (
 )
 
 
+def _row(width: int) -> str:
+    """One row's placeholders: ``(?, ?, ...)``, ``width`` of them."""
+    return "(" + ", ".join(["?"] * width) + ")"
+
+
 @functools.lru_cache(maxsize=ROWS_PER_INSERT)
 def _insert_incidents(rows: int) -> str:
     """The statement inserting ``rows`` incidents: placeholders only, no data."""
-    return _INSERT_INCIDENTS + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return _INSERT_INCIDENTS + ", ".join([_row(_INCIDENT_WIDTH)] * rows)
 
 
 @functools.lru_cache(maxsize=ROWS_PER_INSERT)
 def _insert_requests(rows: int) -> str:
     """The statement inserting ``rows`` requests: placeholders only, no data."""
-    return _INSERT_REQUESTS + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return _INSERT_REQUESTS + ", ".join([_row(_REQUEST_WIDTH)] * rows)
 
 
 @functools.lru_cache(maxsize=SAMPLE_COUNT)
 def _insert_samples(rows: int) -> str:
     """The statement inserting ``rows`` samples: placeholders only, no data."""
     return _INSERT_SAMPLES + ", ".join(["(?)"] * rows)
+
+
+@functools.lru_cache(maxsize=ROWS_PER_INSERT)
+def _insert_keys(rows: int) -> str:
+    """The statement remembering ``rows`` composite keys."""
+    return _INSERT_KEYS + ", ".join([_row(_KEY_WIDTH)] * rows)
+
+
+@functools.lru_cache(maxsize=ROWS_PER_INSERT)
+def _insert_replays(rows: int) -> str:
+    """The statement remembering ``rows`` idempotency keys with their answers."""
+    return _INSERT_REPLAYS + ", ".join([_row(_REPLAY_WIDTH)] * rows)
+
+
+_placeholders = functools.lru_cache(maxsize=64)(_row)
 
 
 def _insert_rows(cursor, statement, width: int, values: list) -> None:
@@ -124,6 +173,7 @@ def _request_row(request_id: int, request: ReceivedRequest) -> tuple:
         request.body,
         request.instance,
         None if request.client_cert is None else _encode_details(request.client_cert),
+        request.x_request_id,
     )
 
 
@@ -131,14 +181,19 @@ def _incident_rows(
     first_id: int,
     request_id: int,
     instance: str,
-    drafts: Sequence[IncidentDraft],
+    numbered: Sequence[tuple[int, IncidentDraft]],
     created: str,
 ) -> list:
-    """A request's incidents, numbered from ``first_id``, as flat row values."""
+    """
+    A request's new incidents, numbered from ``first_id``, as flat row
+    values; each with its position among the request's elements.
+    """
     values: list = []
-    for position, (name, kind, occurred, details, fields) in enumerate(drafts):
+    for offset, (position, (name, kind, occurred, details, fields)) in enumerate(
+        numbered
+    ):
         values += (
-            first_id + position,
+            first_id + offset,
             request_id,
             position,
             name,
@@ -161,6 +216,82 @@ def _stored(
         StoredIncident(str(first_id + position), name, kind, occurred, created)
         for position, (name, kind, occurred, _, _) in enumerate(drafts)
     ]
+
+
+class _Memory:
+    """
+    What one transaction knows of duplicates: the composite keys and
+    idempotency keys the store remembered when it began (less those past
+    their expiry, which are noted to be forgotten before they are written
+    again), and those its own requests added since, so that a request sees
+    the ones before it in the same batch.  Keyed by (instance, key).
+    """
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.keys: dict[tuple[str, str], StoredIncident] = {}
+        self.replays: dict[tuple[str, str], Committed] = {}
+        self.expired_keys: set[tuple[str, str]] = set()
+        self.expired_replays: set[tuple[str, str]] = set()
+
+    def copy(self) -> _Memory:
+        other = _Memory(self.now)
+        other.keys = dict(self.keys)
+        other.replays = dict(self.replays)
+        other.expired_keys = set(self.expired_keys)
+        other.expired_replays = set(self.expired_replays)
+        return other
+
+
+def _chunks(items: list[str]) -> list[list[str]]:
+    return [
+        items[i : i + _KEYS_PER_LOOKUP] for i in range(0, len(items), _KEYS_PER_LOOKUP)
+    ]
+
+
+def _recall(cursor: sqlite3.Cursor, batch: list[_Entry], now: float) -> _Memory:
+    """What the store remembers of every key the batch's requests carry."""
+    memory = _Memory(now)
+    keys: dict[str, set[str]] = {}
+    replays: dict[str, set[str]] = {}
+    for request, _, _, ticket in batch:
+        if ticket is None:
+            continue
+        wanted = {k for k in ticket.element_keys if k is not None}
+        if wanted:
+            keys.setdefault(request.instance, set()).update(wanted)
+        if ticket.request_key is not None:
+            replays.setdefault(request.instance, set()).add(ticket.request_key)
+    for instance, wanted in keys.items():
+        for chunk in _chunks(sorted(wanted)):
+            statement = _LOOK_UP_KEYS + _placeholders(len(chunk))
+            for key, expires, *incident in cursor.execute(
+                statement, (instance, *chunk)
+            ):
+                if expires > now:
+                    number, name, kind, occurred, created = incident
+                    memory.keys[instance, key] = StoredIncident(
+                        str(number), name, kind, occurred, created, True
+                    )
+                else:
+                    memory.expired_keys.add((instance, key))
+    for instance, wanted in replays.items():
+        for chunk in _chunks(sorted(wanted)):
+            statement = _LOOK_UP_REPLAYS + _placeholders(len(chunk))
+            for key, expires, first, answer in cursor.execute(
+                statement, (instance, *chunk)
+            ):
+                if expires > now:
+                    memory.replays[instance, key] = Committed(
+                        [
+                            StoredIncident(*e)._replace(duplicate=True)
+                            for e in json.loads(answer)
+                        ],
+                        first or "",
+                    )
+                else:
+                    memory.expired_replays.add((instance, key))
+    return memory
 
 
 # SQLite's primary result code (the low byte of an extended one) after which
@@ -190,10 +321,13 @@ class StoreUnavailable(Exception):
 
 
 # One request waiting for its commit: what to store, whether its incidents
-# are kept as samples of its instance, and who waits for the answer.
-_Waiting = tuple[ReceivedRequest, Sequence[IncidentDraft], bool, Deferred]
+# are kept as samples of its instance, how it is deduplicated (None: not),
+# and who waits for the answer.
+_Waiting = tuple[
+    ReceivedRequest, Sequence[IncidentDraft], bool, Ticket | None, Deferred
+]
 # The same, as the pool's thread gets it.
-_Entry = tuple[ReceivedRequest, Sequence[IncidentDraft], bool]
+_Entry = tuple[ReceivedRequest, Sequence[IncidentDraft], bool, Ticket | None]
 
 
 class IncidentStore:
@@ -298,14 +432,19 @@ class IncidentStore:
         request: ReceivedRequest,
         drafts: Sequence[IncidentDraft],
         keep_samples: bool = False,
-    ) -> Deferred[list[StoredIncident]]:
+        ticket: Ticket | None = None,
+    ) -> Deferred[Committed]:
         """
         Commit the request and its incidents together; fire with them.  With
         ``keep_samples`` (its instance's setting) they are kept as samples of
-        the request's instance too.
+        the request's instance too.  With a ``ticket`` (its instance's
+        ``[instance.dedup]``), elements whose composite key the instance
+        remembers create nothing, and a request whose idempotency key it
+        remembers stores nothing and gets the earlier answer again; the keys
+        of what it does create are remembered in the same transaction.
         """
-        d: Deferred[list[StoredIncident]] = Deferred()
-        self._waiting.append((request, drafts, keep_samples, d))
+        d: Deferred[Committed] = Deferred()
+        self._waiting.append((request, drafts, keep_samples, ticket, d))
         if not self._committing:
             self._commit_next()
         return d
@@ -313,10 +452,10 @@ class IncidentStore:
     def _commit_next(self) -> None:
         batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
         self._committing = True
-        entries = [(r, i, k) for r, i, k, _ in batch]
+        entries = [(r, i, k, t) for r, i, k, t, _ in batch]
         done = self._run(self._write, self._insert_batch, entries)
         done.addErrback(self._unavailable)
-        done.addBoth(self._committed, [d for _, _, _, d in batch])
+        done.addBoth(self._committed, [d for _, _, _, _, d in batch])
 
     def _committed(self, result, waiters: list[Deferred]) -> None:
         self._committing = False
@@ -407,21 +546,26 @@ class IncidentStore:
 
     def _insert_batch(
         self, cursor: sqlite3.Cursor, batch: list[_Entry]
-    ) -> list[list[StoredIncident] | Failure]:
+    ) -> list[Committed | Failure]:
         """
         Every request of the batch, in the transaction ``_write`` opened.
 
         First all of them at once: the requests in one multi-row INSERT, the
         incidents in another (100 rows a statement), with ids chosen here
-        under the write lock.  Should that fail for something one request
-        carries (not a fault of the store), it is undone and done again a
-        request at a time, each under a savepoint, so only that one fails.
-        A fault of the store itself fails the batch.
+        under the write lock, and the duplicates decided against what the
+        store remembers, read under the same lock.  Should that fail for
+        something one request carries (not a fault of the store), it is
+        undone and done again a request at a time, each under a savepoint,
+        so only that one fails.  A fault of the store itself fails the batch.
         """
         created = format_utc(datetime.now(UTC))
+        now = time.time()
         request_id, incident_id = cursor.execute(_NEXT_IDS).fetchone()
         try:
-            results = self._insert_all(cursor, batch, request_id, incident_id, created)
+            memory = _recall(cursor, batch, now)
+            results = self._insert_all(
+                cursor, batch, request_id, incident_id, created, memory
+            )
         except sqlite3.OperationalError:
             raise
         except Exception:
@@ -430,7 +574,10 @@ class IncidentStore:
             cursor.execute("ROLLBACK")
             cursor.execute("BEGIN IMMEDIATE")
             request_id, incident_id = cursor.execute(_NEXT_IDS).fetchone()
-            results = self._insert_each(cursor, batch, request_id, incident_id, created)
+            memory = _recall(cursor, batch, now)
+            results = self._insert_each(
+                cursor, batch, request_id, incident_id, created, memory
+            )
         self._keep_samples(cursor, batch, results)
         return results
 
@@ -441,21 +588,86 @@ class IncidentStore:
         request_id: int,
         incident_id: int,
         created: str,
-    ) -> list[list[StoredIncident] | Failure]:
-        """The whole batch in two kinds of statement; raises if any row fails."""
+        memory: _Memory,
+    ) -> list[Committed | Failure]:
+        """
+        The whole batch in a few kinds of statement; raises if any row
+        fails.  A request's element whose composite key is remembered (or
+        was created earlier in the batch) creates nothing and is answered
+        with the earlier incident; a request whose idempotency key is
+        remembered creates nothing and is answered as the earlier one was.
+        """
         requests: list = []
         incidents: list = []
-        results: list[list[StoredIncident] | Failure] = []
-        for request, drafts, _ in batch:
-            requests += _request_row(request_id, request)
-            incidents += _incident_rows(
-                incident_id, request_id, request.instance, drafts, created
-            )
-            results.append(_stored(incident_id, drafts, created))
-            request_id += 1
-            incident_id += len(drafts)
+        keys: list = []
+        replays: list = []
+        forget_keys: list[tuple[str, str]] = []
+        forget_replays: list[tuple[str, str]] = []
+        results: list[Committed | Failure] = []
+        for request, drafts, _, ticket in batch:
+            instance = request.instance
+            if ticket is None:
+                new = list(enumerate(drafts))
+                answer = _stored(incident_id, drafts, created)
+            else:
+                replay_key = (instance, ticket.request_key or "")
+                if ticket.request_key is not None:
+                    replay = memory.replays.get(replay_key)
+                    if replay is not None:
+                        results.append(replay)
+                        continue
+                expires = memory.now + ticket.window
+                new = []
+                answer = []
+                for position, (draft, key) in enumerate(
+                    zip(drafts, ticket.element_keys, strict=True)
+                ):
+                    earlier = None if key is None else memory.keys.get((instance, key))
+                    if earlier is not None:
+                        answer.append(earlier)
+                        continue
+                    number = incident_id + len(new)
+                    stored = StoredIncident(
+                        str(number), draft.name, draft.type, draft.occurred, created
+                    )
+                    new.append((position, draft))
+                    answer.append(stored)
+                    if key is not None:
+                        memory.keys[instance, key] = stored._replace(duplicate=True)
+                        if (instance, key) in memory.expired_keys:
+                            memory.expired_keys.discard((instance, key))
+                            forget_keys.append((instance, key))
+                        keys += (instance, key, expires, number, *stored[1:5])
+                if ticket.request_key is not None:
+                    memory.replays[replay_key] = Committed(
+                        [s._replace(duplicate=True) for s in answer],
+                        request.x_request_id or "",
+                    )
+                    if replay_key in memory.expired_replays:
+                        memory.expired_replays.discard(replay_key)
+                        forget_replays.append(replay_key)
+                    replays += (
+                        *replay_key,
+                        expires,
+                        request.x_request_id,
+                        _encode_details([s[:5] for s in answer]),
+                    )
+            if new:
+                requests += _request_row(request_id, request)
+                incidents += _incident_rows(
+                    incident_id, request_id, instance, new, created
+                )
+                request_id += 1
+                incident_id += len(new)
+            results.append(Committed(answer))
+        if forget_keys:
+            cursor.executemany(_FORGET_KEY, forget_keys)
+        if forget_replays:
+            cursor.executemany(_FORGET_REPLAY, forget_replays)
         _insert_rows(cursor, _insert_requests, _REQUEST_WIDTH, requests)
         _insert_rows(cursor, _insert_incidents, _INCIDENT_WIDTH, incidents)
+        _insert_rows(cursor, _insert_keys, _KEY_WIDTH, keys)
+        _insert_rows(cursor, _insert_replays, _REPLAY_WIDTH, replays)
         return results
 
     @staticmethod
@@ -465,25 +677,31 @@ class IncidentStore:
         request_id: int,
         incident_id: int,
         created: str,
-    ) -> list[list[StoredIncident] | Failure]:
+        memory: _Memory,
+    ) -> list[Committed | Failure]:
         """The batch a request at a time: one that cannot be stored fails alone."""
-        results: list[list[StoredIncident] | Failure] = []
+        results: list[Committed | Failure] = []
         for entry in batch:
             cursor.execute("SAVEPOINT request")
+            # What this request would add to the memory goes if it fails.
+            before = memory.copy()
             try:
-                [stored] = IncidentStore._insert_all(
-                    cursor, [entry], request_id, incident_id, created
+                [committed] = IncidentStore._insert_all(
+                    cursor, [entry], request_id, incident_id, created, memory
                 )
             except sqlite3.OperationalError:
                 raise
             except Exception:
                 cursor.execute("ROLLBACK TO request")
+                memory = before
                 results.append(Failure())
             else:
-                assert isinstance(stored, list)  # _insert_all raises on failure
-                results.append(stored)
-                request_id += 1
-                incident_id += len(stored)
+                assert isinstance(committed, Committed)  # _insert_all raises
+                results.append(committed)
+                created_here = [s for s in committed.incidents if not s.duplicate]
+                if created_here:
+                    request_id += 1
+                    incident_id += len(created_here)
             cursor.execute("RELEASE request")
         return results
 
@@ -491,18 +709,21 @@ class IncidentStore:
     def _keep_samples(
         cursor: sqlite3.Cursor,
         batch: list[_Entry],
-        results: list[list[StoredIncident] | Failure],
+        results: list[Committed | Failure],
     ) -> None:
         """
-        The incidents stored of the requests that keep samples, as samples of
-        their instances; then each of those instances' SAMPLE_COUNT most
+        The incidents created of the requests that keep samples, as samples
+        of their instances; then each of those instances' SAMPLE_COUNT most
         recent only.  Statements per instance, not per incident.
         """
         kept: dict[str, list[int]] = {}
-        for (request, _, keep), stored in zip(batch, results, strict=True):
-            if keep and isinstance(stored, list) and stored:
-                latest = (int(s.id) for s in stored[-SAMPLE_COUNT:])
-                kept.setdefault(request.instance, []).extend(latest)
+        for (request, _, keep, _), committed in zip(batch, results, strict=True):
+            if keep and isinstance(committed, Committed):
+                created = [int(s.id) for s in committed.incidents if not s.duplicate]
+                if created:
+                    kept.setdefault(request.instance, []).extend(
+                        created[-SAMPLE_COUNT:]
+                    )
         for instance, ids in kept.items():
             newest = ids[-SAMPLE_COUNT:]
             cursor.execute(_insert_samples(len(newest)), newest)

@@ -562,10 +562,11 @@ def makeService(config: Options, reactor=None) -> WebhookService:
     own_ports.setServiceParent(top)
     if workers is not None:
         workers.setServiceParent(top)
-    if config["retain-days"] is not None:
-        RetentionService(
-            store.pool, config["retain-days"], clock=reactor, write=store.write
-        ).setServiceParent(top)
+    # Always: without --retain-days it still forgets duplicates' keys past
+    # their window.
+    RetentionService(
+        store.pool, config["retain-days"], clock=reactor, write=store.write
+    ).setServiceParent(top)
     if config["metrics-port"] is not None:
         where = endpoints.TCP4ServerEndpoint(
             reactor, config["metrics-port"], interface=config["metrics-interface"]

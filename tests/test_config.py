@@ -27,6 +27,7 @@ from gwebhook.config import (
     parse_config,
 )
 from gwebhook.credentials import Credentials
+from gwebhook.dedup import DedupConfig
 from gwebhook.instances import command_line_instance
 from gwebhook.mapping import compile_mapping
 from gwebhook.signatures import SignatureConfig
@@ -289,15 +290,76 @@ def test_an_unknown_instance_key_is_refused(here):
     assert refused(here, OPEN + "colour = 1\n") == (
         "gwebhook.toml: instance 'open': colour: unknown key; [[instance]] takes "
         "name, incident_type, store_samples, port, cert, key, anonymous, auth, "
-        "mtls, signature, map, fields"
+        "mtls, signature, dedup, map, fields"
     )
 
 
-def test_dedup_is_refused_as_not_supported(here):
-    """[instance.dedup] is refused as not supported yet."""
-    assert refused(here, OPEN + "[instance.dedup]\n") == (
-        "gwebhook.toml: instance 'open': dedup: not supported by this version "
-        "of gwebhook; remove it"
+def dedup_of(here: Path, text: str) -> DedupConfig | None:
+    return only(here, text).dedup
+
+
+def test_dedup_keys_header_and_window_are_read(here):
+    """[instance.dedup] gives the keys in order, the header and the window."""
+    text = (
+        OPEN + '[instance.dedup]\nkeys = ["incidentId", "alertId"]\n'
+        'header = "X-Delivery"\nwindow = 60\n'
+    )
+    assert dedup_of(here, text) == DedupConfig(
+        ("incidentId", "alertId"), "X-Delivery", 60
+    )
+
+
+def test_dedup_defaults_to_seven_days_and_no_header(here):
+    """Without a window, keys are remembered 7 days; without a header, none."""
+    text = OPEN + '[instance.dedup]\nkeys = ["id"]\n'
+    assert dedup_of(here, text) == DedupConfig(("id",), None, 604800)
+    assert dedup_of(here, OPEN) is None
+
+
+@pytest.mark.parametrize(
+    ("scheme", "header"), [("standard", "webhook-id"), ("github", "X-GitHub-Delivery")]
+)
+def test_dedup_without_a_header_uses_the_schemes_delivery_id(here, scheme, header):
+    """A standard or github signature's delivery id header is the default."""
+    secret = (
+        "whsec_" + base64.b64encode(b"k" * 24).decode() if scheme == "standard" else "s"
+    )
+    text = (
+        signed(f'scheme = "{scheme}"\nsecrets = ["{secret}"]\n') + "[instance.dedup]\n"
+    )
+    loaded = dedup_of(here, text)
+    assert loaded == DedupConfig((), header, 604800)
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "problem"),
+    [
+        ("", "dedup", "has nothing to recognise a duplicate by"),
+        ("colour = 1\n", "dedup.colour", "unknown key; [instance.dedup] takes keys"),
+        ('keys = "id"\n', "dedup.keys", "must be an array of strings, got a string"),
+        ("keys = []\n", "dedup.keys", "must be a non-empty array"),
+        ('keys = ["id", 1]\n', "dedup.keys", "must be a non-empty array"),
+        ('keys = [""]\n', "dedup.keys", "must be a non-empty array"),
+        ('keys = ["id", "id"]\n', "dedup.keys", "names 'id' more than once"),
+        ('header = "X Delivery"\n', "dedup.header", "'X Delivery' is not a header"),
+        ("header = 1\n", "dedup.header", "must be a string, got an integer"),
+        ('keys = ["id"]\nwindow = 0\n', "dedup.window", "0 would remember nothing"),
+        ('keys = ["id"]\nwindow = -5\n', "dedup.window", "-5 would remember nothing"),
+        ('keys = ["id"]\nwindow = 1.5\n', "dedup.window", "must be an integer"),
+        ('keys = ["id"]\nwindow = true\n', "dedup.window", "must be an integer"),
+    ],
+)
+def test_a_bad_dedup_table_is_refused(here, body, key, problem):
+    """Each bad [instance.dedup] is refused in one line naming the key."""
+    message = refused(here, OPEN + "[instance.dedup]\n" + body)
+    assert message.startswith(f"gwebhook.toml: instance 'open': {key}: {problem}")
+
+
+def test_dedup_must_be_a_table(here):
+    """dedup = "yes" is refused as not a table."""
+    assert refused(here, OPEN + 'dedup = "yes"\n') == (
+        "gwebhook.toml: instance 'open': dedup: must be a table ([instance.dedup]), "
+        "got a string"
     )
 
 

@@ -147,9 +147,9 @@ def test_a_version_2_store_is_upgraded_without_losing_anything(v2_store):
     sequences = read(v2_store, "SELECT name, seq FROM sqlite_sequence ORDER BY name")
     assert len(incidents) == 23 and len(samples) == 19
 
-    assert schema.create_or_upgrade(str(v2_store)) == schema.SCHEMA_VERSION == 3
+    assert schema.create_or_upgrade(str(v2_store)) == schema.SCHEMA_VERSION == 4
 
-    assert read(v2_store, "PRAGMA user_version") == [(3,)]
+    assert read(v2_store, "PRAGMA user_version") == [(4,)]
     assert read(v2_store, V2_INCIDENTS, EVERY_ID) == (incidents)
     assert read(v2_store, V2_REQUESTS) == requests
     assert read(v2_store, "SELECT incident_id FROM samples ORDER BY incident_id") == (
@@ -161,18 +161,24 @@ def test_a_version_2_store_is_upgraded_without_losing_anything(v2_store):
     assert read(v2_store, "SELECT DISTINCT instance, fields FROM incidents") == [
         ("default", "{}")
     ]
-    assert read(v2_store, "SELECT DISTINCT instance, client_cert FROM requests") == [
-        ("default", None)
-    ]
+    assert read(
+        v2_store, "SELECT DISTINCT instance, client_cert, x_request_id FROM requests"
+    ) == [("default", None, None)]
+    assert read(v2_store, "SELECT count(*) FROM dedup_keys") == [(0,)]
+    assert read(v2_store, "SELECT count(*) FROM dedup_requests") == [(0,)]
     assert read(v2_store, "PRAGMA integrity_check") == [("ok",)]
     assert read(v2_store, "PRAGMA index_info(incidents_by_instance)") == [
         (0, columns(v2_store, "incidents").index("instance"), "instance"),
         (1, 0, "id"),
     ]
     # Once is enough: opening the upgraded store again changes nothing.
-    assert schema.create_or_upgrade(str(v2_store)) == 3
+    assert schema.create_or_upgrade(str(v2_store)) == 4
     assert columns(v2_store, "incidents")[-2:] == ["instance", "fields"]
-    assert columns(v2_store, "requests")[-2:] == ["instance", "client_cert"]
+    assert columns(v2_store, "requests")[-3:] == [
+        "instance",
+        "client_cert",
+        "x_request_id",
+    ]
 
 
 def test_processes_upgrading_one_store_at_once_all_succeed(v2_store):
@@ -196,7 +202,7 @@ def test_processes_upgrading_one_store_at_once_all_succeed(v2_store):
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert results == [3] * openers
+    assert results == [4] * openers
     assert columns(v2_store, "incidents").count("instance") == 1
 
 

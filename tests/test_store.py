@@ -42,7 +42,8 @@ def rows(store, sql):
 
 
 def outcomes(results):
-    return [value if ok else value.value for ok, value in results]
+    """Each request's incidents as committed, or the error it failed with."""
+    return [value.incidents if ok else value.value for ok, value in results]
 
 
 @pytest_twisted.ensureDeferred
@@ -124,7 +125,7 @@ async def test_a_full_store_fails_the_whole_batch_and_keeps_nothing(store):
     assert all(isinstance(r, StoreUnavailable) for r in results), results
     assert rows(store, "SELECT name FROM incidents") == [("before",)]
     await store.pool.runOperation("PRAGMA max_page_count = 1073741823")
-    [stored] = await store.add(REQUEST, [draft("after")])
+    [stored] = (await store.add(REQUEST, [draft("after")])).incidents
     assert stored.name == "after"
 
 
@@ -137,7 +138,7 @@ async def test_a_removed_store_file_is_refused_until_it_is_back(store, tmp_path)
     with pytest.raises(StoreUnavailable, match="removed or replaced"):
         await store.add(REQUEST, [draft("lost")])
     os.rename(aside, store.path)
-    [stored] = await store.add(REQUEST, [draft("after")])
+    [stored] = (await store.add(REQUEST, [draft("after")])).incidents
     assert rows(store, "SELECT name FROM incidents ORDER BY id") == [
         ("before",),
         ("after",),
@@ -253,7 +254,7 @@ async def test_headers_are_stored_once_per_request(store):
     )
     # As the payload leaves them: the sender's own "headers" key taken out.
     drafts = [draft(f"n{i}", {"name": f"n{i}", "i": i}) for i in range(200)]
-    stored = await store.add(request, drafts)
+    stored = (await store.add(request, drafts)).incidents
     [(total,)] = rows(store, "SELECT sum(length(details)) FROM incidents")
     assert total < 200 * 100
     [(kept,)] = rows(store, "SELECT length(headers) FROM requests")
@@ -266,10 +267,10 @@ async def test_headers_are_stored_once_per_request(store):
 @pytest_twisted.ensureDeferred
 async def test_ids_are_not_reused_after_the_newest_incidents_are_deleted(store):
     """An id once given is never given again, even after its row was deleted."""
-    stored = await store.add(REQUEST, [draft("a"), draft("b"), draft("c")])
+    stored = (await store.add(REQUEST, [draft("a"), draft("b"), draft("c")])).incidents
     with sqlite3.connect(store.path) as db:
         db.execute("DELETE FROM incidents WHERE id >= ?", (int(stored[1].id),))
-    [after] = await store.add(REQUEST, [draft("after")])
+    [after] = (await store.add(REQUEST, [draft("after")])).incidents
     assert int(after.id) == int(stored[2].id) + 1
 
 
@@ -284,7 +285,7 @@ async def test_ids_after_a_failed_request_are_above_every_acknowledged_one(store
     first, failed, rest = outcomes(await DeferredList(batch, consumeErrors=True))
     assert isinstance(failed, TypeError)
     acknowledged = [int(s.id) for s in first + rest]
-    [after] = await store.add(REQUEST, [draft("after")])
+    [after] = (await store.add(REQUEST, [draft("after")])).incidents
     assert int(after.id) > max(acknowledged)
     assert len(set(acknowledged)) == 3
 
@@ -292,7 +293,7 @@ async def test_ids_after_a_failed_request_are_above_every_acknowledged_one(store
 @pytest_twisted.ensureDeferred
 async def test_sqlite_keeps_counting_from_the_ids_the_store_gives(store):
     """Ids the store chooses advance SQLite's own sequence, for any other writer."""
-    stored = await store.add(REQUEST, [draft(f"n{i}") for i in range(250)])
+    stored = (await store.add(REQUEST, [draft(f"n{i}") for i in range(250)])).incidents
     assert rows(store, "SELECT id, name, position FROM incidents ORDER BY id") == [
         (int(s.id), f"n{i}", i) for i, s in enumerate(stored)
     ]
@@ -308,7 +309,7 @@ async def test_sqlite_keeps_counting_from_the_ids_the_store_gives(store):
         [(other,)] = db.execute("SELECT id FROM incidents").fetchall()
         db.execute("DELETE FROM incidents")
     assert other == int(stored[-1].id) + 1
-    [after] = await store.add(REQUEST, [draft("after")])
+    [after] = (await store.add(REQUEST, [draft("after")])).incidents
     assert int(after.id) == other + 1
 
 
@@ -342,11 +343,13 @@ async def test_incidents_and_requests_record_instance_fields_and_client_cert(sto
     or NULL.
     """
     cert = {"subject": "CN=sensor-1.example.com", "sha256": "ab" * 32}
-    [one, two] = await store.add(
-        sent_to("wallarm", cert),
-        [draft("one", fields={"severity": 3, "tags": ["a", "é"]}), draft("two")],
-    )
-    [three] = await store.add(sent_to("other"), [draft("three")])
+    [one, two] = (
+        await store.add(
+            sent_to("wallarm", cert),
+            [draft("one", fields={"severity": 3, "tags": ["a", "é"]}), draft("two")],
+        )
+    ).incidents
+    [three] = (await store.add(sent_to("other"), [draft("three")])).incidents
     assert rows(store, "SELECT id, instance, fields FROM incidents ORDER BY id") == [
         (int(one.id), "wallarm", '{"severity": 3, "tags": ["a", "é"]}'),
         (int(two.id), "wallarm", "{}"),

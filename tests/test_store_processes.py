@@ -80,7 +80,7 @@ def writer(db: str) -> None:
             d.addCallback(
                 lambda stored: self.say(
                     f"stored {time.monotonic():.6f} "
-                    + ",".join(f"{s.id}={s.name}" for s in stored)
+                    + ",".join(f"{s.id}={s.name}" for s in stored.incidents)
                 )
             )
             d.addErrback(lambda failure: self.say(f"failed {failure.value!r}"))

@@ -107,7 +107,7 @@ async def test_a_store_read_only_when_first_used_takes_commits_once_writable(
         await store.ping(write=True)
     immutable.clear(db)
     await store.ping(write=True)
-    [stored] = await store.add(REQUEST, [draft("writable again")])
+    [stored] = (await store.add(REQUEST, [draft("writable again")])).incidents
     assert stored.id == "1"
     assert names(store) == ["writable again"]
     assert requests(store) == 1
@@ -122,7 +122,7 @@ async def test_a_store_read_only_after_commits_takes_commits_once_writable(
     committed: commits fail and keep nothing; once writable, they succeed and
     ids go on from the last acknowledged one.
     """
-    [before] = await store.add(REQUEST, [draft("before")])
+    [before] = (await store.add(REQUEST, [draft("before")])).incidents
     db = Path(store.path)
     wal = Path(store.path + "-wal")
     immutable.set(db, wal)
@@ -132,7 +132,7 @@ async def test_a_store_read_only_after_commits_takes_commits_once_writable(
     with pytest.raises(StoreUnavailable):
         await store.ping(write=True)
     immutable.clear(db, wal)
-    [after] = await store.add(REQUEST, [draft("after")])
+    [after] = (await store.add(REQUEST, [draft("after")])).incidents
     assert int(after.id) == int(before.id) + 1
     assert names(store) == ["before", "after"]
     assert requests(store) == 2
