@@ -151,7 +151,9 @@ class WebhookRoutes:
             header = instance.dedup.header
             ticket = dedup.ticket(
                 instance.dedup,
-                request.requestHeaders.getRawHeaders(header) if header else None,
+                request.requestHeaders.getRawHeaders(header.encode("ascii"))
+                if header
+                else None,
                 (d.details for d in drafts),
             )
         added = self.store.add(kept, drafts, instance.store_samples, ticket)
