@@ -771,11 +771,12 @@ def profile(server: Gwebhook, options, credentials: Credentials) -> dict:
             "250",
             "--format",
             "raw",
-            "--nolineno",
             "--threads",
             "-o",
             str(raw),
         ]
+        if not options.profile_lines:
+            argv.append("--nolineno")
         if options.profile_native:
             argv.append("--native")
         spy = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -1238,6 +1239,12 @@ def parse_arguments(
         choices=[k for k, s in SCENARIOS.items() if s.pinned],
         default="b",
         help="the load to profile under (default b)",
+    )
+    parser.add_argument(
+        "--profile-lines",
+        action="store_true",
+        help="keep line numbers in the profile: a function's lines apart "
+        "(which SQL statement of the store, say)",
     )
     parser.add_argument(
         "--profile-native",
