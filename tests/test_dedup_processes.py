@@ -27,6 +27,7 @@ from standardwebhooks import Webhook
 from support.daemon import (
     TWISTD,
     Daemon,
+    json_lines,
     last_line,
     log_lines,
     run_twistd,
@@ -39,6 +40,7 @@ from support.instances import (
     instance,
     post,
     read_back,
+    reload,
     show,
     write_config,
 )
@@ -102,6 +104,7 @@ SHARED = [
     instance("filler", anonymous=True),
     anonymous("window", keys=["alertId"], header=DELIVERY, window=2),
     anonymous("observed", keys=["alertId"], header=DELIVERY),
+    anonymous("replayed", keys=["alertId"], header=DELIVERY),
 ]
 
 
@@ -248,11 +251,43 @@ def test_an_element_without_any_key_is_never_a_duplicate(shared):
     assert listed_ids(shared, "keys") == [*before, one["id"], two["id"]]
 
 
+def test_nested_values_are_equal_whatever_the_order_of_their_members(shared):
+    """A key whose value is an object: the same members in another order match."""
+    tag = unique("n")
+    [first] = send_to(shared, "keys", {"alertId": {"a": tag, "b": [1, {"c": 2}]}})
+    assert_new([first])
+    [again] = send_to(shared, "keys", {"alertId": {"b": [1, {"c": 2}], "a": tag}})
+    assert again == marked(first)
+    [other] = send_to(shared, "keys", {"alertId": {"a": tag, "b": [{"c": 2}, 1]}})
+    assert_new([other])
+
+
+def test_keys_are_per_instance(shared):
+    """The same alert sent to two instances creates an incident in each."""
+    tag = unique("i")
+    [one] = send_to(shared, "keys", {"alertId": tag})
+    [two] = send_to(shared, "batch", {"alertId": tag})
+    assert_new([one, two])
+    assert one["id"] != two["id"]
+    assert send_to(shared, "batch", {"alertId": tag}) == [marked(two)]
+
+
+def test_the_keys_of_a_refused_request_are_not_remembered(shared):
+    """A request refused for one bad element stores nothing, its keys neither."""
+    tag = unique("f")
+    bad = [{"alertId": tag}, {"alertId": f"{tag}-2", "occurred": "not a date"}]
+    refused = post(shared, path_of("keys"), bad)
+    assert refused.status == 400, refused.body
+    [created] = send_to(shared, "keys", {"alertId": tag})
+    assert_new([created])
+
+
 # ------------------------------------------------------ keys within a request
 
 
 def test_a_key_repeated_within_one_request_creates_one_incident(shared):
     """The third element repeats the first: two created, the third is the first."""
+    before = listed_ids(shared, "batch")
     entries = send_to(
         shared,
         "batch",
@@ -266,7 +301,7 @@ def test_a_key_repeated_within_one_request_creates_one_incident(shared):
     assert_new(entries[:2])
     assert entries[0]["id"] != entries[1]["id"]
     assert entries[2] == marked(entries[0])
-    assert listed_ids(shared, "batch") == [entries[0]["id"], entries[1]["id"]]
+    assert listed_ids(shared, "batch") == [*before, entries[0]["id"], entries[1]["id"]]
 
 
 def test_the_keys_are_read_from_rawjson_when_the_element_has_it(shared):
@@ -338,6 +373,7 @@ def test_a_repeated_delivery_header_gets_the_first_answer_again(shared):
     value, or none, is a new delivery.
     """
     delivery = unique("d")
+    before = listed_ids(shared, "delivery")
     body = [{"name": "first"}, {"name": "second"}]
     first = send_to(shared, "delivery", body, {DELIVERY: delivery})
     assert len(first) == 2
@@ -346,7 +382,7 @@ def test_a_repeated_delivery_header_gets_the_first_answer_again(shared):
     assert replayed == [marked(entry) for entry in first]
     lower = send_to(shared, "delivery", [{"name": "x"}] * 3, {"x-delivery": delivery})
     assert lower == [marked(entry) for entry in first]
-    assert listed_ids(shared, "delivery") == [entry["id"] for entry in first]
+    assert listed_ids(shared, "delivery") == before + [e["id"] for e in first]
 
     other = send_to(shared, "delivery", body, {DELIVERY: unique("d")})
     assert_new(other)
@@ -356,12 +392,43 @@ def test_a_repeated_delivery_header_gets_the_first_answer_again(shared):
     [no_header_2] = send_to(shared, "delivery", {"name": "first"})
     assert_new([no_header_1, no_header_2])
     assert no_header_1["id"] != no_header_2["id"]
-    assert len(listed(shared, "delivery")) == 6
+    assert len(listed(shared, "delivery")) == len(before) + 6
 
     # What another instance stored is not this one's.
     elsewhere = send_to(shared, "delivery2", body, {DELIVERY: delivery})
     assert_new(elsewhere)
-    assert len(listed(shared, "delivery2")) == 2
+    assert [e["id"] for e in elsewhere] == listed_ids(shared, "delivery2")[-2:]
+
+
+def test_a_request_of_duplicates_only_is_remembered_by_its_header(shared):
+    """
+    Its elements all duplicates by key, a request still has its delivery id
+    remembered: sent again (another body), it gets that same answer, traced
+    to it (not to the request that created the incident).
+    """
+    tag = unique("a")
+    first = post(shared, path_of("replayed"), {"alertId": tag}, {DELIVERY: f"{tag}-1"})
+    [created] = answered(first)
+    assert_new([created])
+    second = post(shared, path_of("replayed"), {"alertId": tag}, {DELIVERY: f"{tag}-2"})
+    assert answered(second) == [marked(created)]
+    third = post(shared, path_of("replayed"), {"alertId": "x"}, {DELIVERY: f"{tag}-2"})
+    assert answered(third) == [marked(created)]
+    words = access_line(shared, third.headers["x-request-id"])
+    assert f"duplicate-of={second.headers['x-request-id']}" in words, words
+    assert show(shared, created["id"])["request"]["id"] == first.headers["x-request-id"]
+
+
+def test_an_empty_or_overlong_delivery_header_is_not_remembered(shared):
+    """Over 256 characters, or empty: the request is as one without the header."""
+    for value in ("d" * 257, ""):
+        [one] = send_to(shared, "delivery", {"name": "long"}, {DELIVERY: value})
+        [two] = send_to(shared, "delivery", {"name": "long"}, {DELIVERY: value})
+        assert_new([one, two])
+        assert one["id"] != two["id"]
+    limit = unique("x").ljust(256, "x")
+    [one] = send_to(shared, "delivery", {"name": "at the limit"}, {DELIVERY: limit})
+    assert send_to(shared, "delivery", {}, {DELIVERY: limit}) == [marked(one)]
 
 
 def test_a_refused_request_does_not_make_its_delivery_header_known(shared):
@@ -456,6 +523,74 @@ def test_what_was_answered_is_remembered_across_a_restart(daemon, tmp_path, how)
     )
     assert by_key == [marked(first[0])]
     assert listed_ids(again, "durable") == [first[0]["id"]]
+
+
+def logged(d: Daemon) -> list[dict[str, Any]]:
+    """The JSON events a daemon with the JSON logger has written (whole lines)."""
+    text = d.stdout.read_text(encoding="utf-8")
+    return json_lines(text[: text.rfind("\n") + 1])
+
+
+def test_a_reload_applies_to_later_requests_and_keys_keep_their_window(
+    daemon, tmp_path
+):
+    """
+    SIGHUP gives an instance dedup from then on (what it stored before has
+    no key); a key keeps the window it was stored with when the window is
+    shortened, a key stored after the reload gets the new one.  The JSON
+    log carries duplicates and duplicate_of.
+    """
+    config = write_config(
+        tmp_path,
+        anonymous("kept", keys=["alertId"], header=DELIVERY, window=3600),
+        instance("added", anonymous=True),
+    )
+    d = daemon("--config", str(config), logger="gwebhook.logs.json_observer")
+    first = post(d, path_of("kept"), {"alertId": "k1"}, {DELIVERY: "h1"})
+    [old] = answered(first)
+    [before] = send_to(d, "added", {"alertId": "a1"})
+    [twice] = send_to(d, "added", {"alertId": "a1"})
+    assert_new([old, before, twice])
+
+    reload(
+        d,
+        config,
+        anonymous("kept", keys=["alertId"], header=DELIVERY, window=1),
+        anonymous("added", keys=["alertId"]),
+    )
+    wait_for(
+        lambda: any("configuration reloaded" in e["message"] for e in logged(d)),
+        10,
+        "the reload",
+    )
+    [a1] = send_to(d, "added", {"alertId": "a1"})
+    assert_new([a1])  # nothing was remembered before the reload
+    assert send_to(d, "added", {"alertId": "a1"}) == [marked(a1)]
+    started = time.monotonic()
+    [new] = send_to(d, "kept", {"alertId": "k2"})
+    assert_new([new])
+
+    time.sleep(1.2)
+    replay = post(d, path_of("kept"), {"alertId": "k9"}, {DELIVERY: "h1"})
+    assert answered(replay) == [marked(old)]  # stored for 3600 s
+    assert send_to(d, "kept", {"alertId": "k1"}) == [marked(old)]
+    deadline = started + 8
+    while True:
+        [after] = send_to(d, "kept", {"alertId": "k2"})
+        if "duplicate" not in after or time.monotonic() > deadline:
+            break
+        assert after == marked(new)
+        time.sleep(0.25)
+    assert "duplicate" not in after, "still a duplicate 8 s after a 1 s window"
+    assert_new([after])
+    assert after["id"] != new["id"]
+
+    rid = replay.headers["x-request-id"]
+    [access] = wait_for(
+        lambda: [e for e in logged(d) if e.get("request_id") == rid], 10, "its line"
+    )
+    assert access["duplicates"] == 1, access
+    assert access["duplicate_of"] == first.headers["x-request-id"], access
 
 
 # ------------------------------------------------------------- all at once
