@@ -45,7 +45,7 @@ from gwebhook.retention import RetentionService
 from gwebhook.routes import WebhookRoutes
 from gwebhook.schema import StoreError, create_or_upgrade
 from gwebhook.service import WebhookService
-from gwebhook.store import IncidentStore
+from gwebhook.store import open_store
 from gwebhook.throttle import AuthThrottle
 from gwebhook.tls import FailureLog, ReloadableTLS, TLSConfigError
 from gwebhook.workerpool import WorkerPool
@@ -513,7 +513,7 @@ def makeService(config: Options, reactor=None) -> WebhookService:
         affinity.pin(affinity.cpu_for(0, cpus))
         log.info("pinned to CPU {cpu}", cpu=affinity.cpu_for(0, cpus))
     metrics = Metrics()
-    store = IncidentStore(config["db"])
+    store = open_store(config["db"])
     instances = _instances(config, config["instances-file"])
     gate = Gate(_throttle(config, instances, reactor), metrics, reactor)
     routes = WebhookRoutes(

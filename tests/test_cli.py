@@ -20,6 +20,7 @@ from support.daemon import (
     GWEBHOOK,
     assert_one_line_error,
     json_lines,
+    log_text,
     run_cli,
     start_daemon,
 )
@@ -117,7 +118,10 @@ def test_show_prints_details_and_request(written):
     assert "authorization" not in headers
     request = shown["request"]
     # No client certificate was sent: the request says nothing of one.
-    assert set(request) == {"received", "client", "method", "path"}
+    assert set(request) == {"id", "received", "client", "method", "path"}
+    # The X-Request-Id it was answered with, as its access line says id=.
+    assert request["id"] in log_text(d)
+    assert len(request["id"]) == 16 and int(request["id"], 16) >= 0
     assert request["client"] == "127.0.0.1"
     assert (request["method"], request["path"]) == ("POST", "/")
     assert request["received"]

@@ -22,7 +22,7 @@ from gwebhook import retention, schema
 from gwebhook.dedup import DedupConfig, Ticket, composite_key, request_key, ticket
 from gwebhook.model import Committed, IncidentDraft, ReceivedRequest
 from gwebhook.readback import open_for_reading, show_incident
-from gwebhook.store import IncidentStore
+from gwebhook.store import SQLiteStore
 
 
 def sent(instance: str = "alerts", x_request_id: str = "r1") -> ReceivedRequest:
@@ -59,7 +59,7 @@ def keyed(details: list[dict], config: DedupConfig = KEYED, header=None) -> Tick
 
 @pytest.fixture
 def store(tmp_path):
-    s = IncidentStore(str(tmp_path / "store.sqlite"))
+    s = SQLiteStore(str(tmp_path / "store.sqlite"))
     yield s
     s.close()
 
@@ -305,7 +305,7 @@ def test_exactly_the_first_occurrence_of_each_composite_key_is_created(
     first occurrence's incident.  (The store's own transaction and SQL, run
     here in the test's thread rather than the pool's.)
     """
-    store = IncidentStore(str(tmp_path_factory.mktemp("p") / "s.sqlite"))
+    store = SQLiteStore(str(tmp_path_factory.mktemp("p") / "s.sqlite"))
     connection = sqlite3.connect(store.path, isolation_level=None)
     config = DedupConfig(tuple(keys), None, 3600)
     entries = [
@@ -316,12 +316,14 @@ def test_exactly_the_first_occurrence_of_each_composite_key_is_created(
     try:
         schema.configure(connection)
         if together:
-            results = store._write(connection, store._insert_batch, entries)
+            results = store._transaction(connection, store._insert_batch, entries)
         else:
             results = [
                 committed
                 for entry in entries
-                for committed in store._write(connection, store._insert_batch, [entry])
+                for committed in store._transaction(
+                    connection, store._insert_batch, [entry]
+                )
             ]
         answers = [s for committed in results for s in committed.incidents]
         elements = [e for r in requests for e in r]

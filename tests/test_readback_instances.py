@@ -18,7 +18,7 @@ from support.daemon import json_lines, run_cli
 from test_schema_upgrade import write_v2_store
 
 from gwebhook.model import IncidentDraft, ReceivedRequest
-from gwebhook.store import IncidentStore
+from gwebhook.store import SQLiteStore
 
 # Every test here runs the gwebhook command.
 pytestmark = pytest.mark.process
@@ -54,7 +54,7 @@ async def store(tmp_path):
     stored, by instance, oldest first.
     """
     path = tmp_path / "gwebhook.sqlite"
-    s = IncidentStore(str(path))
+    s = SQLiteStore(str(path))
     names: dict[str, list[str]] = {}
 
     async def add(instance, drafts, keep, cert=None):
@@ -149,7 +149,7 @@ def test_show_without_fields_or_client_certificate(store):
     path, _ = store
     shown = json.loads(cli("--db", str(path), "show", "1"))
     assert (shown["name"], shown["instance"], shown["fields"]) == ("d0", "default", {})
-    assert set(shown["request"]) == {"received", "client", "method", "path"}
+    assert set(shown["request"]) == {"id", "received", "client", "method", "path"}
 
 
 def test_export_is_show_of_every_instance_per_line(store):

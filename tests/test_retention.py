@@ -26,7 +26,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from gwebhook import readback, retention, schema
 from gwebhook.model import IncidentDraft, ReceivedRequest
-from gwebhook.store import IncidentStore
+from gwebhook.store import SQLiteStore
 from gwebhook.timestamps import format_utc
 from gwebhook.writerlock import SUFFIX
 
@@ -438,7 +438,7 @@ async def test_service_prunes_under_the_stores_writer_lock(tmp_path, reports):
     writer lock the worker processes take, and then runs.
     """
     path = tmp_path / "s.sqlite"
-    store = IncidentStore(str(path))
+    store = SQLiteStore(str(path))
     db = new_store(path)
     add_request(db, days_ago(40))
     holder = os.open(str(path) + SUFFIX, os.O_RDWR | os.O_CREAT, 0o600)
@@ -483,7 +483,7 @@ async def test_each_instance_keeps_its_samples_through_a_prune(tmp_path):
             return [s["name"] for s in readback.samples(db, instance)]
 
     path = tmp_path / "s.sqlite"
-    store = IncidentStore(str(path))
+    store = SQLiteStore(str(path))
     try:
         for i in range(15):
             await store.add(sent("a", days_ago(40)), [draft(f"a{i}")], True)

@@ -15,7 +15,7 @@ from twisted.internet.defer import DeferredList
 from gwebhook import schema
 from gwebhook.model import IncidentDraft, ReceivedRequest
 from gwebhook.readback import open_for_reading, show_incident
-from gwebhook.store import IncidentStore, StoreUnavailable
+from gwebhook.store import SQLiteStore, StoreUnavailable
 from gwebhook.writerlock import WriterLock
 
 REQUEST = ReceivedRequest(
@@ -31,7 +31,7 @@ def draft(name, details=None, fields=None):
 
 @pytest.fixture
 def store(tmp_path):
-    s = IncidentStore(str(tmp_path / "store.sqlite"))
+    s = SQLiteStore(str(tmp_path / "store.sqlite"))
     yield s
     s.close()
 
@@ -150,7 +150,7 @@ async def test_a_removed_store_file_is_refused_until_it_is_back(store, tmp_path)
 async def test_the_store_files_are_readable_by_their_owner_only(tmp_path):
     """The store holds senders' bodies and headers: it is created mode 0600."""
     path = tmp_path / "private.sqlite"
-    store = IncidentStore(str(path))
+    store = SQLiteStore(str(path))
     try:
         await store.add(REQUEST, [draft("one")])
     finally:

@@ -1,5 +1,5 @@
 """
-Two processes writing one store, each through its own IncidentStore and
+Two processes writing one store, each through its own SQLiteStore and
 reactor, as the processes of ``--workers N`` do.  Run as a script, this file
 is one such writer, driven by lines on its standard input.
 """
@@ -40,9 +40,9 @@ def writer(db: str) -> None:
     from twisted.protocols.basic import LineReceiver
 
     from gwebhook.model import IncidentDraft, ReceivedRequest
-    from gwebhook.store import IncidentStore
+    from gwebhook.store import SQLiteStore
 
-    class HoldingStore(IncidentStore):
+    class HoldingStore(SQLiteStore):
         """A store whose next transaction waits, open, before its commit."""
 
         hold = 0.0

@@ -24,7 +24,7 @@ import pytest
 import pytest_twisted
 
 from gwebhook.model import IncidentDraft, ReceivedRequest
-from gwebhook.store import IncidentStore, StoreUnavailable
+from gwebhook.store import SQLiteStore, StoreUnavailable
 
 REQUEST = ReceivedRequest(
     "2026-01-01T00:00:00Z", "127.0.0.1", "POST", "/", {}, b"{}", "default", None
@@ -74,17 +74,17 @@ def immutable(tmp_path):
 
 @pytest.fixture
 def store(tmp_path, immutable):
-    s = IncidentStore(str(tmp_path / "store.sqlite"))
+    s = SQLiteStore(str(tmp_path / "store.sqlite"))
     yield s
     s.close()
 
 
-def names(store: IncidentStore) -> list[str]:
+def names(store: SQLiteStore) -> list[str]:
     with contextlib.closing(sqlite3.connect(store.path)) as db:
         return [n for (n,) in db.execute("SELECT name FROM incidents ORDER BY id")]
 
 
-def requests(store: IncidentStore) -> int:
+def requests(store: SQLiteStore) -> int:
     with contextlib.closing(sqlite3.connect(store.path)) as db:
         return db.execute("SELECT count(*) FROM requests").fetchone()[0]
 
@@ -206,7 +206,7 @@ async def test_a_store_whose_file_system_turned_read_only_takes_commits_once_wri
     A store on a file system remounted read-only before the store first wrote
     refuses commits and the write probe; once read-write again, it takes them.
     """
-    store = IncidentStore(str(tmpfs / "store.sqlite"))
+    store = SQLiteStore(str(tmpfs / "store.sqlite"))
     try:
         remount(tmpfs, "ro")
         with pytest.raises(StoreUnavailable):
@@ -232,7 +232,7 @@ async def test_a_store_whose_directory_turned_read_only_takes_commits_once_writa
     """
     directory = tmp_path / "store"
     directory.mkdir()
-    store = IncidentStore(str(directory / "store.sqlite"))
+    store = SQLiteStore(str(directory / "store.sqlite"))
     try:
         immutable.set(directory)
         with pytest.raises(StoreUnavailable):

@@ -23,7 +23,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 
 from gwebhook.channel import WebhookSite
 from gwebhook.credentials import HEADER_PREFIX, Credentials
-from gwebhook.store import IncidentStore
+from gwebhook.store import SQLiteStore
 from gwebhook.tap import Options, makeService
 from gwebhook.tls import FailureLog, TLSServerEndpoint, certificate_options
 from support.credentials import BASIC
@@ -47,7 +47,7 @@ def make_site(
     max_body_bytes: int = 1000,
     incident_type: str | None = None,
     clock=None,
-) -> tuple[WebhookSite, IncidentStore]:
+) -> tuple[WebhookSite, SQLiteStore]:
     """
     The site the daemon serves, wired by its own ``makeService`` over a real
     store at ``db``, its time from ``clock`` (default: a ``Clock`` set to
@@ -123,7 +123,7 @@ class TLSServer:
     """The routes listening with TLS on 127.0.0.1, and a client that trusts the CA."""
 
     db: Path
-    store: IncidentStore
+    store: SQLiteStore
     port: Any
     pool: HTTPConnectionPool
     client: HTTPClient

@@ -1,27 +1,26 @@
 """
-The incident store: the only place the request path touches SQL.
+The incident store's behaviour, whatever the database: group commit, one
+request all or nothing, duplicates decided in the transaction, samples.
+Requests that arrive while a commit is under way wait and are committed
+together in the next transaction, so one durable commit serves many; each
+is answered only after the transaction holding it commits, and a failed
+transaction fails every request in it.
 
-Writes go through ``twisted.enterprise.adbapi`` on one connection (SQLite has
-one writer anyway).  Group commit: requests that arrive while a commit is
-under way wait and are committed together in the next transaction, so one
-fsync serves many requests; each request is answered only after the
-transaction holding it commits, and a failed transaction fails every request
-in it.  The processes of ``--workers N`` each have a store of their own on
-the same file and take turns under a writer lock (see ``writerlock``).
-Another DB-API database replaces this module's SQL, not its interface.
+Each backend (``sqlite``, ``postgres``) subclasses :class:`IncidentStore`
+with how it connects, how a write transaction is taken and committed, how
+ids are handed out, and which of its errors mean "not now".  The SQL here is
+written with ``?`` placeholders and is the same for both; ``sql()``
+converts it to the backend's.  Every call runs in the pool's one thread, on
+the one connection ``pool.connect()`` gives it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import os
-import sqlite3
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import cast
 
 from twisted.enterprise import adbapi
@@ -30,11 +29,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 
-from gwebhook import schema
 from gwebhook.dedup import Ticket
 from gwebhook.model import Committed, IncidentDraft, ReceivedRequest, StoredIncident
 from gwebhook.timestamps import format_utc
-from gwebhook.writerlock import WriterLock
 
 # Samples kept of each instance that keeps them: its most recent incidents.
 SAMPLE_COUNT = 20
@@ -44,20 +41,6 @@ MAX_BATCH = 512
 
 # Made once: json.dumps with options builds a new encoder at every call.
 _encode_details = json.JSONEncoder(ensure_ascii=False).encode
-
-# The first id never given in a table: after the newest row, and after every
-# row deleted since (AUTOINCREMENT keeps that in sqlite_sequence, which
-# follows the ids given explicitly too).
-_NEXT_ID = (
-    "SELECT 1 + max("
-    " coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0),"
-    " coalesce((SELECT max(id) FROM {table}), 0))"
-)
-# Both tables' next ids in one statement: each statement is a trip out of
-# Python and back (the GIL given up and taken again) on a shared core.
-_NEXT_IDS = "SELECT ({}), ({})".format(
-    _NEXT_ID.format(table="requests"), _NEXT_ID.format(table="incidents")
-)
 
 # Rows per INSERT statement at most (990 values: under SQLite's oldest limit
 # of 999).  One statement for many rows does SQLite's per-statement
@@ -106,12 +89,15 @@ _FORGET_KEY = "DELETE FROM dedup_keys WHERE instance = ? AND key = ?"
 _FORGET_REPLAY = "DELETE FROM dedup_requests WHERE instance = ? AND key = ?"
 
 _INSERT_SAMPLES = "INSERT INTO samples (incident_id) VALUES "
-# An instance's samples past its SAMPLE_COUNT most recent.  The samples
-# table is small (SAMPLE_COUNT rows for each instance that keeps them).
+# An instance's samples older than its SAMPLE_COUNT most recent.  The
+# samples table is small (SAMPLE_COUNT rows for each instance that keeps
+# them).  Written out whole: SQLite's "LIMIT -1 OFFSET" is not PostgreSQL's.
 _TRIM_SAMPLES = (
     "DELETE FROM samples WHERE incident_id IN (SELECT s.incident_id FROM samples s"
     " JOIN incidents i ON i.id = s.incident_id WHERE i.instance = ?"
-    " ORDER BY s.incident_id DESC LIMIT -1 OFFSET ?)"
+    " AND s.incident_id < (SELECT min(incident_id) FROM (SELECT t.incident_id"
+    " FROM samples t JOIN incidents j ON j.id = t.incident_id WHERE j.instance = ?"
+    " ORDER BY t.incident_id DESC LIMIT ?) newest))"
 )
 
 
@@ -249,7 +235,7 @@ def _chunks(items: list[str]) -> list[list[str]]:
     ]
 
 
-def _recall(cursor: sqlite3.Cursor, batch: list[_Entry], now: float) -> _Memory:
+def _recall(cursor, batch: list[_Entry], now: float) -> _Memory:
     """What the store remembers of every key the batch's requests carry."""
     memory = _Memory(now)
     keys: dict[str, set[str]] = {}
@@ -294,28 +280,6 @@ def _recall(cursor: sqlite3.Cursor, batch: list[_Entry], now: float) -> _Memory:
     return memory
 
 
-# SQLite's primary result code (the low byte of an extended one) after which
-# the store's connection is closed and the next call opens another.  SQLite
-# opens a file it may not write read-only, whatever the URI asks (mode=rw
-# only stops it creating one), and that connection never writes again, even
-# once the file may be written.  Other faults (an I/O error, a full disk)
-# leave a connection that writes once they clear; keeping it keeps the
-# write-ahead log as it is, where closing the last connection would
-# checkpoint it in the middle of the fault.
-_SQLITE_READONLY = 8
-
-
-def _spoils_connection(error: Exception) -> bool:
-    """Whether ``error`` calls for a new connection before the next try."""
-    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11 and later
-    if code is not None:
-        return code & 0xFF == _SQLITE_READONLY
-    # Python 3.10 gives only SQLite's message.
-    return isinstance(error, sqlite3.OperationalError) and (
-        "readonly database" in str(error)
-    )
-
-
 class StoreUnavailable(Exception):
     """The store could not commit (full, locked, read-only); retry later."""
 
@@ -330,40 +294,34 @@ _Waiting = tuple[
 _Entry = tuple[ReceivedRequest, Sequence[IncidentDraft], bool, Ticket | None]
 
 
+def _next_after(
+    results: list[Committed | Failure], request_id: int, incident_id: int
+) -> tuple[int, int]:
+    """The first request id and incident id after those the batch gave."""
+    for committed in results:
+        if isinstance(committed, Committed):
+            created = [s for s in committed.incidents if not s.duplicate]
+            if created:
+                request_id += 1
+                incident_id += len(created)
+    return request_id, incident_id
+
+
 class IncidentStore:
     """
     Stores requests and their incidents; durable before it answers.  Keeps
     the SAMPLE_COUNT most recent incidents of each instance whose requests
-    say to keep samples.
+    say to keep samples.  A backend sets ``pool`` (an adbapi pool of one
+    thread and one connection) and says how to write, number and fail.
     """
 
-    def __init__(self, path: str) -> None:
-        schema.create_or_upgrade(path)
-        self.path = path
-        # The file prepared here is the store: a connection opened later (the
-        # first, or one after a fault) must be to this file, not to one put
-        # in its place since.
-        self._inode = os.stat(path).st_ino
+    pool: adbapi.ConnectionPool
+    # What ``--db`` named, as it may be shown (no password).
+    target: str
+
+    def __init__(self) -> None:
         self._waiting: list[_Waiting] = []
         self._committing = False
-        self._writer_lock = WriterLock(path)
-        # Public for the other writers of the same file (retention).  Its one
-        # thread runs every call of the store, on the one connection
-        # pool.connect() gives that thread: opened on first use, and again
-        # after a fault that spoiled it (see _on_connection).
-        self.pool = adbapi.ConnectionPool(
-            "sqlite3",
-            # mode=rw: never create a store here (create_or_upgrade did).
-            f"{Path(path).resolve().as_uri()}?mode=rw",
-            uri=True,
-            check_same_thread=False,
-            isolation_level="",
-            cp_min=1,
-            cp_max=1,
-            cp_openfun=self._opened,
-            # Room for the multi-row INSERTs of every size (2 x 99, and 20).
-            cached_statements=256,
-        )
         # The reactor the pool uses: the one installed by now (by twistd, or
         # the tests), imported here as adbapi does, not when this module is.
         from twisted.internet import reactor
@@ -372,16 +330,38 @@ class IncidentStore:
         # reactor runs calls from threads.)
         self._reactor = cast(IReactorFromThreads, reactor)
 
-    def _opened(self, connection: sqlite3.Connection) -> None:
-        # A connection refused here is not the pool's: close it, or its
-        # descriptors stay open until the garbage collector finds it.
-        try:
-            if self._file_changed():
-                raise self._file_gone()
-            schema.configure(connection)
-        except BaseException:
-            connection.close()
-            raise
+    # -- what each backend says ------------------------------------------------
+
+    def _transaction(self, connection, work, *args):
+        """
+        Run ``work(cursor, *args)`` in one write transaction of the store's
+        (under its writer lock) and commit it durably; return its result.
+        """
+        raise NotImplementedError
+
+    def _next_ids(self, cursor) -> tuple[int, int]:
+        """The first request id and incident id no request has had."""
+        raise NotImplementedError
+
+    def _ids_used(self, cursor, request_id: int, incident_id: int) -> None:
+        """Ids below these were given in this transaction: never give them again."""
+
+    def _probe(self, connection, write: bool) -> None:
+        """Ask the database something; with ``write``, make a durable commit."""
+        raise NotImplementedError
+
+    def _is_fault(self, error: BaseException) -> bool:
+        """
+        Whether ``error`` is the database's "not now" (unreachable, full,
+        locked, read-only...), as opposed to one request's data or a bug.
+        """
+        raise NotImplementedError
+
+    def _spoils_connection(self, error: BaseException) -> bool:
+        """Whether the connection must be replaced after ``error``."""
+        return False
+
+    # -- the interface ---------------------------------------------------------
 
     def _run(self, work, *args) -> Deferred:
         """``work(connection, *args)`` in the pool's thread; fires with its result."""
@@ -392,40 +372,20 @@ class IncidentStore:
     def _on_connection(self, work, *args):
         """
         ``work`` on the pool's connection, in its thread.  After an error that
-        leaves a connection unable to write although the store is fine again
-        (read-only), the connection is closed, so that the next call opens a
-        new one: the store recovers without a restart, as from every other
-        fault.  (Not adbapi's runWithConnection: its rollback after a failure
-        would use the connection closed here.  ``work`` ends its own
-        transactions, so its commit and rollback add nothing.)
+        leaves the connection unusable although the database is fine again
+        (read-only SQLite, a lost PostgreSQL session), the connection is
+        closed, so that the next call opens a new one: the store recovers
+        without a restart.  (Not adbapi's runWithConnection: its rollback
+        after a failure would use the connection closed here.  ``work`` ends
+        its own transactions, so its commit and rollback add nothing.)
         """
         connection = self.pool.connect()
         try:
             return work(connection, *args)
-        except sqlite3.Error as e:
-            if _spoils_connection(e):
+        except Exception as e:
+            if self._spoils_connection(e):
                 self.pool.disconnect(connection)
             raise
-
-    def _check_file(self) -> None:
-        """
-        Refuse to commit into a store file that was removed or replaced: the
-        open connection would write to a file nobody will ever read again.
-        """
-        if self._file_changed():
-            raise self._file_gone()
-
-    def _file_changed(self) -> bool:
-        try:
-            return os.stat(self.path).st_ino != self._inode
-        except OSError:
-            return True
-
-    def _file_gone(self) -> sqlite3.OperationalError:
-        return sqlite3.OperationalError(
-            f"the store file {self.path} was removed or replaced; "
-            "put it back, or restart gwebhook to start a new one"
-        )
 
     def add(
         self,
@@ -453,7 +413,7 @@ class IncidentStore:
         batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
         self._committing = True
         entries = [(r, i, k, t) for r, i, k, t, _ in batch]
-        done = self._run(self._write, self._insert_batch, entries)
+        done = self._run(self._transaction, self._insert_batch, entries)
         done.addErrback(self._unavailable)
         done.addBoth(self._committed, [d for _, _, _, _, d in batch])
 
@@ -481,20 +441,13 @@ class IncidentStore:
         d.addErrback(self._unavailable)
         return d
 
-    def _probe(self, connection, write: bool) -> None:
-        self._check_file()
-        if write:
-            self._write(connection, self._touch_health)
-        else:
-            cursor = connection.cursor()
-            cursor.execute("SELECT count(*) FROM sqlite_master").fetchall()
-
     @staticmethod
-    def _touch_health(cursor: sqlite3.Cursor) -> None:
-        cursor.execute(
-            "INSERT OR REPLACE INTO health (id, checked) VALUES (1, ?)",
-            (format_utc(datetime.now(UTC)),),
-        )
+    def _touch_health(cursor) -> None:
+        """The health check's durable commit: one row, rewritten."""
+        now = (format_utc(datetime.now(UTC)),)
+        cursor.execute("UPDATE health SET checked = ? WHERE id = 1", now)
+        if cursor.rowcount == 0:
+            cursor.execute("INSERT INTO health (id, checked) VALUES (1, ?)", now)
 
     def write(self, work, *args) -> Deferred:
         """
@@ -502,88 +455,49 @@ class IncidentStore:
         the writer lock, as the store's own batches are (for retention).
         Fails with the database's own error.
         """
-        return self._run(self._write, work, *args)
+        return self._run(self._transaction, work, *args)
 
     def close(self) -> None:
         self.pool.close()
-        self._writer_lock.close()
 
-    def _write(self, connection, work, *args):
+    def _insert_batch(self, cursor, batch: list[_Entry]) -> list[Committed | Failure]:
         """
-        Run ``work(cursor, *args)`` in one write transaction and commit it,
-        all under the writer lock (in the pool's thread).  The lock is let go
-        only once the commit or rollback is done: the next writer must not
-        start waiting on SQLite's lock, whose busy handler sleeps.
-        """
-        try:
-            self._writer_lock.acquire(schema.BUSY_TIMEOUT_MS / 1000)
-        except TimeoutError as e:
-            # As SQLite says it when its own lock is held too long: a 503.
-            raise sqlite3.OperationalError(f"database is locked: {e}") from e
-        except OSError as e:
-            raise sqlite3.OperationalError(
-                f"cannot take the writer lock {self._writer_lock.path}: "
-                f"{e.strerror}; let the daemon's user create and write it"
-            ) from e
-        try:
-            cursor = connection.cursor()
-            # Explicit, so savepoints nest in it instead of each RELEASE
-            # committing on its own.  IMMEDIATE takes SQLite's write lock now,
-            # waiting at most the busy timeout for writers that skip ours.
-            cursor.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(cursor, *args)
-                self._check_file()
-                cursor.execute("COMMIT")
-            except BaseException:
-                # A failed COMMIT may have ended the transaction already.
-                with contextlib.suppress(sqlite3.Error):
-                    cursor.execute("ROLLBACK")
-                raise
-        finally:
-            self._writer_lock.release()
-        return result
-
-    def _insert_batch(
-        self, cursor: sqlite3.Cursor, batch: list[_Entry]
-    ) -> list[Committed | Failure]:
-        """
-        Every request of the batch, in the transaction ``_write`` opened.
+        Every request of the batch, in the transaction ``_transaction`` opened.
 
         First all of them at once: the requests in one multi-row INSERT, the
-        incidents in another (100 rows a statement), with ids chosen here
-        under the write lock, and the duplicates decided against what the
+        incidents in another (99 rows a statement), with ids chosen here
+        under the writer lock, and the duplicates decided against what the
         store remembers, read under the same lock.  Should that fail for
-        something one request carries (not a fault of the store), it is
-        undone and done again a request at a time, each under a savepoint,
-        so only that one fails.  A fault of the store itself fails the batch.
+        something one request carries (not a fault of the database), it is
+        undone to a savepoint and done again a request at a time, each under
+        a savepoint of its own, so only that one fails.  A fault of the
+        database itself fails the batch.
         """
         created = format_utc(datetime.now(UTC))
         now = time.time()
-        request_id, incident_id = cursor.execute(_NEXT_IDS).fetchone()
+        request_id, incident_id = self._next_ids(cursor)
+        cursor.execute("SAVEPOINT batch")
         try:
             memory = _recall(cursor, batch, now)
             results = self._insert_all(
                 cursor, batch, request_id, incident_id, created, memory
             )
-        except sqlite3.OperationalError:
-            raise
-        except Exception:
-            # Undone whole (the batch is all this transaction holds; the
-            # writer lock is still ours), then done again a request at a time.
-            cursor.execute("ROLLBACK")
-            cursor.execute("BEGIN IMMEDIATE")
-            request_id, incident_id = cursor.execute(_NEXT_IDS).fetchone()
+        except Exception as e:
+            if self._is_fault(e):
+                raise
+            cursor.execute("ROLLBACK TO batch")
             memory = _recall(cursor, batch, now)
             results = self._insert_each(
                 cursor, batch, request_id, incident_id, created, memory
             )
+        cursor.execute("RELEASE batch")
         self._keep_samples(cursor, batch, results)
+        self._ids_used(cursor, *_next_after(results, request_id, incident_id))
         return results
 
     @staticmethod
     def _insert_all(
-        cursor: sqlite3.Cursor,
+        cursor,
         batch: list[_Entry],
         request_id: int,
         incident_id: int,
@@ -670,9 +584,9 @@ class IncidentStore:
         _insert_rows(cursor, _insert_replays, _REPLAY_WIDTH, replays)
         return results
 
-    @staticmethod
     def _insert_each(
-        cursor: sqlite3.Cursor,
+        self,
+        cursor,
         batch: list[_Entry],
         request_id: int,
         incident_id: int,
@@ -686,12 +600,12 @@ class IncidentStore:
             # What this request would add to the memory goes if it fails.
             before = memory.copy()
             try:
-                [committed] = IncidentStore._insert_all(
+                [committed] = self._insert_all(
                     cursor, [entry], request_id, incident_id, created, memory
                 )
-            except sqlite3.OperationalError:
-                raise
-            except Exception:
+            except Exception as e:
+                if self._is_fault(e):
+                    raise
                 cursor.execute("ROLLBACK TO request")
                 memory = before
                 results.append(Failure())
@@ -707,7 +621,7 @@ class IncidentStore:
 
     @staticmethod
     def _keep_samples(
-        cursor: sqlite3.Cursor,
+        cursor,
         batch: list[_Entry],
         results: list[Committed | Failure],
     ) -> None:
@@ -727,16 +641,13 @@ class IncidentStore:
         for instance, ids in kept.items():
             newest = ids[-SAMPLE_COUNT:]
             cursor.execute(_insert_samples(len(newest)), newest)
-            cursor.execute(_TRIM_SAMPLES, (instance, SAMPLE_COUNT))
+            cursor.execute(_TRIM_SAMPLES, (instance, instance, SAMPLE_COUNT))
 
-    @staticmethod
-    def _unavailable(failure):
-        # SQLite's ways of saying "not now" (full, locked, read-only, I/O
-        # error, damaged file): the request may succeed once the fault clears.
-        # Programming and integrity errors are bugs and stay what they are.
+    def _unavailable(self, failure: Failure) -> Failure:
+        # The database's ways of saying "not now": the request may succeed
+        # once the fault clears.  Programming and integrity errors are bugs
+        # and stay what they are.
         error = failure.value
-        if isinstance(error, sqlite3.OperationalError) or (
-            type(error) is sqlite3.DatabaseError
-        ):
+        if error is not None and self._is_fault(error):
             raise StoreUnavailable(str(error)) from error
         return failure
