@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,9 @@ from support.instances import (
     write_config,
 )
 from support.metrics import sample, scrape
-from support.ports import free_port, refuses_connections
+from support.ports import free_port, refuses_connections, wait_until_listening
+from support.senders import run_senders
+from support.store import incidents_by_id
 from support.wait import wait_for
 
 from gwebhook.config import ConfigError, load_config
@@ -282,6 +285,26 @@ def test_the_keys_of_a_refused_request_are_not_remembered(shared):
     assert_new([created])
 
 
+def test_a_large_request_is_recognised_whole_when_sent_again(shared):
+    """1200 keyed elements, sent again: every one is a duplicate of its own."""
+    tag = unique("l")
+    body = [{"alertId": f"{tag}-{n}", "name": f"large {n}"} for n in range(1200)]
+    first = send_to(shared, "batch", body)
+    assert len(first) == 1200
+    assert_new(first)
+    again = send_to(shared, "batch", body[::-1])
+    assert again == [marked(entry) for entry in first[::-1]]
+
+
+def test_an_instance_without_dedup_gives_show_its_request_id(shared):
+    """Every incident's ``show`` names the request that created it."""
+    reply = post(shared, path_of("filler"), [{"name": "one"}, {"name": "two"}])
+    for entry in answered(reply):
+        assert (
+            show(shared, entry["id"])["request"]["id"] == reply.headers["x-request-id"]
+        )
+
+
 # ------------------------------------------------------ keys within a request
 
 
@@ -431,6 +454,29 @@ def test_an_empty_or_overlong_delivery_header_is_not_remembered(shared):
     assert send_to(shared, "delivery", {}, {DELIVERY: limit}) == [marked(one)]
 
 
+def test_the_first_of_two_delivery_headers_is_the_delivery_id(shared):
+    """A request carrying the header twice is remembered by its first value."""
+    tag = unique("t")
+    c = connection(shared)
+    try:
+        body = b'{"name": "two headers"}'
+        c.putrequest("POST", path_of("delivery"))
+        c.putheader(DELIVERY, f"{tag}-first")
+        c.putheader(DELIVERY, f"{tag}-second")
+        c.putheader("Content-Length", str(len(body)))
+        c.endheaders(body)
+        reply = c.getresponse()
+        assert reply.status == 200
+        [created] = json.loads(reply.read())
+    finally:
+        c.close()
+    assert_new([created])
+    by_first = send_to(shared, "delivery", {}, {DELIVERY: f"{tag}-first"})
+    assert by_first == [marked(created)]
+    [by_second] = send_to(shared, "delivery", {}, {DELIVERY: f"{tag}-second"})
+    assert_new([by_second])
+
+
 def test_a_refused_request_does_not_make_its_delivery_header_known(shared):
     """A 400 stores nothing: the same delivery with a good body creates."""
     delivery = unique("r")
@@ -525,6 +571,39 @@ def test_what_was_answered_is_remembered_across_a_restart(daemon, tmp_path, how)
     assert listed_ids(again, "durable") == [first[0]["id"]]
 
 
+def test_a_crash_mid_stream_leaves_keys_and_incidents_together(daemon, tmp_path):
+    """
+    SIGKILL while four senders post keyed elements: after the restart, each
+    element sent again is a duplicate of its incident exactly when that
+    incident was stored (answered or not), and new otherwise; nothing was
+    stored twice.
+    """
+    own = free_port()
+    config = write_config(
+        tmp_path, instance("crash", anonymous=True, port=own) + dedup(keys=["marker"])
+    )
+    d = daemon("--config", str(config))
+    wait_until_listening(own)
+    senders = run_senders(replace(d, port=own), {}, 4, then=d.kill, after=1.0)
+    acknowledged = {name: str(i) for s in senders for i, name in s.acknowledged}
+    assert len(acknowledged) > 20, "too little traffic to mean anything"
+    cut = [name for s in senders for names in s.unanswered for name in names]
+
+    again = daemon("--config", str(config))
+    stored = {name: str(i) for i, name in incidents_by_id(again.db).items()}
+    assert len(stored) == len(set(stored.values()))
+    assert {n: stored.get(n) for n in acknowledged} == acknowledged
+    names = [*acknowledged, *cut]
+    body = [{"name": name, "rawJson": {"marker": name}} for name in names]
+    entries = send_to(again, "crash", body)
+    for name, entry in zip(names, entries, strict=True):
+        if name in stored:
+            assert entry.get("duplicate") is True, (name, entry)
+            assert entry["id"] == stored[name], (name, entry)
+        else:
+            assert "duplicate" not in entry, (name, entry)
+
+
 def logged(d: Daemon) -> list[dict[str, Any]]:
     """The JSON events a daemon with the JSON logger has written (whole lines)."""
     text = d.stdout.read_text(encoding="utf-8")
@@ -596,26 +675,25 @@ def test_a_reload_applies_to_later_requests_and_keys_keep_their_window(
 # ------------------------------------------------------------- all at once
 
 
-@pytest.mark.parametrize("name", ["parallel", "parallel-header"])
-def test_sixteen_identical_requests_at_once_create_one_set(shared, name):
+def sixteen_at_once(d: Daemon, name: str, filler: str) -> list[dict[str, Any]]:
     """
-    16 connections send the same delivery (the same header value and, where
-    the instance has keys, the same keys) at the same moment: one set of
-    incidents is stored, every answer names it, and exactly one answer is
-    the one that created it.  A large request to another instance goes just
-    before them, so that they queue behind its commit and the store is
-    given several of them at once, none of them known yet.
+    16 connections send the same delivery to instance ``name`` (the same
+    header value, and the same keys) at the same moment, just after a large
+    request to instance ``filler``, so that they queue behind its commit and
+    the store is given several of them at once, none of them known yet.
+    Checks that exactly one answer created the incidents and the others
+    name them as duplicates; returns the incidents' entries.
     """
     delivery = unique("p")
     body = json.dumps(
         [{"alertId": f"{delivery}-1", "name": "p1"}, {"alertId": f"{delivery}-2"}]
     ).encode()
     headers = {DELIVERY: delivery, "Content-Type": "application/json"}
-    filler = json.dumps([{"name": f"filler {n}"} for n in range(3000)]).encode()
+    large = json.dumps([{"name": f"filler {n}"} for n in range(3000)]).encode()
     together = threading.Barrier(17, timeout=20)
 
     def one(_: int) -> Response:
-        c = connection(shared)
+        c = connection(d)
         try:
             c.connect()
             together.wait()
@@ -623,13 +701,13 @@ def test_sixteen_identical_requests_at_once_create_one_set(shared, name):
         finally:
             c.close()
 
-    ahead = connection(shared)
+    ahead = connection(d)
     try:
         ahead.connect()
         with ThreadPoolExecutor(16) as pool:
             sent = [pool.submit(one, n) for n in range(16)]
             wait_for(lambda: together.n_waiting == 16, 20, "16 connections")
-            ahead.request("POST", path_of("filler"), filler, {})
+            ahead.request("POST", path_of(filler), large, {})
             time.sleep(0.005)
             together.wait()
             replies = [future.result() for future in sent]
@@ -645,6 +723,17 @@ def test_sixteen_identical_requests_at_once_create_one_set(shared, name):
     for answer in answers:
         if answer is not created:
             assert answer == [marked(entry) for entry in created], answer
+    return created
+
+
+@pytest.mark.parametrize("name", ["parallel", "parallel-header"])
+def test_sixteen_identical_requests_at_once_create_one_set(shared, name):
+    """
+    16 identical requests at once (by header and keys, or by header only):
+    one set of incidents is stored, every answer names it, and exactly one
+    answer is the one that created it.
+    """
+    created = sixteen_at_once(shared, name, "filler")
     assert listed_ids(shared, name) == [entry["id"] for entry in created]
 
 
@@ -689,9 +778,15 @@ def test_a_delivery_after_the_window_is_new(shared):
 def test_two_worker_processes_create_one_incident_per_key(daemon, tmp_path):
     """
     --workers 2: the same keys posted many times over many connections,
-    served by both processes, make one incident per key.
+    served by both processes, make one incident per key; 16 identical
+    deliveries at once make one set.
     """
-    config = write_config(tmp_path, anonymous("spread", keys=["alertId"]))
+    config = write_config(
+        tmp_path,
+        anonymous("spread", keys=["alertId"]),
+        anonymous("spread-header", header=DELIVERY),
+        instance("spread-filler", anonymous=True),
+    )
     d = daemon("--config", str(config), "--workers", "2")
     wait_for_log(d, "worker 1: gwebhook ready", timeout=15)
     keys = [f"k{n}" for n in range(6)]
@@ -722,6 +817,10 @@ def test_two_worker_processes_create_one_incident_per_key(daemon, tmp_path):
     served = log_lines(d, access)
     assert any("worker 1:" in line for line in served), "the worker served nothing"
     assert any("worker 1:" not in line for line in served), "main served nothing"
+
+    # 16 identical deliveries at once, over both processes.
+    created = sixteen_at_once(d, "spread-header", "spread-filler")
+    assert listed_ids(d, "spread-header") == [entry["id"] for entry in created]
 
 
 # -------------------------------------------------------------- observability
@@ -828,21 +927,43 @@ def the_refusal(config: Path) -> str:
     return str(caught.value)
 
 
-@pytest.mark.parametrize("case", list(BAD_TABLES))
-def test_a_bad_dedup_table_is_refused_at_start_up(tmp_path, pki, case):
-    """
-    One line naming the file, the instance and the key, as twistd prints a
-    usage error (the config reader's own line); nothing listens.
-    """
+def bad_file(directory: Path, case: str) -> tuple[Path, str]:
+    """The config file of BAD_TABLES[case], checked as the config reader reads it."""
     head, table, key = BAD_TABLES[case]
-    config = write_config(tmp_path, head + "[instance.dedup]\n" + table)
+    config = write_config(directory, head + "[instance.dedup]\n" + table)
     expected = the_refusal(config)
     named = f"{config}: instance 'a': {key}"
     assert expected.startswith(named if key == "dedup" else f"{named}: "), expected
     assert "not supported by this version" not in expected, expected
     if key == "dedup.colour":
         assert "unknown key" in expected, expected
+    return config, expected
 
+
+@pytest.mark.parametrize("case", list(BAD_TABLES))
+def test_a_bad_dedup_table_is_refused_naming_its_key(tmp_path, case):
+    """The config reader's one line names the file, the instance and the key."""
+    bad_file(tmp_path, case)
+
+
+# One of each kind of refusal, through a real start-up.
+AT_START_UP = [
+    "unknown key",
+    "keys not strings",
+    "a key twice",
+    "window a boolean",
+    "header not a token",
+    "slack, neither keys nor header",
+]
+
+
+@pytest.mark.parametrize("case", AT_START_UP)
+def test_a_bad_dedup_table_is_refused_at_start_up(tmp_path, pki, case):
+    """
+    The daemon exits non-zero without a traceback, its last line the config
+    reader's, as twistd prints a usage error; nothing listens.
+    """
+    config, expected = bad_file(tmp_path, case)
     port = free_port()
     result = run_twistd(
         [
