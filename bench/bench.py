@@ -1049,15 +1049,29 @@ def instance_lines(every: list[Run]) -> list[str]:
             r.main_thread_us_per_request - base.main_thread_us_per_request
             for _, r, base in pairs
         ]
+        bound = [cpu_bound_ratio(r, base) for _, r, base in pairs]
         lines.append(
             f"{key} / b-plain, round by round: req/s "
             + " ".join(f"{x:.3f}" for x in rps)
-            + f" (range {min(rps):.3f}-{max(rps):.3f}); CPU us/req "
+            + f" (range {min(rps):.3f}-{max(rps):.3f}); "
+            + "b-plain CPU/req over its CPU/req "
+            + " ".join(f"{x:.3f}" for x in bound)
+            + f" (range {min(bound):.3f}-{max(bound):.3f}); CPU us/req "
             + " ".join(f"{x:+.0f}" for x in cpu)
             + "; main thread us/req "
             + " ".join(f"{x:+.0f}" for x in main)
         )
     return lines
+
+
+def cpu_bound_ratio(run: Run, base: Run) -> float:
+    """
+    base's CPU per request over run's: the ratio of their req/s if each had
+    its core to itself (both are bound by one core).  When other processes
+    take part of that core, req/s follows the share they leave, which differs
+    from run to run; CPU per request much less.
+    """
+    return base.cpu_us_per_request / run.cpu_us_per_request
 
 
 def targets(
@@ -1145,6 +1159,14 @@ def targets(
             f"{key}/b-plain req/s, median of {len(rps)} round(s) "
             f"(range {rps[0]:.3f}-{rps[-1]:.3f})",
             statistics.median(rps),
+            1 - cost,
+            "{:.3f}",
+        )
+        bound = sorted(cpu_bound_ratio(r, base) for _, r, base in pairs)
+        check(
+            f"  the same from CPU per request (b-plain's over {key}'s), median "
+            f"(range {bound[0]:.3f}-{bound[-1]:.3f})",
+            statistics.median(bound),
             1 - cost,
             "{:.3f}",
         )
