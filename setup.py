@@ -32,6 +32,10 @@ setup(
         "cryptography>=46",
         # JMESPath expressions of the instances' field mapping.
         "jmespath>=1.0",
+        # PostgreSQL for several nodes (--db postgresql://...), loaded only
+        # then; [binary] brings its own libpq, so nothing else is installed.
+        # 3.1.8: the first with wheels for Python 3.11 on Linux.
+        "psycopg[binary]>=3.1.8",
     ],
     extras_require={
         # The TLS audit (tests/test_tls_audit.py) runs in a venv of its own:

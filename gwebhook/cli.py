@@ -14,33 +14,65 @@ from pathlib import Path
 
 from gwebhook import readback
 from gwebhook.certificates import DEFAULT_HOSTNAMES, make_self_signed
+from gwebhook.database import DEFAULT_DB, is_postgres, read_password_file
+from gwebhook.schema import StoreError
 
-DEFAULT_DB = "gwebhook.sqlite"
+
+def _where(args) -> None:
+    """
+    Settle ``args.db`` and ``args.db_password``: --db, else the config
+    file's db, else the default file; the password from --db-password-file,
+    else the config file's db_password_file, else libpq's own sources.
+    (Not parser defaults: parents share actions, so a default would let the
+    command's --db silently override one given before the command.)
+    """
+    db = getattr(args, "db", None)
+    password_file = getattr(args, "db_password_file", None)
+    config = getattr(args, "config", None)
+    if config is not None:
+        from gwebhook.config import ConfigError, read_database
+
+        try:
+            declared_db, declared_password_file = read_database(config)
+        except ConfigError as e:
+            raise UsageProblem(str(e)) from None
+        db = db or declared_db
+        password_file = password_file or declared_password_file
+    args.db = db or DEFAULT_DB
+    args.db_password = None
+    if password_file is not None and is_postgres(args.db):
+        try:
+            args.db_password = read_password_file(password_file)
+        except StoreError as e:
+            raise CommandFailed(str(e)) from None
 
 
 def _emit(value) -> None:
     sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
 
 
+def _reader(args):
+    """The store ``--db`` names, open for reading."""
+    return readback.open_for_reading(args.db, args.db_password)
+
+
 def _list(args) -> None:
-    db = readback.open_for_reading(args.db)
+    db = _reader(args)
     for incident in readback.list_incidents(db, args.after, args.limit, args.instance):
         _emit(incident)
 
 
 def _show(args) -> None:
-    _emit(readback.show_incident(readback.open_for_reading(args.db), args.id))
+    _emit(readback.show_incident(_reader(args), args.id))
 
 
 def _export(args) -> None:
-    for incident in readback.export_incidents(
-        readback.open_for_reading(args.db), args.after
-    ):
+    for incident in readback.export_incidents(_reader(args), args.after):
         _emit(incident)
 
 
 def _samples(args) -> None:
-    kept = readback.samples(readback.open_for_reading(args.db), args.instance)
+    kept = readback.samples(_reader(args), args.instance)
     if not kept:
         # A note, not an error: `[]` is still the true answer for a script.
         of = "" if args.instance is None else f" of instance {args.instance!r}"
@@ -97,7 +129,12 @@ def _prune(args) -> None:
     except ValueError as e:
         raise UsageProblem(str(e)) from None
     try:
-        incidents, requests, reclaimed = retention.prune_store(args.db, before)
+        if is_postgres(args.db):
+            incidents, requests, reclaimed = retention.prune_postgres(
+                args.db, before, args.db_password
+            )
+        else:
+            incidents, requests, reclaimed = retention.prune_store(args.db, before)
     except retention.PruneError as e:
         raise CommandFailed(str(e)) from None
     print(retention.summary(incidents, requests, before))
@@ -149,7 +186,22 @@ def parser() -> argparse.ArgumentParser:
     # --db is accepted before or after the command.
     db = argparse.ArgumentParser(add_help=False)
     db.add_argument(
-        "--db", default=argparse.SUPPRESS, help=f"the store (default {DEFAULT_DB})"
+        "--db",
+        default=argparse.SUPPRESS,
+        help=f"the store: a SQLite file (default {DEFAULT_DB}) or "
+        "postgresql://USER@HOST:PORT/DBNAME",
+    )
+    db.add_argument(
+        "--db-password-file",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="the PostgreSQL password (else PGPASSWORD or ~/.pgpass)",
+    )
+    db.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="the daemon's config file: its db and db_password_file",
     )
     top = argparse.ArgumentParser(
         prog="gwebhook",
@@ -257,11 +309,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    # Not a parser default: parents share actions, so a default would let the
-    # command's --db silently override one given before the command.
-    args.db = getattr(args, "db", DEFAULT_DB)
     status = 0
     try:
+        _where(args)
         status = args.run(args) or 0
         # Here, not at exit: a reader gone shows now, where it is handled.
         sys.stdout.flush()

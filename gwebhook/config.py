@@ -21,6 +21,7 @@ from typing import Any
 from cryptography import x509
 
 from gwebhook.credentials import HEADER_PREFIX, Credentials
+from gwebhook.database import is_postgres
 from gwebhook.dedup import DEFAULT_WINDOW, SCHEME_HEADERS, DedupConfig
 from gwebhook.headers import is_printable_ascii, is_token
 from gwebhook.mapping import (
@@ -49,7 +50,7 @@ INSTANCE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # the first, so the name is the command line's alone.
 DEFAULT_INSTANCE = "default"
 
-_TOP_KEYS = ("instance",)
+_TOP_KEYS = ("instance", "db", "db_password_file")
 _INSTANCE_KEYS = (
     "name",
     "incident_type",
@@ -87,7 +88,7 @@ _DOORS = ("auth", "mtls", "signature")
 
 # Keys of features this version does not have yet.  Refused with their own
 # message: "unknown key" would send the operator looking for a typo.
-_TOP_LATER = ("api", "forward", "db", "db_password_file")
+_TOP_LATER = ("api", "forward")
 _INSTANCE_LATER: tuple[str, ...] = ()
 
 _CA_FIX = "give the PEM file of the CA that issues the senders' certificates"
@@ -145,6 +146,11 @@ class Config:
 
     path: str
     instances: tuple[InstanceConfig, ...]
+    # The store (a SQLite path or a PostgreSQL URI) and the file holding the
+    # database's password (absolute), when the file names them; --db and
+    # --db-password-file win over them.
+    db: str | None = None
+    db_password_file: str | None = None
 
 
 def load_config(path: str, environ: collections.abc.Mapping[str, str]) -> Config:
@@ -153,6 +159,23 @@ def load_config(path: str, environ: collections.abc.Mapping[str, str]) -> Config
     from ``environ``; relative paths are relative to the file's directory.
     Raises ConfigError.
     """
+    return parse_config(_document(path), path, environ)
+
+
+def read_database(path: str) -> tuple[str | None, str | None]:
+    """
+    Only the store a config file names (``db``, ``db_password_file``), for
+    the ``gwebhook`` commands: its instances are the daemon's business.
+    Raises ConfigError.
+    """
+    document = _document(path)
+    reader = _Reader(path, {})
+    reader.check_keys(None, document, None, _TOP_KEYS, _TOP_LATER)
+    return reader.database(document)
+
+
+def _document(path: str) -> dict[str, Any]:
+    """The TOML document in ``path``; ConfigError if it cannot be had."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -168,12 +191,11 @@ def load_config(path: str, environ: collections.abc.Mapping[str, str]) -> Config
         ) from None
     try:
         # Editors on Windows may start the file with a BOM; TOML does not.
-        document = tomllib.loads(text.removeprefix("\ufeff"))
+        return tomllib.loads(text.removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(
             f"{path}: not valid TOML: {e}; fix the syntax there"
         ) from None
-    return parse_config(document, path, environ)
 
 
 def parse_config(
@@ -206,7 +228,8 @@ def parse_config(
         reader.instance(table, number, names, ports)
         for number, table in enumerate(tables, start=1)
     ]
-    return Config(path, tuple(instances))
+    db, db_password_file = reader.database(document)
+    return Config(path, tuple(instances), db, db_password_file)
 
 
 class _Reader:
@@ -220,6 +243,29 @@ class _Reader:
     def error(self, where: str | None, key: str | None, problem: str) -> ConfigError:
         parts = [self.path, where, key, problem]
         return ConfigError(": ".join(p for p in parts if p))
+
+    def database(self, document: dict[str, Any]) -> tuple[str | None, str | None]:
+        """The top-level ``db`` and ``db_password_file``, checked."""
+        db = self._optional(None, document, "db", str, "a string")
+        if db is not None and not db.strip():
+            raise self.error(
+                None,
+                "db",
+                "must not be empty; give a SQLite file or postgresql://USER@HOST/DB",
+            )
+        if db is not None and not is_postgres(db):
+            db = self._path(None, "db", db)
+        password_file = self._optional(
+            None, document, "db_password_file", str, "a string (a path)"
+        )
+        if password_file is not None:
+            password_file = self._readable(
+                None,
+                "db_password_file",
+                password_file,
+                "give a file the daemon can read, holding just the database password",
+            )
+        return db, password_file
 
     def check_keys(
         self,
@@ -897,7 +943,7 @@ class _Reader:
 
     def _optional(
         self,
-        where: str,
+        where: str | None,
         table: dict[str, Any],
         key: str,
         kind: type,
@@ -924,13 +970,13 @@ class _Reader:
             )
         return value
 
-    def _path(self, where: str, key: str, value: str) -> str:
+    def _path(self, where: str | None, key: str, value: str) -> str:
         if not value:
             raise self.error(where, key, "must not be empty; give a path")
         # join keeps an absolute value as it is.
         return os.path.normpath(os.path.join(self.base, value))
 
-    def _readable(self, where: str, key: str, value: str, fix: str) -> str:
+    def _readable(self, where: str | None, key: str, value: str, fix: str) -> str:
         path = self._path(where, key, value)
         try:
             with open(path, "rb"):

@@ -10,6 +10,7 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+from gwebhook.database import is_postgres
 from gwebhook.schema import StoreError, open_existing
 
 
@@ -75,8 +76,10 @@ _INSTANCES_SINCE = 3
 _REQUEST_IDS_SINCE = 4
 
 
-def _queries(db: sqlite3.Connection) -> _Queries:
+def _queries(db) -> _Queries:
     """The statements that read this store's schema version."""
+    if isinstance(db, PostgresReader):
+        return _QUERIES  # every PostgreSQL schema has it all
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version >= _REQUEST_IDS_SINCE:
         return _QUERIES
@@ -85,18 +88,72 @@ def _queries(db: sqlite3.Connection) -> _Queries:
     return _QUERIES_BEFORE_INSTANCES
 
 
+# More rows than any store holds.
+_NO_LIMIT = 2**62
+
+
 class ReadError(Exception):
     """Nothing to read: no store, not a store, no such incident."""
 
 
-def open_for_reading(path: str) -> sqlite3.Connection:
-    """Open an existing store read-only; never create one."""
+class PostgresReader:
+    """
+    A PostgreSQL connection that reads as the SQLite one does: ``execute``
+    with ``?`` placeholders, ``close``.  Each statement is its own
+    transaction (autocommit), as the SQLite readers' are.
+    """
+
+    def __init__(self, connection) -> None:
+        self._connection = connection
+
+    def execute(self, statement: str, params=()):
+        from gwebhook.store.postgres import QmarkCursor
+
+        return QmarkCursor(self._connection.cursor()).execute(statement, params)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def open_for_reading(db: str, password: str | None = None):
+    """
+    Open an existing store for reading; never create one: a SQLite file
+    read-only, or a PostgreSQL database (``password`` if given) whose
+    schema this gwebhook reads.
+    """
+    if is_postgres(db):
+        return _open_postgres(db, password)
+    path = db
     try:
         return open_existing(path)
     except StoreError as e:
         raise ReadError(str(e)) from None
     except sqlite3.DatabaseError as e:
         raise ReadError(f"cannot read {path} as a gwebhook store: {e}") from None
+
+
+def _open_postgres(uri: str, password: str | None) -> PostgresReader:
+    from gwebhook.database import redacted
+    from gwebhook.store.postgres_schema import SCHEMA_VERSION, connect, connect_options
+
+    try:
+        connection = connect(uri, connect_options(password))
+    except StoreError as e:
+        raise ReadError(str(e)) from None
+    try:
+        row = connection.execute("SELECT max(version) FROM gwebhook_schema").fetchone()
+    except Exception:
+        connection.close()
+        raise ReadError(
+            f"{redacted(uri)} is not a gwebhook store (no gwebhook_schema table)"
+        ) from None
+    if row[0] != SCHEMA_VERSION:
+        connection.close()
+        raise ReadError(
+            f"{redacted(uri)} has gwebhook schema version {row[0]}, this gwebhook "
+            f"reads {SCHEMA_VERSION}; use the gwebhook that writes it"
+        )
+    return PostgresReader(connection)
 
 
 def _summary(row: tuple) -> dict[str, Any]:
@@ -131,7 +188,7 @@ def _full(row: tuple) -> dict[str, Any]:
 
 
 def list_incidents(
-    db: sqlite3.Connection,
+    db,
     after: int = 0,
     limit: int | None = None,
     instance: str | None = None,
@@ -141,7 +198,8 @@ def list_incidents(
     or only ``instance``'s.
     """
     queries = _queries(db)
-    count = -1 if limit is None else limit
+    # No LIMIT -1 (SQLite's "no limit", an error to PostgreSQL): a bound never met.
+    count = _NO_LIMIT if limit is None else limit
     if instance is None:
         rows = db.execute(queries.list, (after, count))
     else:
@@ -149,14 +207,12 @@ def list_incidents(
     return map(_summary, rows)
 
 
-def export_incidents(
-    db: sqlite3.Connection, after: int = 0
-) -> Iterator[dict[str, Any]]:
+def export_incidents(db, after: int = 0) -> Iterator[dict[str, Any]]:
     """Whole incidents with id > ``after``, oldest first."""
     return map(_full, db.execute(_queries(db).export, (after,)))
 
 
-def show_incident(db: sqlite3.Connection, incident_id: str) -> dict[str, Any]:
+def show_incident(db, incident_id: str) -> dict[str, Any]:
     """One whole incident, with the request it came from."""
     try:
         number = int(incident_id)
@@ -168,9 +224,7 @@ def show_incident(db: sqlite3.Connection, incident_id: str) -> dict[str, Any]:
     return _full(row)
 
 
-def samples(
-    db: sqlite3.Connection, instance: str | None = None
-) -> list[dict[str, Any]]:
+def samples(db, instance: str | None = None) -> list[dict[str, Any]]:
     """
     The kept samples, whole, oldest first: those of every instance that
     keeps them, or only ``instance``'s.

@@ -216,6 +216,38 @@ def _reclaim(connection: sqlite3.Connection) -> bool:
     return busy == 0
 
 
+def prune_postgres(
+    uri: str, before: str, password: str | None = None
+) -> tuple[int, int, bool]:
+    """
+    ``gwebhook prune`` on PostgreSQL: ``prune`` in one transaction under the
+    database's writer lock, so it takes its turn with the nodes' writes.
+    The space is PostgreSQL's to reuse (autovacuum): nothing to give back.
+    """
+    import psycopg
+
+    from gwebhook.database import redacted
+    from gwebhook.store.postgres import QmarkCursor
+    from gwebhook.store.postgres_schema import WRITER_LOCK, connect, connect_options
+
+    try:
+        connection = connect(uri, connect_options(password))
+    except schema.StoreError as e:
+        raise PruneError(str(e)) from None
+    try:
+        with connection.transaction():
+            cursor = QmarkCursor(connection.cursor())
+            cursor.execute("SELECT pg_advisory_xact_lock(?)", (WRITER_LOCK,))
+            incidents, requests = prune(cursor, before)
+    except psycopg.Error as e:
+        raise PruneError(
+            f"cannot prune {redacted(uri)}: {e}; nothing deleted"
+        ) from None
+    finally:
+        connection.close()
+    return incidents, requests, True
+
+
 # In the daemon ---------------------------------------------------------------
 
 

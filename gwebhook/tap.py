@@ -45,7 +45,12 @@ from gwebhook.retention import RetentionService
 from gwebhook.routes import WebhookRoutes
 from gwebhook.schema import StoreError, create_or_upgrade
 from gwebhook.service import WebhookService
-from gwebhook.store import open_store
+from gwebhook.store import (
+    DEFAULT_DB,
+    is_postgres,
+    open_store,
+    read_password_file,
+)
 from gwebhook.throttle import AuthThrottle
 from gwebhook.tls import FailureLog, ReloadableTLS, TLSConfigError
 from gwebhook.workerpool import WorkerPool
@@ -139,7 +144,20 @@ class Options(usage.Options):
             None,
             "Type of incidents that name none (default Unclassified).",
         ],
-        ["db", "d", "gwebhook.sqlite", "The incident store (SQLite file)."],
+        [
+            "db",
+            "d",
+            None,
+            "The incident store: a SQLite file (default gwebhook.sqlite, or "
+            "db in --config), or postgresql://USER@HOST:PORT/DBNAME.",
+        ],
+        [
+            "db-password-file",
+            None,
+            None,
+            "File holding the PostgreSQL password of --db (one trailing "
+            "newline ignored); else PGPASSWORD or ~/.pgpass.",
+        ],
         [
             "config",
             None,
@@ -293,10 +311,40 @@ class Options(usage.Options):
             check_bindable(
                 "--metrics-port", self["metrics-interface"], self["metrics-port"]
             )
+        self["db-password"] = self._database()
+
+    def _database(self) -> str | None:
+        """
+        Settle where the store is (--db, else the config file's db, else the
+        default file) and prepare it: created or upgraded now, so that a
+        store that cannot be used stops the start-up in one line.  The
+        PostgreSQL password, if a file gives one.
+        """
+        declared = self["instances-file"]
+        if self["db"] is None:
+            self["db"] = (declared and declared.db) or DEFAULT_DB
+        if self["db-password-file"] is None and declared is not None:
+            self["db-password-file"] = declared.db_password_file
+        password = None
         try:
-            create_or_upgrade(self["db"])
+            if is_postgres(self["db"]):
+                if self["db-password-file"] is not None:
+                    password = read_password_file(self["db-password-file"])
+                # Connects, and creates or upgrades the schema (once, when
+                # several nodes start together); closed again at once.
+                from gwebhook.store.postgres_schema import (
+                    connect_options,
+                )
+                from gwebhook.store.postgres_schema import (
+                    create_or_upgrade as create_or_upgrade_postgres,
+                )
+
+                create_or_upgrade_postgres(self["db"], connect_options(password))
+            else:
+                create_or_upgrade(self["db"])
         except StoreError as e:
             raise usage.UsageError(f"--db: {e}") from None
+        return password
 
     def _password(self) -> str | None:
         given = [o for o in ("password", "password-file") if self[o] is not None]
@@ -513,7 +561,7 @@ def makeService(config: Options, reactor=None) -> WebhookService:
         affinity.pin(affinity.cpu_for(0, cpus))
         log.info("pinned to CPU {cpu}", cpu=affinity.cpu_for(0, cpus))
     metrics = Metrics()
-    store = open_store(config["db"])
+    store = open_store(config["db"], config["db-password"])
     instances = _instances(config, config["instances-file"])
     gate = Gate(_throttle(config, instances, reactor), metrics, reactor)
     routes = WebhookRoutes(

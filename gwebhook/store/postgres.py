@@ -1,0 +1,158 @@
+"""
+The PostgreSQL store: several gwebhook nodes on one database.
+
+Each node's store has one connection in one thread, as with SQLite.  Every
+write transaction first takes a transaction-level advisory lock, the
+database's writer lock: the nodes' transactions commit one at a time, in
+the order they took it.  That one choice gives the contract its guarantees
+across nodes — ids handed out under the lock are in commit order (a reader
+following ids misses nothing that commits later with a smaller id),
+duplicates are decided against everything committed before, a request
+duplicating one still being committed elsewhere waits for it — at the cost
+of one transaction at a time on the database; group commit makes each one
+carry many requests.
+
+``synchronous_commit`` is set on for gwebhook's own sessions whatever the
+database's default, so a ``200`` means the commit is on the database's disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+from twisted.enterprise import adbapi
+
+from gwebhook.database import redacted
+from gwebhook.store.base import IncidentStore
+from gwebhook.store.postgres_schema import (
+    WRITER_LOCK,
+    connect_options,
+    create_or_upgrade,
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def _pyformat(statement: str) -> str:
+    """A statement written with ``?`` placeholders, as psycopg takes them."""
+    return statement.replace("%", "%%").replace("?", "%s")
+
+
+class QmarkCursor:
+    """
+    A psycopg cursor that takes the store's ``?`` placeholders: the SQL of
+    the store, retention and the readers is written once, for both
+    databases.
+    """
+
+    def __init__(self, cursor) -> None:
+        self._cursor = cursor
+
+    def execute(self, statement: str, params=()) -> QmarkCursor:
+        self._cursor.execute(_pyformat(statement), params or None)
+        return self
+
+    def executemany(self, statement: str, rows) -> None:
+        self._cursor.executemany(_pyformat(statement), rows)
+
+    def fetchone(self):
+        return self._cursor.fetchone()
+
+    def fetchall(self):
+        return self._cursor.fetchall()
+
+    def __iter__(self):
+        return iter(self._cursor)
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    def close(self) -> None:
+        self._cursor.close()
+
+
+class PostgresStore(IncidentStore):
+    """
+    The store in the PostgreSQL database ``uri`` names (a libpq URI),
+    created or upgraded here; ``password``, when given, overrides libpq's
+    own sources (``PGPASSWORD``, ``.pgpass``).
+    """
+
+    def __init__(self, uri: str, password: str | None = None) -> None:
+        super().__init__()
+        self.target = redacted(uri)
+        options = connect_options(password)
+        create_or_upgrade(uri, options)
+        self.pool = adbapi.ConnectionPool(
+            "psycopg",
+            uri,
+            cp_min=1,
+            cp_max=1,
+            cp_noisy=False,
+            cp_openfun=_opened,
+            **options,
+        )
+
+    def _transaction(self, connection, work, *args):
+        """
+        ``work(cursor, *args)`` in one transaction under the database's writer
+        lock, committed.  A connection lost during COMMIT leaves the outcome
+        unknown: that is an error (a 503), never an acknowledgement.
+        """
+        cursor = QmarkCursor(connection.cursor())
+        cursor.execute("BEGIN")
+        try:
+            cursor.execute("SELECT pg_advisory_xact_lock(?)", (WRITER_LOCK,))
+            result = work(cursor, *args)
+            cursor.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                cursor.execute("ROLLBACK")
+            raise
+        finally:
+            cursor.close()
+        return result
+
+    def _next_ids(self, cursor) -> tuple[int, int]:
+        # Under the writer lock: nobody else takes ids from the sequences
+        # until this transaction ends, so the block from here is ours.
+        return cursor.execute(
+            "SELECT (SELECT last_value + is_called::int FROM requests_id_seq),"
+            " (SELECT last_value + is_called::int FROM incidents_id_seq)"
+        ).fetchone()
+
+    def _ids_used(self, cursor, request_id: int, incident_id: int) -> None:
+        # Sequences are not transactional: a rolled-back batch's ids are
+        # still skipped, and none is ever given twice.
+        cursor.execute(
+            "SELECT setval('requests_id_seq', greatest(? - 1, 1), ? > 1),"
+            " setval('incidents_id_seq', greatest(? - 1, 1), ? > 1)",
+            (request_id, request_id, incident_id, incident_id),
+        )
+
+    def _probe(self, connection, write: bool) -> None:
+        if write:
+            self._transaction(connection, self._touch_health)
+        else:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1").fetchall()
+
+    def _is_fault(self, error: BaseException) -> bool:
+        import psycopg
+
+        # Unreachable, shut down, connection lost, disk full, out of
+        # resources: all OperationalError; a closed connection is an
+        # InterfaceError.  A value PostgreSQL refuses (DataError, such as
+        # a NUL in a text) is the request's, not a fault.
+        return isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
+
+    def _spoils_connection(self, error: BaseException) -> bool:
+        # After a lost or refused session, start from a new connection.
+        return self._is_fault(error)
+
+
+def _opened(connection) -> None:
+    """Every session of gwebhook's: durable commits, whatever the default."""
+    connection.autocommit = True
+    connection.execute("SET synchronous_commit = on")
