@@ -13,7 +13,10 @@ from support.daemon import Daemon, Processes
 from support.pki import PKI, make_pki
 
 # Fixtures that start a real process: a test using one is marked ``process``.
-PROCESS_FIXTURES = {"daemon", "spawn"}
+PROCESS_FIXTURES = {"daemon", "spawn", "pg_cluster", "pg_cluster_db", "haproxy"}
+
+# The PostgreSQL and HAProxy fixtures live beside their support code.
+pytest_plugins = ["support.postgres", "support.haproxy"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

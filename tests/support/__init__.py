@@ -1,5 +1,7 @@
 """
-What the tests share, one module per job (fixtures stay in ``conftest.py``):
+What the tests share, one module per job (fixtures stay in ``conftest.py``,
+but for those of ``postgres`` and ``haproxy``, which conftest loads as
+plugins):
 
 - ``credentials``: the user name and password the tests configure, and the
   headers and options that carry them;
@@ -13,7 +15,10 @@ What the tests share, one module per job (fixtures stay in ``conftest.py``):
 - ``proc``: what ``/proc`` says of a running process;
 - ``metrics``: a Prometheus scrape;
 - ``systemd``: the notify socket a service talks to;
-- ``inprocess``: the server's own pieces wired in-process, without ``twistd``.
+- ``inprocess``: the server's own pieces wired in-process, without ``twistd``;
+- ``postgres``: test databases on the machine's PostgreSQL, private clusters
+  to stop and start, and reading rows back;
+- ``haproxy``: a TCP load balancer in front of several daemons.
 
 ``tests/`` is on ``sys.path`` (``pythonpath`` in pytest's options), so test
 modules import these as ``from support.http import send``.
