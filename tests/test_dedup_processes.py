@@ -351,6 +351,16 @@ def test_the_keys_are_read_from_rawjson_when_the_element_has_it(shared):
     assert len({entries[0]["id"], entries[2]["id"], entries[3]["id"]}) == 3
     created = [entries[0]["id"], entries[2]["id"], entries[3]["id"]]
     assert listed_ids(shared, "batch") == before + created
+    # raw_json, the older spelling, is the details as rawJson is.
+    older = send_to(
+        shared,
+        "batch",
+        [{"name": "raw_json", "raw_json": {"alertId": key}}, {"alertId": f"{key}-2"}],
+    )
+    assert older[0] == marked(entries[0])
+    assert send_to(shared, "batch", {"raw_json": {"alertId": f"{key}-2"}}) == [
+        marked(older[1])
+    ]
 
 
 def test_the_composite_key_is_the_keys_an_element_holds(shared):
@@ -392,8 +402,8 @@ def test_the_composite_key_is_the_keys_an_element_holds(shared):
 def test_a_repeated_delivery_header_gets_the_first_answer_again(shared):
     """
     Same X-Delivery, another body: the first answer again, every entry
-    duplicate, nothing stored (header names are case-insensitive); another
-    value, or none, is a new delivery.
+    duplicate, nothing stored (header names are case-insensitive; the XSOAR 8
+    path is the same instance); another value, or none, is a new delivery.
     """
     delivery = unique("d")
     before = listed_ids(shared, "delivery")
@@ -405,6 +415,8 @@ def test_a_repeated_delivery_header_gets_the_first_answer_again(shared):
     assert replayed == [marked(entry) for entry in first]
     lower = send_to(shared, "delivery", [{"name": "x"}] * 3, {"x-delivery": delivery})
     assert lower == [marked(entry) for entry in first]
+    xsoar = post(shared, f"/xsoar{path_of('delivery')}", {}, {DELIVERY: delivery})
+    assert answered(xsoar) == [marked(entry) for entry in first]
     assert listed_ids(shared, "delivery") == before + [e["id"] for e in first]
 
     other = send_to(shared, "delivery", body, {DELIVERY: unique("d")})
