@@ -286,7 +286,9 @@ class _Reader:
                 )
             if key not in allowed:
                 if where is None:
-                    takes = "the file takes only [[instance]] tables"
+                    takes = (
+                        "the file takes [[instance]] tables, db and db_password_file"
+                    )
                 else:
                     scope = (
                         "[[instance]]" if section is None else f"[instance.{section}]"

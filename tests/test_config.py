@@ -25,6 +25,7 @@ from gwebhook.config import (
     MTLSConfig,
     load_config,
     parse_config,
+    read_database,
 )
 from gwebhook.credentials import Credentials
 from gwebhook.dedup import DedupConfig
@@ -262,7 +263,8 @@ def test_instance_written_other_than_as_tables_is_refused(here, text, kind):
 def test_an_unknown_top_level_key_is_refused(here):
     """A top-level key other than instance is refused."""
     assert refused(here, "listen = 1\n" + OPEN) == (
-        "gwebhook.toml: listen: unknown key; the file takes only [[instance]] tables"
+        "gwebhook.toml: listen: unknown key; the file takes [[instance]] tables, "
+        "db and db_password_file"
     )
 
 
@@ -271,14 +273,43 @@ def test_an_unknown_top_level_key_is_refused(here):
     [
         ("api", '[api]\ntokens_file = "t"\n'),
         ("forward", '[[forward]]\nname = "x"\n'),
-        ("db", 'db = "postgresql://gw@db/gw"\n'),
-        ("db_password_file", 'db_password_file = "pw"\n'),
     ],
 )
 def test_keys_of_later_versions_are_refused_as_not_supported(here, key, text):
-    """api, forward, db and db_password_file are refused as not supported yet."""
+    """api and forward are refused as not supported yet."""
     assert refused(here, text + OPEN) == (
         f"gwebhook.toml: {key}: not supported by this version of gwebhook; remove it"
+    )
+
+
+def test_db_and_its_password_file_are_read(here):
+    """A URI stays as written; a SQLite path and the password file are made absolute."""
+    (here / "db.pw").write_text("s3cret\n")
+    uri = 'db = "postgresql://gw@db.example.com:5432/gw"\ndb_password_file = "db.pw"\n'
+    loaded = load(here, uri + OPEN)
+    assert loaded.db == "postgresql://gw@db.example.com:5432/gw"
+    assert loaded.db_password_file == str(here / "db.pw")
+    sqlite = str(here / "data/gw.sqlite")
+    assert load(here, 'db = "data/gw.sqlite"\n' + OPEN).db == sqlite
+    # What the gwebhook commands read of the same file.
+    assert read_database(str(here / "gwebhook.toml")) == (sqlite, None)
+    assert load(here, OPEN).db is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("db = 5\n", "db: must be a string, got an integer"),
+        ('db = " "\n', "db: must not be empty; give a SQLite file or postgresql://"),
+        (
+            'db_password_file = "nope.pw"\n',
+            "db_password_file: cannot read {here}/nope.pw: No such file or directory",
+        ),
+    ],
+)
+def test_a_bad_db_key_is_refused(here, text, message):
+    assert refused(here, text + OPEN).startswith(
+        "gwebhook.toml: " + message.format(here=here)
     )
 
 
