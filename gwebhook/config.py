@@ -50,7 +50,8 @@ INSTANCE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # the first, so the name is the command line's alone.
 DEFAULT_INSTANCE = "default"
 
-_TOP_KEYS = ("instance", "db", "db_password_file")
+_TOP_KEYS = ("instance", "db", "db_password_file", "api")
+_API_KEYS = ("tokens_file",)
 _INSTANCE_KEYS = (
     "name",
     "incident_type",
@@ -88,7 +89,7 @@ _DOORS = ("auth", "mtls", "signature")
 
 # Keys of features this version does not have yet.  Refused with their own
 # message: "unknown key" would send the operator looking for a typo.
-_TOP_LATER = ("api", "forward")
+_TOP_LATER = ("forward",)
 _INSTANCE_LATER: tuple[str, ...] = ()
 
 _CA_FIX = "give the PEM file of the CA that issues the senders' certificates"
@@ -151,6 +152,9 @@ class Config:
     # --db-password-file win over them.
     db: str | None = None
     db_password_file: str | None = None
+    # [api] tokens_file (absolute): the read API's tokens, unless
+    # --api-token-file or GWEBHOOK_API_TOKENS gives them.
+    api_tokens_file: str | None = None
 
 
 def load_config(path: str, environ: collections.abc.Mapping[str, str]) -> Config:
@@ -215,7 +219,8 @@ def parse_config(
             f"must be [[instance]] tables, got {_kind(tables)}; "
             'write each instance as [[instance]] with name = "..." below it',
         )
-    if not tables:
+    api_tokens_file = reader.api(document)
+    if not tables and api_tokens_file is None:
         raise reader.error(
             None,
             None,
@@ -229,7 +234,7 @@ def parse_config(
         for number, table in enumerate(tables, start=1)
     ]
     db, db_password_file = reader.database(document)
-    return Config(path, tuple(instances), db, db_password_file)
+    return Config(path, tuple(instances), db, db_password_file, api_tokens_file)
 
 
 class _Reader:
@@ -243,6 +248,36 @@ class _Reader:
     def error(self, where: str | None, key: str | None, problem: str) -> ConfigError:
         parts = [self.path, where, key, problem]
         return ConfigError(": ".join(p for p in parts if p))
+
+    def api(self, document: dict[str, Any]) -> str | None:
+        """``[api] tokens_file``, checked readable; None without ``[api]``."""
+        if "api" not in document:
+            return None
+        table = document["api"]
+        if not isinstance(table, dict):
+            raise self.error(
+                None, "api", f"must be a table ([api]), got {_kind(table)}"
+            )
+        for key in table:
+            if key not in _API_KEYS:
+                raise self.error(
+                    None, f"api.{key}", "unknown key; [api] takes tokens_file"
+                )
+        path = self._optional(
+            None, table, "tokens_file", str, "a string (a path)", "api"
+        )
+        if path is None:
+            raise self.error(
+                None,
+                "api.tokens_file",
+                "required; give the file of the read API's tokens, one per line",
+            )
+        return self._readable(
+            None,
+            "api.tokens_file",
+            path,
+            "give a file the daemon can read, one API token per line",
+        )
 
     def database(self, document: dict[str, Any]) -> tuple[str | None, str | None]:
         """The top-level ``db`` and ``db_password_file``, checked."""
@@ -287,7 +322,8 @@ class _Reader:
             if key not in allowed:
                 if where is None:
                     takes = (
-                        "the file takes [[instance]] tables, db and db_password_file"
+                        "the file takes [[instance]] tables, [api], db and "
+                        "db_password_file"
                     )
                 else:
                     scope = (

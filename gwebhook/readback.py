@@ -224,6 +224,32 @@ def show_incident(db, incident_id: str) -> dict[str, Any]:
     return _full(row)
 
 
+# Pages of whole incidents, for the read API: the daemon's own store, always
+# of this gwebhook's schema.
+_PAGE = _WHOLE + " WHERE i.id > ? ORDER BY i.id LIMIT ?"
+_PAGE_OF = _WHOLE + " WHERE i.instance = ? AND i.id > ? ORDER BY i.id LIMIT ?"
+_NEWEST = "SELECT coalesce(max(id), 0) FROM incidents"
+
+
+def incidents_page(
+    db, after: int, limit: int, instance: str | None = None
+) -> list[dict[str, Any]]:
+    """
+    At most ``limit`` whole incidents with id > ``after``, oldest first:
+    every instance's, or only ``instance``'s.
+    """
+    if instance is None:
+        rows = db.execute(_PAGE, (after, limit))
+    else:
+        rows = db.execute(_PAGE_OF, (instance, after, limit))
+    return [_full(row) for row in rows]
+
+
+def newest_id(db) -> int:
+    """The id of the newest incident committed (0 when there is none)."""
+    return int(db.execute(_NEWEST).fetchone()[0])
+
+
 def samples(db, instance: str | None = None) -> list[dict[str, Any]]:
     """
     The kept samples, whole, oldest first: those of every instance that

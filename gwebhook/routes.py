@@ -75,9 +75,9 @@ class WebhookRoutes:
         self.max_body_bytes = max_body_bytes
         self.store_down = False
 
-    def resource(self) -> Resource:
-        """The site's root resource."""
-        return Front(self, self.app.resource())
+    def resource(self, api: Resource | None = None) -> Resource:
+        """The site's root resource; with the read ``api`` under /api/."""
+        return Front(self, self.app.resource(), api)
 
     # XSOAR's URL forms keep working: /instance/execute/<instance-name>, and
     # XSOAR 8's /xsoar/instance/execute/<instance-name> (see instances.py).
@@ -259,17 +259,23 @@ class WebhookRoutes:
 class Front(Resource):
     """
     The root: a webhook POST or PUT goes to :meth:`WebhookRoutes.ingest`
-    directly, anything else to Klein.  Writes the answer as Klein would.
+    directly, /api/ to the read API when there are API tokens, anything else
+    to Klein.  Writes the answer as Klein would.
     """
 
     isLeaf = True
 
-    def __init__(self, routes: WebhookRoutes, klein: Resource) -> None:
+    def __init__(
+        self, routes: WebhookRoutes, klein: Resource, api: Resource | None = None
+    ) -> None:
         super().__init__()
         self.routes = routes
         self.klein = klein
+        self.api = api
 
     def render(self, request):
+        if self.api is not None and request.path.startswith(b"/api/"):
+            return self.api.render(request)
         if request.method not in WEBHOOK_METHODS_BYTES or not is_webhook_path(
             request.path
         ):

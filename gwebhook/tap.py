@@ -15,6 +15,7 @@ from twisted.python import usage
 from gwebhook import affinity, systemd
 from gwebhook.accesslog import AccessLog
 from gwebhook.addresses import ipv6_available
+from gwebhook.api import LongPolls, ReadAPI, tokens_from
 from gwebhook.channel import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -150,6 +151,13 @@ class Options(usage.Options):
             None,
             "The incident store: a SQLite file (default gwebhook.sqlite, or "
             "db in --config), or postgresql://USER@HOST:PORT/DBNAME.",
+        ],
+        [
+            "api-token-file",
+            None,
+            None,
+            "File of the read API's tokens, one per line: enables /api/v1/ "
+            "(also GWEBHOOK_API_TOKENS, or [api] tokens_file in --config).",
         ],
         [
             "db-password-file",
@@ -312,6 +320,15 @@ class Options(usage.Options):
                 "--metrics-port", self["metrics-interface"], self["metrics-port"]
             )
         self["db-password"] = self._database()
+        declared = self["instances-file"]
+        try:
+            self["api-tokens"] = tokens_from(
+                self["api-token-file"],
+                self.environ,
+                declared.api_tokens_file if declared else None,
+            )
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
     def _database(self) -> str | None:
         """
@@ -567,8 +584,13 @@ def makeService(config: Options, reactor=None) -> WebhookService:
     routes = WebhookRoutes(
         store, gate, metrics, reactor, max_body_bytes=config["max-body-bytes"]
     )
+    polls = None
+    api = None
+    if config["api-tokens"]:
+        polls = LongPolls(store, reactor)
+        api = ReadAPI(config["api-tokens"], store, polls, gate.throttle, reactor)
     site = WebhookSite(
-        routes.resource(),
+        routes.resource(api),
         instances=instances,
         gate=gate,
         metrics=metrics,
@@ -608,6 +630,8 @@ def makeService(config: Options, reactor=None) -> WebhookService:
     main = Listener(webhook_endpoint(reactor, config, metrics, failures), site)
     main.setServiceParent(top)
     own_ports.setServiceParent(top)
+    if polls is not None:
+        polls.setServiceParent(top)
     if workers is not None:
         workers.setServiceParent(top)
     # Always: without --retain-days it still forgets duplicates' keys past

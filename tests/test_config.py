@@ -264,19 +264,18 @@ def test_an_unknown_top_level_key_is_refused(here):
     """A top-level key other than instance is refused."""
     assert refused(here, "listen = 1\n" + OPEN) == (
         "gwebhook.toml: listen: unknown key; the file takes [[instance]] tables, "
-        "db and db_password_file"
+        "[api], db and db_password_file"
     )
 
 
 @pytest.mark.parametrize(
     ("key", "text"),
     [
-        ("api", '[api]\ntokens_file = "t"\n'),
         ("forward", '[[forward]]\nname = "x"\n'),
     ],
 )
 def test_keys_of_later_versions_are_refused_as_not_supported(here, key, text):
-    """api and forward are refused as not supported yet."""
+    """forward is refused as not supported yet."""
     assert refused(here, text + OPEN) == (
         f"gwebhook.toml: {key}: not supported by this version of gwebhook; remove it"
     )

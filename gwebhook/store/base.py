@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import cast
 
@@ -316,12 +316,18 @@ class IncidentStore:
     """
 
     pool: adbapi.ConnectionPool
+    # Reads of the read API, on connections of their own in a thread of
+    # their own: a large page never holds up a commit.
+    readers: adbapi.ConnectionPool
     # What ``--db`` named, as it may be shown (no password).
     target: str
 
     def __init__(self) -> None:
         self._waiting: list[_Waiting] = []
         self._committing = False
+        # Called, in the reactor, after each transaction that created
+        # incidents commits (the read API's long polls wait on it).
+        self.on_commit: list[Callable[[], object]] = []
         # The reactor the pool uses: the one installed by now (by twistd, or
         # the tests), imported here as adbapi does, not when this module is.
         from twisted.internet import reactor
@@ -360,6 +366,23 @@ class IncidentStore:
     def _spoils_connection(self, error: BaseException) -> bool:
         """Whether the connection must be replaced after ``error``."""
         return False
+
+    def _reader(self, connection):
+        """A read connection as the readers (``readback``) take it."""
+        return connection
+
+    def read(self, work, *args) -> Deferred:
+        """
+        ``work(db, *args)`` on a read connection, in the readers' thread
+        (``db.execute`` takes the store's ``?`` SQL); fires with its result,
+        or fails with StoreUnavailable when the database cannot answer.
+        """
+        d = self.readers.runWithConnection(self._reading, work, *args)
+        d.addErrback(self._unavailable)
+        return d
+
+    def _reading(self, connection, work, *args):
+        return work(self._reader(connection), *args)
 
     # -- the interface ---------------------------------------------------------
 
@@ -425,6 +448,12 @@ class IncidentStore:
             for d in waiters:
                 d.errback(result)
         else:
+            if any(
+                isinstance(c, Committed) and len(c.incidents) > c.duplicates
+                for c in result
+            ):
+                for listener in self.on_commit:
+                    listener()
             for d, stored in zip(waiters, result, strict=True):
                 if isinstance(stored, Failure):
                     d.errback(stored)
@@ -459,6 +488,7 @@ class IncidentStore:
 
     def close(self) -> None:
         self.pool.close()
+        self.readers.close()
 
     def _insert_batch(self, cursor, batch: list[_Entry]) -> list[Committed | Failure]:
         """

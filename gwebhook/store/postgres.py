@@ -93,6 +93,21 @@ class PostgresStore(IncidentStore):
             cp_openfun=_opened,
             **options,
         )
+        self.readers = adbapi.ConnectionPool(
+            "psycopg",
+            uri,
+            cp_min=1,
+            cp_max=1,
+            cp_noisy=False,
+            # A lost session is found when its rollback fails: reconnect.
+            cp_reconnect=True,
+            **options,
+        )
+
+    def _reader(self, connection):
+        from gwebhook.readback import PostgresReader
+
+        return PostgresReader(connection)
 
     def _transaction(self, connection, work, *args):
         """

@@ -44,6 +44,10 @@ _NEXT_IDS = "SELECT ({}), ({})".format(
 _SQLITE_READONLY = 8
 
 
+def _reading(connection: sqlite3.Connection) -> None:
+    connection.execute(f"PRAGMA busy_timeout = {schema.BUSY_TIMEOUT_MS}")
+
+
 class SQLiteStore(IncidentStore):
     """The store in the SQLite file ``path``, created or upgraded here."""
 
@@ -72,6 +76,17 @@ class SQLiteStore(IncidentStore):
             cp_openfun=self._opened,
             # Room for the multi-row INSERTs of every size (2 x 99, and 20).
             cached_statements=256,
+        )
+        # WAL: readers never block the writer, nor it them.
+        self.readers = adbapi.ConnectionPool(
+            "sqlite3",
+            f"{Path(path).resolve().as_uri()}?mode=ro",
+            uri=True,
+            check_same_thread=False,
+            isolation_level=None,
+            cp_min=1,
+            cp_max=1,
+            cp_openfun=_reading,
         )
 
     def _opened(self, connection: sqlite3.Connection) -> None:

@@ -1,0 +1,449 @@
+"""
+The read API (docs/reference.md 9): ``/api/v1/`` on the main listener, for a
+SOAR, a script or another gwebhook to take incidents without a shell.
+
+A request reads top to bottom: the token (throttled as sender credentials
+are), the path, its parameters (pure functions below), the store's read
+connection, the answer.  A long poll (``wait``) holds no thread: it is a
+Deferred in :class:`LongPolls`, fired by the next commit of this process, or
+by a poll of the store for other processes' commits.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from gwebhook import readback
+from gwebhook.addresses import display_host
+from gwebhook.answers import RETRY_AFTER_SECONDS, error_answer, json_answer
+from gwebhook.openapi import DOCUMENT
+from gwebhook.store import IncidentStore, StoreUnavailable
+from gwebhook.throttle import AuthThrottle
+
+log = Logger()
+
+PREFIX = b"/api/"
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+MAX_WAIT = 60.0
+# How often a process with waiting consumers looks for other processes'
+# commits (the promise is "within a second").
+POLL_INTERVAL = 0.5
+
+_CURSOR_PREFIX = b"g1:"
+_NOT_FOUND = "no such API path; see /api/v1/openapi.json"
+
+
+class ApiError(Exception):
+    """A request the API refuses: ``status`` and a message naming the problem."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# -- tokens -------------------------------------------------------------------
+
+
+def read_tokens(text: str) -> tuple[bytes, ...]:
+    """
+    The tokens of a tokens file (one per line) or of ``GWEBHOOK_API_TOKENS``
+    (separated by whitespace): blank entries skipped.  Raises ValueError
+    for a token no ``Authorization: Bearer`` header could carry.
+    """
+    tokens = []
+    for number, token in enumerate(text.split(), start=1):
+        if not token.isascii() or not token.isprintable():
+            raise ValueError(
+                f"token {number} is not printable ASCII; no Authorization header "
+                "could carry it"
+            )
+        tokens.append(token.encode("ascii"))
+    return tuple(tokens)
+
+
+def token_matches(authorization: bytes | None, tokens: Iterable[bytes]) -> bool:
+    """
+    Whether ``Authorization: Bearer <token>`` names one of ``tokens``,
+    compared in constant time against every one of them.
+    """
+    if authorization is None:
+        return False
+    scheme, _, given = authorization.strip().partition(b" ")
+    if scheme.lower() != b"bearer":
+        return False
+    given = given.strip()
+    found = False
+    for token in tokens:
+        found |= hmac.compare_digest(token, given)
+    return found and bool(given)
+
+
+# -- parameters (pure) ----------------------------------------------------------
+
+
+def make_cursor(incident_id: int) -> str:
+    """The opaque cursor that continues after ``incident_id``."""
+    raw = _CURSOR_PREFIX + str(incident_id).encode("ascii")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def parse_cursor(text: str) -> int:
+    """The incident id a cursor continues after; ApiError 400 if it is none."""
+    bad = ApiError(
+        400,
+        "after: not a cursor of this gwebhook; pass back the next of a page, "
+        "or leave after out to start from the beginning",
+    )
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise bad from None
+    if not raw.startswith(_CURSOR_PREFIX):
+        raise bad
+    digits = raw[len(_CURSOR_PREFIX) :]
+    if not digits.isdigit() or len(digits) > 19:
+        raise bad
+    return int(digits)
+
+
+@dataclass(frozen=True)
+class PageQuery:
+    """``GET /api/v1/incidents``' parameters."""
+
+    after: int = 0
+    limit: int = DEFAULT_LIMIT
+    instance: str | None = None
+    wait: float = 0.0
+
+
+def _single(args: Mapping[bytes, list[bytes]], name: str) -> str | None:
+    values = args.get(name.encode("ascii"))
+    if values is None:
+        return None
+    if len(values) > 1:
+        raise ApiError(400, f"{name}: given {len(values)} times; give it once")
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, f"{name}: not UTF-8") from None
+
+
+def _check_known(args: Mapping[bytes, list[bytes]], known: tuple[str, ...]) -> None:
+    for name in args:
+        if name.decode("utf-8", "replace") not in known:
+            shown = name.decode("utf-8", "replace")[:64]
+            raise ApiError(
+                400, f"{shown}: unknown parameter; this path takes {', '.join(known)}"
+            )
+
+
+def page_query(args: Mapping[bytes, list[bytes]]) -> PageQuery:
+    """The parameters of a page request; ApiError 400 naming a bad one."""
+    _check_known(args, ("after", "limit", "instance", "wait"))
+    after_text = _single(args, "after")
+    after = 0 if after_text in (None, "") else parse_cursor(after_text)
+    limit = DEFAULT_LIMIT
+    limit_text = _single(args, "limit")
+    if limit_text is not None:
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+            raise ApiError(
+                400,
+                f"limit: {limit_text!r} is not a whole number from 1 to {MAX_LIMIT}",
+            )
+        limit = int(limit_text)
+    instance = _single(args, "instance")
+    if instance == "":
+        raise ApiError(400, "instance: empty; give an instance name or leave it out")
+    wait = 0.0
+    wait_text = _single(args, "wait")
+    if wait_text is not None:
+        try:
+            wait = float(wait_text)
+        except ValueError:
+            wait = math.nan
+        if not 0 <= wait <= MAX_WAIT:
+            raise ApiError(
+                400, f"wait: {wait_text!r} is not a number of seconds from 0 to 60"
+            )
+    return PageQuery(after, limit, instance, wait)
+
+
+def samples_query(args: Mapping[bytes, list[bytes]]) -> str | None:
+    """The instance of a samples request, or None for every instance's."""
+    _check_known(args, ("instance",))
+    return _single(args, "instance") or None
+
+
+# -- long polls -------------------------------------------------------------------
+
+
+class LongPolls(service.Service):
+    """
+    Consumers waiting for incidents newer than what they have seen.  Each is
+    a Deferred and a timer, no thread.  This process's commits wake them at
+    once; while any wait, the store is asked every POLL_INTERVAL seconds for
+    its newest id, which wakes those that have seen less (other processes'
+    and other nodes' commits).  Stopping the service answers them all.
+    """
+
+    def __init__(self, store: IncidentStore, clock: IReactorTime) -> None:
+        self.store = store
+        self.clock = clock
+        self._waiting: dict[Deferred[bool], tuple[int, IDelayedCall]] = {}
+        self._poll: LoopingCall | None = None
+        store.on_commit.append(self.wake)
+
+    def wait(self, seen: int, seconds: float) -> Deferred[bool]:
+        """
+        Fires True once an incident newer than ``seen`` may have been
+        committed, False after ``seconds`` or when the daemon stops.
+        """
+        d: Deferred[bool] = Deferred(self._cancelled)
+        if not self.running:
+            d.callback(False)
+            return d
+        timer = self.clock.callLater(seconds, self._fire, d, False)
+        self._waiting[d] = (seen, timer)
+        if self._poll is None:
+            self._poll = LoopingCall(self._check)
+            self._poll.clock = self.clock
+            self._poll.start(POLL_INTERVAL, now=False).addErrback(
+                lambda f: log.failure("the long-poll check stopped", f)
+            )
+        return d
+
+    def wake(self, newest: int | None = None) -> None:
+        """Fire the waiters that have seen less than ``newest`` (all: None)."""
+        for d, (seen, _) in list(self._waiting.items()):
+            if newest is None or seen < newest:
+                self._fire(d, True)
+
+    def _fire(self, d: Deferred[bool], woken: bool) -> None:
+        if self._forget(d):
+            d.callback(woken)
+
+    def _cancelled(self, d: Deferred[bool]) -> None:
+        # The consumer went away.
+        self._forget(d)
+
+    def _forget(self, d: Deferred[bool]) -> bool:
+        entry = self._waiting.pop(d, None)
+        if entry is None:
+            return False
+        timer = entry[1]
+        if timer.active():
+            timer.cancel()
+        if not self._waiting and self._poll is not None:
+            poll, self._poll = self._poll, None
+            if poll.running:
+                poll.stop()
+        return True
+
+    def _check(self) -> Deferred[None]:
+        d = self.store.read(readback.newest_id)
+        d.addCallback(self.wake)
+        # A store that cannot answer now is asked again at the next tick;
+        # the waiters' own timers still bound their wait.
+        d.addErrback(lambda f: f.trap(StoreUnavailable) and None)
+        return d
+
+    def stopService(self) -> None:
+        super().stopService()
+        for d in list(self._waiting):
+            self._fire(d, False)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+
+# -- the resource -------------------------------------------------------------------
+
+
+class ReadAPI(Resource):
+    """``/api/v1/``: for bearers of an API token only."""
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        tokens: tuple[bytes, ...],
+        store: IncidentStore,
+        polls: LongPolls,
+        throttle: AuthThrottle | None,
+        clock: IReactorTime,
+    ) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.store = store
+        self.polls = polls
+        self.throttle = throttle
+        self.clock = clock
+
+    def render(self, request) -> bytes | int:
+        request.route = "api"
+        request.setHeader(b"Cache-Control", b"no-store")
+        client = display_host(request.getClientAddress().host or "")
+        # The token first: without it the API says nothing, not even 404.
+        if self.throttle is not None and (wait := self.throttle.retry_after(client)):
+            request.setHeader(b"Retry-After", str(wait).encode("ascii"))
+            return error_answer(
+                request, 429, f"too many failed authentications; retry in {wait} s"
+            )
+        if not token_matches(request.getHeader(b"authorization"), self.tokens):
+            if self.throttle is not None:
+                self.throttle.failed(client)
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="gwebhook"')
+            return error_answer(
+                request, 401, "missing or wrong API token; send Authorization: Bearer"
+            )
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"Allow", b"GET, HEAD")
+            return error_answer(request, 405, "method not allowed; use GET")
+        try:
+            answer = self._route(request)
+        except ApiError as e:
+            return error_answer(request, e.status, e.message)
+        if isinstance(answer, bytes):
+            return answer
+        gone: list[Failure] = []
+        request.notifyFinish().addErrback(gone.append)
+        done = ensureDeferred(answer)
+        request.notifyFinish().addErrback(lambda _: done.cancel())
+        both = (request, gone)
+        done.addCallbacks(_write, self._failed, callbackArgs=both, errbackArgs=both)
+        return NOT_DONE_YET
+
+    def _route(self, request):
+        path = request.path.split(b"?", 1)[0]
+        args = request.args
+        if path == b"/api/v1/incidents":
+            return self._incidents(request, page_query(args))
+        if path.startswith(b"/api/v1/incidents/"):
+            _check_known(args, ())
+            return self._incident(request, path[len(b"/api/v1/incidents/") :])
+        if path == b"/api/v1/samples":
+            return self._samples(request, samples_query(args))
+        if path == b"/api/v1/openapi.json":
+            _check_known(args, ())
+            return json_answer(request, 200, DOCUMENT)
+        raise ApiError(404, _NOT_FOUND)
+
+    async def _incidents(self, request, query: PageQuery) -> bytes:
+        ends = self.clock.seconds() + query.wait
+        while True:
+            page, newest = await self.store.read(
+                _page_and_newest, query.after, query.limit, query.instance
+            )
+            left = ends - self.clock.seconds()
+            if page or left <= 0:
+                break
+            if not await self.polls.wait(max(newest, query.after), left):
+                break
+        last = int(page[-1]["id"]) if page else query.after
+        return json_answer(request, 200, {"incidents": page, "next": make_cursor(last)})
+
+    async def _incident(self, request, text: bytes) -> bytes:
+        if not text.isdigit() or len(text) > 19:
+            shown = text.decode("utf-8", "replace")[:64]
+            raise ApiError(404, f"no incident with id {shown!r}")
+        try:
+            incident = await self.store.read(readback.show_incident, text.decode())
+        except readback.ReadError as e:
+            raise ApiError(404, str(e)) from None
+        return json_answer(request, 200, incident)
+
+    async def _samples(self, request, instance: str | None) -> bytes:
+        kept = await self.store.read(readback.samples, instance)
+        return json_answer(request, 200, kept)
+
+    @staticmethod
+    def _failed(failure: Failure, request, gone: list[Failure]) -> None:
+        if gone:
+            return
+        if failure.check(ApiError):
+            error = failure.value
+            assert isinstance(error, ApiError)
+            body = error_answer(request, error.status, error.message)
+        elif failure.check(StoreUnavailable):
+            request.setHeader(b"Retry-After", str(RETRY_AFTER_SECONDS).encode("ascii"))
+            body = error_answer(request, 503, "incident store unavailable; retry later")
+        else:
+            log.failure("read API error on {path}", failure, path=request.path)
+            body = error_answer(request, 500, "internal error")
+        _write(body, request, gone)
+
+
+def _page_and_newest(
+    db, after: int, limit: int, instance: str | None
+) -> tuple[list[dict[str, Any]], int]:
+    """A page, and the newest id committed when it was read (what it has seen)."""
+    newest = readback.newest_id(db)
+    return readback.incidents_page(db, after, limit, instance), newest
+
+
+def _write(body: bytes, request, gone: list[Failure]) -> None:
+    if gone:
+        return
+    request.write(body)
+    request.finish()
+
+
+def tokens_from(
+    token_file: str | None, environ: Mapping[str, str], config_file: str | None
+) -> tuple[bytes, ...]:
+    """
+    The API tokens: of ``--api-token-file``, else of ``GWEBHOOK_API_TOKENS``,
+    else of the config file's ``[api] tokens_file``; ``()`` when none.
+    Raises ValueError with a one-line message.
+    """
+    if token_file is not None:
+        return _tokens_of_file("--api-token-file", token_file)
+    text = environ.get("GWEBHOOK_API_TOKENS")
+    if text is not None:
+        tokens = read_tokens(text)
+        if not tokens:
+            raise ValueError(
+                "GWEBHOOK_API_TOKENS holds no token; set it to tokens separated by "
+                "spaces, or unset it"
+            )
+        return tokens
+    if config_file is not None:
+        return _tokens_of_file("[api] tokens_file", config_file)
+    return ()
+
+
+def _tokens_of_file(source: str, path: str) -> tuple[bytes, ...]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not UTF-8"
+        raise ValueError(
+            f"{source}: cannot read {path}: {why}; give a file the daemon can "
+            "read, one token per line"
+        ) from None
+    try:
+        tokens = read_tokens(text)
+    except ValueError as e:
+        raise ValueError(f"{source}: {path}: {e}") from None
+    if not tokens:
+        raise ValueError(f"{source}: {path} holds no token; write one per line")
+    return tokens
