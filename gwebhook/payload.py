@@ -216,13 +216,23 @@ def _string(
     value = element.get(field, default)
     if not isinstance(value, str):
         raise PayloadError(f"{where}: field '{field}' must be a string")
+    if "\x00" in value:
+        raise PayloadError(f"{where}: field '{field}' {_NUL}")
     return value
 
 
 def _mapped_string(value: Any, key: str, where: str) -> str:
     if not isinstance(value, str):
         raise PayloadError(f"{where}: {key} must give a string, got {json_kind(value)}")
+    if "\x00" in value:
+        raise PayloadError(f"{where}: {key} {_NUL}")
     return value
+
+
+# A name or type is a column of its own, which PostgreSQL's text cannot hold
+# U+0000 in; refused on every store alike.  (In the details it is JSON's
+# \u0000, which every store keeps.)
+_NUL = "must not contain U+0000 (NUL)"
 
 
 def _where(index: int | None) -> str:

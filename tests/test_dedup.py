@@ -1,27 +1,23 @@
 """
-Duplicates in the store, on a real SQLite file: composite keys and
-idempotency keys decided in the incidents' transaction, within one request,
-across requests of one batch and across batches; their window; a request
-that fails taking its keys with it.  The daemon's side (config, answers,
-restarts, processes) is in test_dedup_processes.py.
+Duplicates: the rules (composite keys, request keys, the config's checks)
+and a property of the store's batches on a real SQLite file.  What the store
+promises of duplicates on both databases is in test_store_contract.py; the
+daemon's side (config, answers, restarts, processes) in
+test_dedup_processes.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
-import time
 
 import pytest
-import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import DeferredList, gatherResults
 
-from gwebhook import retention, schema
-from gwebhook.dedup import DedupConfig, Ticket, composite_key, request_key, ticket
-from gwebhook.model import Committed, IncidentDraft, ReceivedRequest
-from gwebhook.readback import open_for_reading, show_incident
+from gwebhook import schema
+from gwebhook.dedup import DedupConfig, composite_key, request_key, ticket
+from gwebhook.model import IncidentDraft, ReceivedRequest
 from gwebhook.store import SQLiteStore
 
 
@@ -49,28 +45,9 @@ def draft(details: dict) -> IncidentDraft:
     )
 
 
-KEYED = DedupConfig(("alertId",), None, 3600)
-
-
-def keyed(details: list[dict], config: DedupConfig = KEYED, header=None) -> Ticket:
-    values = None if header is None else [header.encode()]
-    return ticket(config, values, details)
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = SQLiteStore(str(tmp_path / "store.sqlite"))
-    yield s
-    s.close()
-
-
 def rows(path: str, sql: str, *args) -> list[tuple]:
     with contextlib.closing(sqlite3.connect(path)) as db:
         return db.execute(sql, args).fetchall()
-
-
-async def add(store, details: list[dict], t: Ticket | None, **request) -> Committed:
-    return await store.add(sent(**request), [draft(d) for d in details], False, t)
 
 
 # The rules -------------------------------------------------------------------
@@ -118,163 +95,6 @@ def test_a_dedup_config_needs_keys_or_a_header_and_a_positive_window():
 
 
 # In the store ----------------------------------------------------------------
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_remembered_key_creates_nothing_and_answers_the_first_incident(store):
-    """The second element with a key is the first incident, flagged duplicate."""
-    [first] = (await add(store, [{"alertId": 1}], keyed([{"alertId": 1}]))).incidents
-    details = [{"alertId": 1, "name": "again"}, {"alertId": 2}, {"other": 1}]
-    again = await add(store, details, keyed(details))
-    assert again.incidents[0] == first._replace(duplicate=True)
-    assert [s.duplicate for s in again.incidents] == [True, False, False]
-    assert again.duplicates == 1 and again.replay_of is None
-    assert rows(store.path, "SELECT count(*) FROM incidents") == [(3,)]
-    # The element's position in its request is kept, duplicates skipped.
-    assert rows(store.path, "SELECT position FROM incidents WHERE id > 1") == [
-        (1,),
-        (2,),
-    ]
-
-
-@pytest_twisted.ensureDeferred
-async def test_elements_repeating_one_of_the_same_request_are_duplicates(store):
-    details = [{"alertId": 1}, {"alertId": 1, "name": "b"}, {}, {}, {"alertId": 1}]
-    committed = await add(store, details, keyed(details))
-    first = committed.incidents[0]
-    assert (
-        committed.incidents[1]
-        == committed.incidents[4]
-        == first._replace(duplicate=True)
-    )
-    assert [s.duplicate for s in committed.incidents] == [
-        False,
-        True,
-        False,
-        False,
-        True,
-    ]
-    assert rows(store.path, "SELECT count(*) FROM dedup_keys") == [(1,)]
-
-
-@pytest_twisted.ensureDeferred
-async def test_keys_are_per_instance(store):
-    """The same key sent to two instances creates an incident in each."""
-    one = await add(store, [{"alertId": 1}], keyed([{"alertId": 1}]), instance="a")
-    two = await add(store, [{"alertId": 1}], keyed([{"alertId": 1}]), instance="b")
-    assert not one.duplicates and not two.duplicates
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_repeated_request_key_replays_the_answer_and_stores_nothing(store):
-    config = DedupConfig(("alertId",), "X-Delivery", 3600)
-    details = [{"alertId": 1}, {"alertId": 1}, {"x": 1}]
-    first = await add(store, details, keyed(details, config, "d1"), x_request_id="A")
-    other = [{"something": "else"}]
-    again = await add(store, other, keyed(other, config, "d1"), x_request_id="B")
-    assert again.replay_of == "A"
-    assert again.incidents == [s._replace(duplicate=True) for s in first.incidents]
-    assert rows(store.path, "SELECT count(*) FROM requests") == [(1,)]
-    assert rows(store.path, "SELECT count(*) FROM incidents") == [(2,)]
-    # Another delivery id is another request; its keyed element is still a
-    # duplicate of the first request's.
-    third = await add(store, details, keyed(details, config, "d2"))
-    assert third.replay_of is None
-    assert [s.duplicate for s in third.incidents] == [True, True, False]
-
-
-@pytest_twisted.ensureDeferred
-async def test_sixteen_identical_requests_at_once_create_one_set(store):
-    """All in one batch or several: one set of incidents, fifteen replays."""
-    config = DedupConfig(("alertId",), "X-Delivery", 3600)
-    details = [{"alertId": 7}, {"alertId": 8}]
-    adds = [
-        store.add(
-            sent(x_request_id=f"r{n}"),
-            [draft(d) for d in details],
-            False,
-            keyed(details, config, "same"),
-        )
-        for n in range(16)
-    ]
-    results = await gatherResults(adds)
-    assert [r.replay_of for r in results] == [None] + ["r0"] * 15
-    ids = {tuple(s.id for s in r.incidents) for r in results}
-    assert len(ids) == 1
-    assert rows(store.path, "SELECT count(*) FROM incidents") == [(2,)]
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_key_past_its_window_is_forgotten(store):
-    config = DedupConfig(("alertId",), "X-Delivery", 1)
-    details = [{"alertId": 1}]
-    first = await add(store, details, keyed(details, config, "d"))
-    assert (await add(store, details, keyed(details, config, "d"))).replay_of == "r1"
-    time.sleep(1.1)
-    later = await add(store, details, keyed(details, config, "d"))
-    assert later.replay_of is None and not later.duplicates
-    assert later.incidents[0].id != first.incidents[0].id
-    # Remembered again, once: the expired rows were replaced.
-    assert rows(store.path, "SELECT incident_id FROM dedup_keys") == [
-        (int(later.incidents[0].id),)
-    ]
-    assert rows(store.path, "SELECT count(*) FROM dedup_requests") == [(1,)]
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_request_that_fails_takes_its_keys_with_it(store):
-    """A request that cannot be stored leaves no key: the next one creates."""
-    good = [{"alertId": 1}]
-    bad = [{"alertId": 2}, {"alertId": 3, "x": {1, 2}}]  # a set: not JSON
-    later = [{"alertId": 2}, {"alertId": 1}]
-    adds = [
-        store.add(sent(), [draft(d) for d in good], False, keyed(good)),
-        store.add(sent(), [draft(d) for d in bad], False, keyed(bad)),
-        store.add(sent(), [draft(d) for d in later], False, keyed(later)),
-    ]
-    results = await DeferredList(adds, consumeErrors=True)
-    (ok1, first), (ok2, failed), (ok3, third) = results
-    assert ok1 and not ok2 and ok3
-    assert failed.check(TypeError)
-    # alertId 2 was never stored: the third request creates it; alertId 1
-    # is the first request's.
-    assert [s.duplicate for s in third.incidents] == [False, True]
-    assert third.incidents[1] == first.incidents[0]._replace(duplicate=True)
-    assert sorted(k for (k,) in rows(store.path, "SELECT key FROM dedup_keys")) == [
-        '{"alertId":1}',
-        '{"alertId":2}',
-    ]
-
-
-@pytest_twisted.ensureDeferred
-async def test_duplicates_are_not_kept_as_samples(store):
-    details = [{"alertId": 1}]
-    await store.add(sent(), [draft(d) for d in details], True, keyed(details))
-    await store.add(sent(), [draft(d) for d in details], True, keyed(details))
-    assert rows(store.path, "SELECT count(*) FROM samples") == [(1,)]
-
-
-@pytest_twisted.ensureDeferred
-async def test_show_names_the_request_an_incident_came_from(store):
-    committed = await add(store, [{"a": 1}], None, x_request_id="0123456789abcdef")
-    with contextlib.closing(open_for_reading(store.path)) as db:
-        shown = show_incident(db, committed.incidents[0].id)
-    assert shown["request"]["id"] == "0123456789abcdef"
-
-
-@pytest_twisted.ensureDeferred
-async def test_retention_forgets_expired_keys_only(store):
-    short = DedupConfig(("alertId",), "X-Delivery", 1)
-    long = DedupConfig(("alertId",), "X-Delivery", 3600)
-    await add(store, [{"alertId": 1}], keyed([{"alertId": 1}], short, "s"))
-    await add(store, [{"alertId": 2}], keyed([{"alertId": 2}], long, "l"))
-    forgotten = await store.write(retention.forget_expired, time.time() + 2)
-    assert forgotten == 2  # the short key and the short request
-    assert rows(store.path, "SELECT key FROM dedup_keys") == [('{"alertId":2}',)]
-    assert rows(store.path, "SELECT key FROM dedup_requests") == [("l",)]
-    # prune (gwebhook prune, and --retain-days) forgets them too.
-    await store.write(retention.prune, "2000-01-01T00:00:00Z")
-    assert rows(store.path, "SELECT count(*) FROM dedup_keys") == [(1,)]
 
 
 # The property ----------------------------------------------------------------

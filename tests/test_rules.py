@@ -184,6 +184,18 @@ def test_name_or_type_not_string_is_refused(field, value):
     assert refused({field: value}) == f"body: field {field!r} must be a string"
 
 
+@pytest.mark.parametrize("field", ["name", "type"])
+def test_name_or_type_with_a_nul_character_is_refused(field):
+    """U+0000 in a name or type is refused (PostgreSQL's text cannot hold it)."""
+    assert refused([{}, {field: "a\u0000b"}]) == (
+        f"element 1: field {field!r} must not contain U+0000 (NUL)"
+    )
+    # In the details it is only JSON's \u0000: kept as sent.
+    assert one({"name": "ok", "rawJson": {"x": "a\u0000b"}}).details == {
+        "x": "a\u0000b"
+    }
+
+
 def test_name_not_string_in_array_names_index():
     """A ``name`` that is not a string in an array names the element's index."""
     assert refused([{"name": "ok"}, {"name": "ok"}, {"name": 7}]) == (

@@ -1,8 +1,11 @@
-"""The incident store on a real SQLite file: group commit and its failures."""
+"""
+The SQLite store's own behaviour: a full disk, a removed file, its mode, the
+writer lock, sqlite_sequence.  What every store promises is in
+test_store_contract.py, run on SQLite and PostgreSQL.
+"""
 
 import contextlib
 import fcntl
-import json
 import os
 import sqlite3
 import time
@@ -14,7 +17,6 @@ from twisted.internet.defer import DeferredList
 
 from gwebhook import schema
 from gwebhook.model import IncidentDraft, ReceivedRequest
-from gwebhook.readback import open_for_reading, show_incident
 from gwebhook.store import SQLiteStore, StoreUnavailable
 from gwebhook.writerlock import WriterLock
 
@@ -44,72 +46,6 @@ def rows(store, sql):
 def outcomes(results):
     """Each request's incidents as committed, or the error it failed with."""
     return [value.incidents if ok else value.value for ok, value in results]
-
-
-@pytest_twisted.ensureDeferred
-async def test_concurrent_requests_share_transactions(store):
-    """Requests added together are committed in fewer transactions than requests."""
-    statements = []
-    # SQLite reports each statement the store's connection runs.
-    await store.pool.runWithConnection(
-        lambda connection: connection.set_trace_callback(statements.append)
-    )
-    adds = [store.add(REQUEST, [draft(f"n{i}")], keep_samples=True) for i in range(50)]
-    results = outcomes(await DeferredList(adds, consumeErrors=True))
-    assert [r[0].name for r in results] == [f"n{i}" for i in range(50)]
-    transactions = statements.count("BEGIN IMMEDIATE")
-    assert 1 <= transactions < 50
-    assert statements.count("COMMIT") == transactions
-    ids = [int(r[0].id) for r in results]
-    assert ids == sorted(ids) and len(set(ids)) == 50
-    assert rows(store, "SELECT count(*) FROM samples") == [(20,)]
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_request_that_cannot_be_stored_fails_alone(store):
-    """A request the store cannot take fails alone; the others of its batch are kept."""
-    adds = [
-        store.add(REQUEST, [draft("first")]),
-        store.add(REQUEST, [draft("good")]),
-        store.add(REQUEST, [draft("ok"), draft("bad", {"x": {1, 2}})]),  # not JSON
-        store.add(REQUEST, [draft("also good")]),
-    ]
-    results = outcomes(await DeferredList(adds, consumeErrors=True))
-    assert isinstance(results[2], TypeError)
-    assert [r[0].name for i, r in enumerate(results) if i != 2] == [
-        "first",
-        "good",
-        "also good",
-    ]
-    names = rows(store, "SELECT name FROM incidents ORDER BY id")
-    assert names == [("first",), ("good",), ("also good",)]
-    assert rows(store, "SELECT count(*) FROM requests") == [(3,)]
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_row_sqlite_refuses_mid_batch_leaves_no_trace_of_its_request(store):
-    """
-    A row SQLite itself refuses (after the batch's requests were inserted)
-    undoes the whole first try: its request is not kept, the others are.
-    """
-    adds = [
-        store.add(REQUEST, [draft("first")]),
-        store.add(REQUEST, [draft("one")]),
-        store.add(REQUEST, [draft("two"), draft(("not", "bindable"))]),
-        store.add(REQUEST, [draft("three")]),
-    ]
-    results = outcomes(await DeferredList(adds, consumeErrors=True))
-    assert isinstance(results[2], sqlite3.Error)
-    assert [r[0].name for i, r in enumerate(results) if i != 2] == [
-        "first",
-        "one",
-        "three",
-    ]
-    names = rows(store, "SELECT name FROM incidents ORDER BY id")
-    assert names == [("first",), ("one",), ("three",)]
-    assert rows(store, "SELECT count(*) FROM requests") == [(3,)]
-    ids = [int(r[0].id) for i, r in enumerate(results) if i != 2]
-    assert ids == sorted(ids) and len(set(ids)) == 3
 
 
 @pytest_twisted.ensureDeferred
@@ -239,58 +175,6 @@ async def test_the_health_probe_sees_a_removed_store_file(store, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_headers_are_stored_once_per_request(store):
-    """Many incidents of one request do not each store the request's headers."""
-    headers = {"x-big": "v" * 10_000}
-    request = ReceivedRequest(
-        "2026-01-01T00:00:00Z",
-        "127.0.0.1",
-        "POST",
-        "/",
-        headers,
-        b"[]",
-        "default",
-        None,
-    )
-    # As the payload leaves them: the sender's own "headers" key taken out.
-    drafts = [draft(f"n{i}", {"name": f"n{i}", "i": i}) for i in range(200)]
-    stored = (await store.add(request, drafts)).incidents
-    [(total,)] = rows(store, "SELECT sum(length(details)) FROM incidents")
-    assert total < 200 * 100
-    [(kept,)] = rows(store, "SELECT length(headers) FROM requests")
-    assert kept > 10_000
-    with contextlib.closing(open_for_reading(store.path)) as db:
-        shown = show_incident(db, stored[7].id)
-    assert shown["rawJson"] == {"name": "n7", "i": 7, "headers": headers}
-
-
-@pytest_twisted.ensureDeferred
-async def test_ids_are_not_reused_after_the_newest_incidents_are_deleted(store):
-    """An id once given is never given again, even after its row was deleted."""
-    stored = (await store.add(REQUEST, [draft("a"), draft("b"), draft("c")])).incidents
-    with sqlite3.connect(store.path) as db:
-        db.execute("DELETE FROM incidents WHERE id >= ?", (int(stored[1].id),))
-    [after] = (await store.add(REQUEST, [draft("after")])).incidents
-    assert int(after.id) == int(stored[2].id) + 1
-
-
-@pytest_twisted.ensureDeferred
-async def test_ids_after_a_failed_request_are_above_every_acknowledged_one(store):
-    """A request that failed, alone or with its batch, leaves no id to give twice."""
-    batch = [
-        store.add(REQUEST, [draft("first")]),
-        store.add(REQUEST, [draft("bad", {"x": {1, 2}})]),  # not JSON
-        store.add(REQUEST, [draft("second"), draft("third")]),
-    ]
-    first, failed, rest = outcomes(await DeferredList(batch, consumeErrors=True))
-    assert isinstance(failed, TypeError)
-    acknowledged = [int(s.id) for s in first + rest]
-    [after] = (await store.add(REQUEST, [draft("after")])).incidents
-    assert int(after.id) > max(acknowledged)
-    assert len(set(acknowledged)) == 3
-
-
-@pytest_twisted.ensureDeferred
 async def test_sqlite_keeps_counting_from_the_ids_the_store_gives(store):
     """Ids the store chooses advance SQLite's own sequence, for any other writer."""
     stored = (await store.add(REQUEST, [draft(f"n{i}") for i in range(250)])).incidents
@@ -322,103 +206,6 @@ def sent_to(instance, client_cert=None):
         "2026-01-01T00:00:00Z", "127.0.0.1", "POST", "/", {}, b"{}", instance,
         client_cert,
     )  # fmt: skip
-
-
-def samples_by_instance(store):
-    kept = {}
-    for instance, name in rows(
-        store,
-        "SELECT i.instance, i.name FROM samples s"
-        " JOIN incidents i ON i.id = s.incident_id ORDER BY i.id",
-    ):
-        kept.setdefault(instance, []).append(name)
-    return kept
-
-
-@pytest_twisted.ensureDeferred
-async def test_incidents_and_requests_record_instance_fields_and_client_cert(store):
-    """
-    Each incident records its request's instance and its own fields, as JSON
-    encoded as its details are; the request records the client certificate,
-    or NULL.
-    """
-    cert = {"subject": "CN=sensor-1.example.com", "sha256": "ab" * 32}
-    [one, two] = (
-        await store.add(
-            sent_to("wallarm", cert),
-            [draft("one", fields={"severity": 3, "tags": ["a", "é"]}), draft("two")],
-        )
-    ).incidents
-    [three] = (await store.add(sent_to("other"), [draft("three")])).incidents
-    assert rows(store, "SELECT id, instance, fields FROM incidents ORDER BY id") == [
-        (int(one.id), "wallarm", '{"severity": 3, "tags": ["a", "é"]}'),
-        (int(two.id), "wallarm", "{}"),
-        (int(three.id), "other", "{}"),
-    ]
-    assert rows(store, "SELECT instance, client_cert FROM requests ORDER BY id") == [
-        (
-            "wallarm",
-            json.dumps(cert),
-        ),
-        ("other", None),
-    ]
-
-
-@pytest_twisted.ensureDeferred
-async def test_fields_that_are_not_json_fail_their_request_alone(store):
-    """An incident whose fields cannot be stored fails its request only."""
-    adds = [
-        store.add(REQUEST, [draft("first")]),
-        store.add(REQUEST, [draft("bad", fields={"x": {1, 2}})]),  # not JSON
-        store.add(REQUEST, [draft("second")]),
-    ]
-    results = outcomes(await DeferredList(adds, consumeErrors=True))
-    assert isinstance(results[1], TypeError)
-    assert rows(store, "SELECT name FROM incidents ORDER BY id") == [
-        ("first",),
-        ("second",),
-    ]
-
-
-@pytest_twisted.ensureDeferred
-async def test_samples_are_the_20_most_recent_of_each_instance(store):
-    """
-    Each instance that keeps samples keeps its own 20 most recent incidents,
-    whatever the others receive, in batches and alone; an instance that
-    keeps none has none.
-    """
-    adds = []
-    for i in range(30):
-        adds.append(store.add(sent_to("a"), [draft(f"a{i}")], keep_samples=True))
-        if i < 7:
-            adds.append(store.add(sent_to("b"), [draft(f"b{i}")], keep_samples=True))
-        adds.append(store.add(sent_to("c"), [draft(f"c{i}")], keep_samples=False))
-    await DeferredList(adds, fireOnOneErrback=True)
-    # One request of many incidents, alone in its transaction.
-    await store.add(
-        sent_to("b"), [draft(f"b{i}") for i in range(7, 12)], keep_samples=True
-    )
-    assert samples_by_instance(store) == {
-        "a": [f"a{i}" for i in range(10, 30)],
-        "b": [f"b{i}" for i in range(12)],
-    }
-    # A flood of one instance leaves the others' samples as they were.
-    await store.add(sent_to("b"), [draft(f"B{i}") for i in range(300)], True)
-    kept = samples_by_instance(store)
-    assert kept["a"] == [f"a{i}" for i in range(10, 30)]
-    assert kept["b"] == [f"B{i}" for i in range(280, 300)]
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_request_that_fails_leaves_no_sample(store):
-    """A request that fails alone in its batch is no sample; the others are."""
-    adds = [
-        store.add(sent_to("a"), [draft("first")], keep_samples=True),
-        store.add(sent_to("a"), [draft("bad", {"x": {1, 2}})], keep_samples=True),
-        store.add(sent_to("a"), [draft("second")], keep_samples=True),
-    ]
-    await DeferredList(adds, consumeErrors=True)
-    assert samples_by_instance(store) == {"a": ["first", "second"]}
 
 
 @pytest_twisted.ensureDeferred

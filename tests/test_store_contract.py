@@ -270,35 +270,6 @@ async def test_a_value_the_driver_refuses_fails_its_request_alone(store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_name_and_type_with_a_nul_character_are_stored_as_sent(store, request):
-    """
-    An incident's name and type are the sender's strings, U+0000 included
-    (JSON allows it): stored, answered and read back as sent, on either
-    database.
-    """
-    if not is_sqlite(store):
-        request.node.add_marker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="product: PostgreSQL text cannot hold U+0000; the request"
-                " fails with psycopg.DataError (a 500), where SQLite stores it",
-            )
-        )
-    adds = [
-        store.add(sent(), [draft("before")]),
-        store.add(sent(), [IncidentDraft("a\x00b", "T\x00", RECEIVED, {}, {})]),
-        store.add(sent(), [draft("after")]),
-    ]
-    before, nul, after = outcomes(await DeferredList(adds, consumeErrors=True))
-    assert not isinstance(nul, Exception), repr(nul)
-    assert (nul[0].name, nul[0].type) == ("a\x00b", "T\x00")
-    with reading(store) as db:
-        shown = show_incident(db, nul[0].id)
-    assert (shown["name"], shown["type"]) == ("a\x00b", "T\x00")
-    assert names(store) == ["before", "a\x00b", "after"]
-
-
-@pytest_twisted.ensureDeferred
 async def test_headers_are_stored_once_per_request(store):
     """Many incidents of one request share its headers; show gives them back."""
     headers = {"x-big": "v" * 10_000}

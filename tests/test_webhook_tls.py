@@ -436,6 +436,7 @@ async def test_credentials_checked_before_body(serve, body, more):
         (b'{"occurred": true}', "body: field 'occurred' is not a date-time: ..."),
         (b'{"name": 1}', "body: field 'name' must be a string"),
         (b'{"type": null}', "body: field 'type' must be a string"),
+        (b'{"name": "a\\u0000b"}', "body: field 'name' must not contain U+0000 (NUL)"),
         (b'[{"name": "ok"}, {"type": []}]', "element 1: field 'type' must be a string"),
         (b'{"a": NaN}', "body is not JSON: ..."),
         (b"[" * 100_000, "body is not JSON: nested too deeply"),
