@@ -61,6 +61,10 @@ setup(
             "stripe>=15.5",
             "slack-sdk>=3.0",
             "standardwebhooks>=1.0",
+            # The read API's answers are validated against its OpenAPI 3.1
+            # document, whose schemas are JSON Schema 2020-12: 4.18 brought
+            # the referencing library that resolves their $refs.
+            "jsonschema>=4.18",
         ],
     },
     entry_points={"console_scripts": ["gwebhook = gwebhook.cli:main"]},
