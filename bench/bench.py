@@ -1467,7 +1467,7 @@ def measurement_lines(
         ):
             # The config-instance ratios are round by round: show the rounds.
             lines += ["", "every run, round by round:", "", table(every, rounds=True)]
-        busiest = max(r.other_cpu_percent + r.steal_percent for r in runs)
+        busiest = max(r.other_cpu_percent + r.steal_percent for r in (every or runs))
         if busiest > 10:
             lines += [
                 "",
