@@ -820,6 +820,10 @@ def summarise_profile(path: Path, rate: int, seconds: float, top: int = 25) -> d
     thread's samples against ``rate * seconds`` say how busy it was.
     """
     threads: dict[str, dict] = {}
+    # Each thread pool's thread apart (the store's, and any other the daemon
+    # has, idle or not), numbered as they first appear: their names are
+    # PoolThread-<the pool's id>-<n>, which change from run to run.
+    pools: dict[str, str] = {}
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
@@ -829,7 +833,8 @@ def summarise_profile(path: Path, rate: int, seconds: float, top: int = 25) -> d
         thread = "?"
         if frames[0].startswith("thread "):
             thread = frames.pop(0).split(": ", 1)[-1]
-            thread = "PoolThread" if thread.startswith("PoolThread") else thread
+            if thread.startswith("PoolThread"):
+                thread = pools.setdefault(thread, f"PoolThread {len(pools) + 1}")
         frames = [_short(f) for f in frames if not f.startswith("process ")]
         if not frames:
             continue
