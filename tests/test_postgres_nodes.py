@@ -406,12 +406,6 @@ def freeze_holding_the_writer_lock(d: Daemon, uri: str, tries: int = 60) -> int:
     raise AssertionError(f"never stopped {d.port} inside a write transaction")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product: a node stopped inside a write transaction keeps the writer "
-    "lock (no idle_in_transaction_session_timeout nor lock_timeout on gwebhook's "
-    "sessions), so every other node's webhooks and /healthz hang",
-)
 def test_a_node_frozen_inside_a_transaction_does_not_stall_the_others(
     pg_cluster_db, pki, tmp_path, started
 ):

@@ -167,7 +167,29 @@ class PostgresStore(IncidentStore):
         return self._is_fault(error)
 
 
+# A writer waits at most this long for the writer lock (as SQLite's busy
+# timeout): then a 503, not a request hanging behind a node that froze.
+LOCK_TIMEOUT = "5s"
+# A session that stays in a transaction doing nothing this long (its node
+# froze, or was cut off) is ended by PostgreSQL, and the lock it held with it.
+IDLE_IN_TRANSACTION_TIMEOUT = "10s"
+
+
 def _opened(connection) -> None:
-    """Every session of gwebhook's: durable commits, whatever the default."""
+    """
+    Every writing session of gwebhook's: durable commits whatever the
+    database's default; bounded waits for the writer lock; a frozen or
+    cut-off node's session (and its lock) ended by the server, which also
+    probes the connection itself.
+    """
     connection.autocommit = True
-    connection.execute("SET synchronous_commit = on")
+    for setting, value in (
+        ("synchronous_commit", "on"),
+        ("lock_timeout", LOCK_TIMEOUT),
+        ("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION_TIMEOUT),
+        ("tcp_keepalives_idle", "5"),
+        ("tcp_keepalives_interval", "2"),
+        ("tcp_keepalives_count", "3"),
+        ("tcp_user_timeout", "15000"),
+    ):
+        connection.execute(f"SET {setting} = '{value}'")
