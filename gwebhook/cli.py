@@ -145,6 +145,37 @@ def _prune(args) -> None:
         )
 
 
+def _deliveries(args) -> None:
+    from gwebhook.store.deliveries import listing
+
+    db = _reader(args)
+    for row in listing(db, args.forward, args.state, args.limit):
+        _emit(row)
+
+
+def _redeliver(args) -> None:
+    import time
+
+    from gwebhook import retention
+    from gwebhook.store.deliveries import redeliver
+
+    if not args.dead and not args.ids:
+        raise UsageProblem("give incident ids, or --dead for every dead delivery")
+    if args.dead and args.ids:
+        raise UsageProblem("give incident ids or --dead, not both")
+    ids = None if args.dead else args.ids
+    try:
+        count = retention.write_once(
+            args.db, args.db_password, redeliver, args.forward, ids, time.time()
+        )
+    except retention.PruneError as e:
+        raise CommandFailed(str(e)) from None
+    print(
+        f"queued {count} deliver{'y' if count == 1 else 'ies'} of forward "
+        f"{args.forward} again; the daemon sends them within seconds"
+    )
+
+
 def _send(args) -> int:
     from gwebhook import sender
 
@@ -259,6 +290,26 @@ def parser() -> argparse.ArgumentParser:
         help="ISO-8601 date or date-time; UTC unless it names a zone",
     )
     c.set_defaults(run=_prune)
+
+    c = commands.add_parser(
+        "deliveries",
+        parents=[db],
+        help="the forwards' deliveries, one per incident and forward",
+    )
+    c.add_argument("--forward", metavar="NAME", help="only this forward's")
+    c.add_argument("--state", choices=("pending", "dead", "delivered"))
+    c.add_argument("--limit", type=_non_negative, default=None, metavar="N")
+    c.set_defaults(run=_deliveries)
+
+    c = commands.add_parser(
+        "redeliver",
+        parents=[db],
+        help="queue deliveries again (dead ones, or any incidents by id)",
+    )
+    c.add_argument("--forward", required=True, metavar="NAME")
+    c.add_argument("--dead", action="store_true", help="every dead delivery")
+    c.add_argument("ids", nargs="*", type=_non_negative, metavar="INCIDENT_ID")
+    c.set_defaults(run=_redeliver)
 
     c = commands.add_parser(
         "send",

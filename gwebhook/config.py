@@ -50,8 +50,33 @@ INSTANCE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # the first, so the name is the command line's alone.
 DEFAULT_INSTANCE = "default"
 
-_TOP_KEYS = ("instance", "db", "db_password_file", "api")
+_TOP_KEYS = ("instance", "db", "db_password_file", "api", "forward")
 _API_KEYS = ("tokens_file",)
+_FORWARD_KEYS = (
+    "name",
+    "url",
+    "instances",
+    "format",
+    "method",
+    "headers",
+    "username",
+    "password",
+    "password_file",
+    "password_env",
+    "ca_file",
+    "verify",
+    "timeout",
+    "connect_timeout",
+    "batch",
+    "max_age",
+    "sign_secret",
+)
+FORWARD_FORMATS = ("xsoar", "incident", "raw")
+# Wallarm's webhook settings: "Request timeout" and "Connection timeout".
+DEFAULT_FORWARD_TIMEOUT = 15
+DEFAULT_FORWARD_CONNECT_TIMEOUT = 20
+DEFAULT_MAX_AGE = 86400
+MAX_BATCH_SIZE = 1000
 _INSTANCE_KEYS = (
     "name",
     "incident_type",
@@ -89,7 +114,7 @@ _DOORS = ("auth", "mtls", "signature")
 
 # Keys of features this version does not have yet.  Refused with their own
 # message: "unknown key" would send the operator looking for a typo.
-_TOP_LATER = ("forward",)
+_TOP_LATER: tuple[str, ...] = ()
 _INSTANCE_LATER: tuple[str, ...] = ()
 
 _CA_FIX = "give the PEM file of the CA that issues the senders' certificates"
@@ -142,6 +167,37 @@ class InstanceConfig:
 
 
 @dataclass(frozen=True)
+class ForwardConfig:
+    """
+    One ``[[forward]]``: where each stored incident of ``instances`` (None:
+    every instance) is delivered, and how.  ``trust`` is ``ca_file``'s
+    certificates (None: the system's CAs); ``password`` and ``sign_key``
+    (the decoded ``whsec_`` key) stay out of repr.
+    """
+
+    name: str
+    url: str
+    instances: tuple[str, ...] | None
+    format: str
+    method: str
+    headers: tuple[tuple[str, str], ...]
+    username: str | None
+    password: str | None = field(repr=False)
+    ca_file: str | None
+    trust: tuple[x509.Certificate, ...] | None = field(repr=False)
+    verify: bool
+    timeout: float
+    connect_timeout: float
+    batch: int
+    max_age: int
+    sign_key: bytes | None = field(repr=False)
+
+    def takes(self, instance: str) -> bool:
+        """Whether incidents of ``instance`` are forwarded here."""
+        return self.instances is None or instance in self.instances
+
+
+@dataclass(frozen=True)
 class Config:
     """A config file's instances, in file order."""
 
@@ -155,6 +211,7 @@ class Config:
     # [api] tokens_file (absolute): the read API's tokens, unless
     # --api-token-file or GWEBHOOK_API_TOKENS gives them.
     api_tokens_file: str | None = None
+    forwards: tuple[ForwardConfig, ...] = ()
 
 
 def load_config(path: str, environ: collections.abc.Mapping[str, str]) -> Config:
@@ -220,7 +277,8 @@ def parse_config(
             'write each instance as [[instance]] with name = "..." below it',
         )
     api_tokens_file = reader.api(document)
-    if not tables and api_tokens_file is None:
+    forwards = reader.forwards(document)
+    if not tables and api_tokens_file is None and not forwards:
         raise reader.error(
             None,
             None,
@@ -234,7 +292,9 @@ def parse_config(
         for number, table in enumerate(tables, start=1)
     ]
     db, db_password_file = reader.database(document)
-    return Config(path, tuple(instances), db, db_password_file, api_tokens_file)
+    return Config(
+        path, tuple(instances), db, db_password_file, api_tokens_file, forwards
+    )
 
 
 class _Reader:
@@ -248,6 +308,204 @@ class _Reader:
     def error(self, where: str | None, key: str | None, problem: str) -> ConfigError:
         parts = [self.path, where, key, problem]
         return ConfigError(": ".join(p for p in parts if p))
+
+    # -- [[forward]] ---------------------------------------------------------
+
+    def forwards(self, document: dict[str, Any]) -> tuple[ForwardConfig, ...]:
+        tables = document.get("forward", [])
+        if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+            raise self.error(
+                None,
+                "forward",
+                f"must be [[forward]] tables, got {_kind(tables)}; write each as "
+                '[[forward]] with name = "..." and url = "..." below it',
+            )
+        names: set[str] = set()
+        return tuple(
+            self._forward(table, number, names)
+            for number, table in enumerate(tables, start=1)
+        )
+
+    def _forward(
+        self, table: dict[str, Any], number: int, names: set[str]
+    ) -> ForwardConfig:
+        name = table.get("name")
+        usable = isinstance(name, str) and INSTANCE_NAME.fullmatch(name)
+        where = f"forward '{name}'" if usable else f"forward #{number}"
+        for key in table:
+            if key not in _FORWARD_KEYS:
+                raise self.error(
+                    where,
+                    key,
+                    f"unknown key; [[forward]] takes {', '.join(_FORWARD_KEYS)}",
+                )
+        if not usable:
+            raise self.error(
+                where,
+                "name",
+                "required: 1 to 64 letters, digits, '_', '.' or '-'"
+                if name is None
+                else f"{name!r} is not a valid name; use 1 to 64 letters, digits, "
+                "'_', '.' or '-'",
+            )
+        assert isinstance(name, str)
+        if name in names:
+            raise self.error(
+                where, "name", "another [[forward]] has this name; give each its own"
+            )
+        names.add(name)
+        url = self._optional(where, table, "url", str, "a string")
+        if url is None:
+            raise self.error(
+                where, "url", "required; give the receiver's http:// or https:// URL"
+            )
+        from gwebhook.sender import ArgumentError, check_url
+
+        try:
+            url = check_url(url)
+        except ArgumentError as e:
+            raise self.error(where, "url", str(e)) from None
+        instances = self._optional(
+            where, table, "instances", list, "an array of instance names"
+        )
+        if instances is not None:
+            if not instances or not all(
+                isinstance(i, str) and INSTANCE_NAME.fullmatch(i) for i in instances
+            ):
+                raise self.error(
+                    where,
+                    "instances",
+                    "must be a non-empty array of instance names; leave it out to "
+                    "forward every instance's incidents",
+                )
+            instances = tuple(instances)
+        kind = self._optional(where, table, "format", str, "a string") or "xsoar"
+        if kind not in FORWARD_FORMATS:
+            raise self.error(
+                where,
+                "format",
+                f"{kind!r} is not a format; give one of {', '.join(FORWARD_FORMATS)}",
+            )
+        method = self._optional(where, table, "method", str, "a string") or "POST"
+        if method.upper() not in ("POST", "PUT"):
+            raise self.error(where, "method", f"{method!r}: give POST or PUT")
+        headers = self._forward_headers(where, table)
+        username = self._optional(where, table, "username", str, "a string")
+        password = None
+        if any(k in table for k in _PASSWORD_SOURCES):
+            if username is None:
+                raise self.error(
+                    where, "username", "required with a password (HTTP Basic)"
+                )
+            password = self._password(where, table, None)
+        elif username is not None:
+            raise self.error(
+                where, None, "username without a password; give password_file"
+            )
+        if username is not None and ":" in username:
+            raise self.error(where, "username", "cannot contain ':' (HTTP Basic)")
+        verify = self._optional(where, table, "verify", bool, "a boolean")
+        verify = True if verify is None else verify
+        ca_file = self._optional(where, table, "ca_file", str, "a string (a path)")
+        trust = None
+        if ca_file is not None:
+            if not verify:
+                raise self.error(
+                    where,
+                    "ca_file",
+                    "verify = false checks no certificate; drop one of the two",
+                )
+            ca_file = self._readable(
+                where, "ca_file", ca_file, "give the PEM file of the receiver's CA"
+            )
+            trust = self._ca_certificates(
+                where,
+                ca_file,
+                "ca_file",
+                "give the PEM file of the CA (or the self-signed certificate) "
+                "the receiver's certificate chains to",
+                require_ca=False,
+            )
+        timeout = self._seconds(where, table, "timeout", DEFAULT_FORWARD_TIMEOUT)
+        connect_timeout = self._seconds(
+            where, table, "connect_timeout", DEFAULT_FORWARD_CONNECT_TIMEOUT
+        )
+        batch = self._optional(where, table, "batch", int, "an integer")
+        if batch is None:
+            batch = 1
+        elif not 1 <= batch <= MAX_BATCH_SIZE:
+            raise self.error(
+                where, "batch", f"{batch}: give 1 to {MAX_BATCH_SIZE} incidents"
+            )
+        max_age = self._optional(where, table, "max_age", int, "an integer (seconds)")
+        if max_age is None:
+            max_age = DEFAULT_MAX_AGE
+        elif max_age <= 0:
+            raise self.error(
+                where,
+                "max_age",
+                f"{max_age} would give up every incident; give seconds (default "
+                f"{DEFAULT_MAX_AGE})",
+            )
+        sign_secret = self._optional(where, table, "sign_secret", str, "a string")
+        sign_key = None
+        if sign_secret is not None:
+            sign_key = self._standard_key(where, "sign_secret", sign_secret, "it")
+        return ForwardConfig(
+            name=name,
+            url=url,
+            instances=instances,
+            format=kind,
+            method=method.upper(),
+            headers=headers,
+            username=username,
+            password=password,
+            ca_file=ca_file,
+            trust=trust,
+            verify=verify,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            batch=batch,
+            max_age=max_age,
+            sign_key=sign_key,
+        )
+
+    def _forward_headers(
+        self, where: str, table: dict[str, Any]
+    ) -> tuple[tuple[str, str], ...]:
+        headers = self._optional(where, table, "headers", dict, "a table")
+        if headers is None:
+            return ()
+        checked = []
+        for name, value in headers.items():
+            if not is_token(name):
+                raise self.error(where, f"headers.{name}", "is not a header name")
+            if name.lower() in ("content-length", "host", "transfer-encoding"):
+                raise self.error(
+                    where, f"headers.{name}", "is gwebhook's to send; remove it"
+                )
+            if not isinstance(value, str) or not _sendable_header_value(value):
+                raise self.error(
+                    where,
+                    f"headers.{name}",
+                    "must be printable ASCII without leading or trailing spaces",
+                )
+            checked.append((name, value))
+        return tuple(checked)
+
+    def _seconds(
+        self, where: str, table: dict[str, Any], key: str, default: float
+    ) -> float:
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(
+                where, key, f"must be a number of seconds, got {_kind(value)}"
+            )
+        if not 0 < value <= 3600:
+            raise self.error(
+                where, key, f"{value}: give seconds from more than 0 to 3600"
+            )
+        return float(value)
 
     def api(self, document: dict[str, Any]) -> str | None:
         """``[api] tokens_file``, checked readable; None without ``[api]``."""
@@ -322,8 +580,8 @@ class _Reader:
             if key not in allowed:
                 if where is None:
                     takes = (
-                        "the file takes [[instance]] tables, [api], db and "
-                        "db_password_file"
+                        "the file takes [[instance]] tables, [api], [[forward]] "
+                        "tables, db and db_password_file"
                     )
                 else:
                     scope = (
@@ -536,24 +794,26 @@ class _Reader:
             )
         return Credentials.from_options(username, password)
 
-    def _password(self, where: str, table: dict[str, Any]) -> str:
+    def _password(
+        self, where: str, table: dict[str, Any], section: str | None = "auth"
+    ) -> str:
         sources = [k for k in _PASSWORD_SOURCES if k in table]
         if not sources:
             raise self.error(
                 where,
-                "auth",
+                section,
                 "no password; give one of password_file, password_env or password",
             )
         if len(sources) > 1:
             raise self.error(
                 where,
-                "auth",
+                section,
                 f"{sources[0]} and {sources[1]} both given; give exactly one of "
                 "password, password_file, password_env",
             )
         [source] = sources
-        value = self._optional(where, table, source, str, "a string", "auth")
-        key = f"auth.{source}"
+        value = self._optional(where, table, source, str, "a string", section)
+        key = dotted(section, source) if section else source
         if source == "password":
             if not value:
                 raise self.error(
@@ -627,26 +887,32 @@ class _Reader:
         path = self._path(where, "mtls.client_ca", client_ca)
         return MTLSConfig(path, tuple(names), self._ca_certificates(where, path))
 
-    def _ca_certificates(self, where: str, path: str) -> tuple[x509.Certificate, ...]:
-        key = "mtls.client_ca"
+    def _ca_certificates(
+        self,
+        where: str,
+        path: str,
+        key: str = "mtls.client_ca",
+        fix: str = _CA_FIX,
+        require_ca: bool = True,
+    ) -> tuple[x509.Certificate, ...]:
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
             raise self.error(
-                where, key, f"cannot read {path}: {e.strerror}; {_CA_FIX}"
+                where, key, f"cannot read {path}: {e.strerror}; {fix}"
             ) from None
         if b"-----BEGIN CERTIFICATE-----" not in data:
-            raise self.error(where, key, f"{path} holds no PEM certificate; {_CA_FIX}")
+            raise self.error(where, key, f"{path} holds no PEM certificate; {fix}")
         try:
             certificates = x509.load_pem_x509_certificates(data)
         except ValueError:
             raise self.error(
                 where,
                 key,
-                f"{path} holds a certificate that cannot be parsed; {_CA_FIX}",
+                f"{path} holds a certificate that cannot be parsed; {fix}",
             ) from None
-        for certificate in certificates:
+        for certificate in certificates if require_ca else ():
             try:
                 constraints = certificate.extensions.get_extension_for_class(
                     x509.BasicConstraints
@@ -660,7 +926,7 @@ class _Reader:
                     where,
                     key,
                     f"{path} holds a certificate that is not a CA ({subject}); "
-                    f"{_CA_FIX}, not one it issued",
+                    f"{fix}, not one it issued",
                 )
         return tuple(certificates)
 

@@ -52,6 +52,32 @@ class Metrics:
             ["instance"],
             registry=r,
         )
+        # Forwarding counts incidents, not requests.
+        self.forward_pending = Gauge(
+            "gwebhook_forward_pending",
+            "Incidents queued for a forward and not yet delivered or given up.",
+            ["forward"],
+            registry=r,
+        )
+        self.forward_delivered = Counter(
+            "gwebhook_forward_delivered",
+            "Incidents a forward delivered (a 2xx answer).",
+            ["forward"],
+            registry=r,
+        )
+        self.forward_failures = Counter(
+            "gwebhook_forward_failures",
+            "Incidents of a forward's failed attempts, by reason (connect, or "
+            "the status answered).",
+            ["forward", "reason"],
+            registry=r,
+        )
+        self.forward_dead = Counter(
+            "gwebhook_forward_dead",
+            "Incidents a forward gave up (kept; gwebhook redeliver queues them again).",
+            ["forward"],
+            registry=r,
+        )
         self.request_seconds = Histogram(
             "gwebhook_request_duration_seconds",
             "From the end of the headers to the answer.",

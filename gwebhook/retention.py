@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from gwebhook import schema
 from gwebhook.timestamps import from_epoch, parse_occurred
+from gwebhook.writerlock import WriterLock
 
 log = Logger()
 
@@ -39,6 +40,12 @@ SECONDS_PER_DAY = 86400
 # incident is the time its request was received.
 _DELETE_SAMPLES = (
     "DELETE FROM samples WHERE incident_id IN (SELECT i.id FROM incidents i"
+    " JOIN requests r ON r.id = i.request_id WHERE rtrim(r.received, 'Z') < ?)"
+)
+# Their forwarding queue rows too: a delivery of a deleted incident has
+# nothing left to send.
+_DELETE_DELIVERIES = (
+    "DELETE FROM deliveries WHERE incident_id IN (SELECT i.id FROM incidents i"
     " JOIN requests r ON r.id = i.request_id WHERE rtrim(r.received, 'Z') < ?)"
 )
 _DELETE_INCIDENTS = (
@@ -98,6 +105,7 @@ def prune(db, before: str) -> tuple[int, int]:
     cursor = db.cursor() if hasattr(db, "cursor") else db
     key = (before.rstrip("Z"),)
     cursor.execute(_DELETE_SAMPLES, key)
+    cursor.execute(_DELETE_DELIVERIES, key)
     cursor.execute(_DELETE_INCIDENTS, key)
     incidents = cursor.rowcount
     cursor.execute(_DELETE_REQUESTS, key)
@@ -246,6 +254,65 @@ def prune_postgres(
     finally:
         connection.close()
     return incidents, requests, True
+
+
+def write_once(db: str, password: str | None, work, *args):
+    """
+    ``work(cursor, *args)`` in one write transaction on the store ``db``
+    names, taking its turn with the daemon's writes (the writer lock of
+    either database), for the commands that change a running store.
+    Raises PruneError (StoreBusy) saying why nothing was done.
+    """
+    from gwebhook.database import is_postgres
+
+    if is_postgres(db):
+        import psycopg
+
+        from gwebhook.database import redacted
+        from gwebhook.store.postgres import QmarkCursor
+        from gwebhook.store.postgres_schema import WRITER_LOCK, connect, connect_options
+
+        try:
+            connection = connect(db, connect_options(password))
+        except schema.StoreError as e:
+            raise PruneError(str(e)) from None
+        try:
+            with connection.transaction():
+                cursor = QmarkCursor(connection.cursor())
+                cursor.execute("SELECT pg_advisory_xact_lock(?)", (WRITER_LOCK,))
+                return work(cursor, *args)
+        except psycopg.Error as e:
+            raise PruneError(f"cannot change {redacted(db)}: {e}") from None
+        finally:
+            connection.close()
+    sqlite = open_for_pruning(db)
+    try:
+        lock = WriterLock(db)
+        try:
+            lock.acquire(schema.BUSY_TIMEOUT_MS / 1000)
+        except (TimeoutError, OSError) as e:
+            raise StoreBusy(
+                f"store {db} busy ({e}), nothing changed; try again"
+            ) from None
+        try:
+            sqlite.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(sqlite, *args)
+                sqlite.execute("COMMIT")
+            except BaseException:
+                if sqlite.in_transaction:
+                    sqlite.execute("ROLLBACK")
+                raise
+        finally:
+            lock.release()
+            lock.close()
+    except sqlite3.Error as e:
+        if _is_busy(e):
+            raise StoreBusy(f"store {db} busy, nothing changed; try again") from None
+        raise PruneError(f"cannot change {db}: {e}; nothing changed") from None
+    finally:
+        sqlite.close()
+    return result
 
 
 # In the daemon ---------------------------------------------------------------

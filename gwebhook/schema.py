@@ -83,6 +83,30 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX dedup_requests_by_expiry ON dedup_requests (expires);
     """,
+    # 5: forwarding.  One row per incident and forward that takes it, queued
+    # in the incident's own transaction; ``batch`` is the first incident id
+    # of the request it was (or will again be) sent in, fixed once formed.
+    # Times are seconds since the epoch.  ``forward_leases``: which node
+    # delivers a forward now.
+    """
+    CREATE TABLE deliveries (
+        forward TEXT NOT NULL,
+        incident_id INTEGER NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        batch INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        next_attempt REAL NOT NULL DEFAULT 0,
+        queued REAL NOT NULL,
+        PRIMARY KEY (forward, incident_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_by_state ON deliveries (forward, state, incident_id);
+    CREATE TABLE forward_leases (
+        forward TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

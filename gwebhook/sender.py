@@ -478,6 +478,52 @@ async def _exchange(
     return response, body
 
 
+class SendFailed(Exception):
+    """No answer to a request; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A receiver's answer: status, its headers (lower-case names), body."""
+
+    code: int
+    phrase: bytes
+    version: tuple[bytes, int, int]
+    headers: dict[str, str]
+    body: bytes
+
+
+def send(reactor, outgoing: Outgoing) -> defer.Deferred[Answer]:
+    """
+    Send ``outgoing`` (TLS verified as ``Outgoing`` says, the whole request
+    bounded by its timeout, the connection by its connect timeout); fires
+    with the answer, whatever its status, or fails with SendFailed saying
+    why there was none.  ``gwebhook send`` and the forwarders both use it.
+    """
+    policy = _Trust(outgoing.trust, outgoing.cacert, verify=not outgoing.insecure)
+    d = defer.Deferred.fromCoroutine(_exchange(reactor, outgoing, policy))
+    d.addTimeout(
+        outgoing.timeout,
+        reactor,
+        onTimeoutCancel=lambda result, timeout: Failure(_TimedOut()),
+    )
+
+    def answered(result) -> Answer:
+        response, body = result
+        headers = {
+            name.decode("latin-1").lower(): values[0].decode("latin-1")
+            for name, values in response.headers.getAllRawHeaders()
+        }
+        return Answer(response.code, response.phrase, response.version, headers, body)
+
+    def failed(reason: Failure) -> Failure:
+        if reason.check(defer.CancelledError):
+            return reason
+        return Failure(SendFailed(describe_failure(reason, outgoing, policy.problem)))
+
+    return d.addCallbacks(answered, failed)
+
+
 def deliver(
     reactor, outgoing: Outgoing, stdout: IO[bytes], stderr: IO[str]
 ) -> defer.Deferred[int]:
@@ -486,34 +532,25 @@ def deliver(
     ``stdout``, or one line to ``stderr`` if there is no answer.  The
     Deferred fires with the exit status: 0 for a 2xx answer, else 1.
     """
-    policy = _Trust(outgoing.trust, outgoing.cacert, verify=not outgoing.insecure)
     if outgoing.insecure:
         stderr.write(
             "gwebhook: warning: --insecure: the server's certificate is not verified\n"
         )
-    d = defer.Deferred.fromCoroutine(_exchange(reactor, outgoing, policy))
-    d.addTimeout(
-        outgoing.timeout,
-        reactor,
-        onTimeoutCancel=lambda result, timeout: Failure(_TimedOut()),
-    )
 
-    def answered(result) -> int:
-        response, body = result
-        line = status_line(response.version, response.code, response.phrase)
-        stdout.write(line.encode() + b"\n" + body)
-        if body and not body.endswith(b"\n"):
+    def answered(answer: Answer) -> int:
+        line = status_line(answer.version, answer.code, answer.phrase)
+        stdout.write(line.encode() + answer.body.join([b"\n", b""]))
+        if answer.body and not answer.body.endswith(b"\n"):
             stdout.write(b"\n")
         stdout.flush()
-        return 0 if 200 <= response.code < 300 else 1
+        return 0 if 200 <= answer.code < 300 else 1
 
     def failed(reason: Failure) -> int:
-        stderr.write(
-            f"gwebhook: {describe_failure(reason, outgoing, policy.problem)}\n"
-        )
+        reason.trap(SendFailed)
+        stderr.write(f"gwebhook: {reason.getErrorMessage()}\n")
         return 1
 
-    return d.addCallbacks(answered, failed)
+    return send(reactor, outgoing).addCallbacks(answered, failed)
 
 
 def run(outgoing: Outgoing) -> int:

@@ -29,6 +29,7 @@ from gwebhook.channel import (
 )
 from gwebhook.config import Config, ConfigError, load_config
 from gwebhook.credentials import HEADER_PREFIX, Credentials
+from gwebhook.forward import Forwarder
 from gwebhook.gate import Gate
 from gwebhook.headers import is_token
 from gwebhook.instances import Instances, command_line_instance
@@ -584,6 +585,13 @@ def makeService(config: Options, reactor=None) -> WebhookService:
     routes = WebhookRoutes(
         store, gate, metrics, reactor, max_body_bytes=config["max-body-bytes"]
     )
+    forwards = declared.forwards if (declared := config["instances-file"]) else ()
+    # Every process queues what it stores for the forwards; only the main
+    # one delivers (and, on PostgreSQL, only the node holding each lease).
+    store.forward_routes = tuple(
+        (f.name, None if f.instances is None else frozenset(f.instances))
+        for f in forwards
+    )
     polls = None
     api = None
     if config["api-tokens"]:
@@ -632,6 +640,9 @@ def makeService(config: Options, reactor=None) -> WebhookService:
     own_ports.setServiceParent(top)
     if polls is not None:
         polls.setServiceParent(top)
+    if not config.worker:
+        for forward in forwards:
+            Forwarder(forward, store, reactor, metrics).setServiceParent(top)
     if workers is not None:
         workers.setServiceParent(top)
     # Always: without --retain-days it still forgets duplicates' keys past

@@ -264,20 +264,7 @@ def test_an_unknown_top_level_key_is_refused(here):
     """A top-level key other than instance is refused."""
     assert refused(here, "listen = 1\n" + OPEN) == (
         "gwebhook.toml: listen: unknown key; the file takes [[instance]] tables, "
-        "[api], db and db_password_file"
-    )
-
-
-@pytest.mark.parametrize(
-    ("key", "text"),
-    [
-        ("forward", '[[forward]]\nname = "x"\n'),
-    ],
-)
-def test_keys_of_later_versions_are_refused_as_not_supported(here, key, text):
-    """forward is refused as not supported yet."""
-    assert refused(here, text + OPEN) == (
-        f"gwebhook.toml: {key}: not supported by this version of gwebhook; remove it"
+        "[api], [[forward]] tables, db and db_password_file"
     )
 
 
@@ -1522,3 +1509,89 @@ def test_the_command_line_instance_has_no_signature():
     default = command_line_instance(credentials, False, None, False)
     assert default is not None
     assert default.signature is None
+
+
+# -- [[forward]] ------------------------------------------------------------------
+
+FORWARD = '[[forward]]\nname = "xsoar"\nurl = "https://xsoar.example.com/x"\n'
+
+
+def test_a_forward_alone_makes_a_config_and_takes_its_defaults(here):
+    """A file may hold only [[forward]]; every key has its default."""
+    [forward] = load(here, FORWARD).forwards
+    assert (forward.name, forward.url, forward.instances) == (
+        "xsoar",
+        "https://xsoar.example.com/x",
+        None,
+    )
+    assert (forward.format, forward.method, forward.batch) == ("xsoar", "POST", 1)
+    assert (forward.timeout, forward.connect_timeout, forward.max_age) == (
+        15.0,
+        20.0,
+        86400,
+    )
+    assert forward.verify and forward.trust is None and forward.sign_key is None
+    assert forward.takes("anything")
+
+
+def test_a_forward_reads_every_key(here, ca):
+    ca.cert_pem.write_to_path(str(here / "ca.pem"))
+    (here / "fw.pw").write_text("pw\n")
+    text = (
+        FORWARD
+        + 'instances = ["wallarm"]\nformat = "raw"\nmethod = "put"\n'
+        + 'headers = { "X-Source" = "edge-1" }\nusername = "gw"\n'
+        + 'password_file = "fw.pw"\nca_file = "ca.pem"\ntimeout = 2.5\n'
+        + "connect_timeout = 3\nbatch = 50\nmax_age = 600\n"
+        + f'sign_secret = "whsec_{base64.b64encode(b"k" * 24).decode()}"\n'
+    )
+    [forward] = load(here, text).forwards
+    assert forward.instances == ("wallarm",) and not forward.takes("other")
+    assert (forward.format, forward.method) == ("raw", "PUT")
+    assert forward.headers == (("X-Source", "edge-1"),)
+    assert (forward.username, forward.password) == ("gw", "pw")
+    assert forward.trust is not None and len(forward.trust) == 1
+    assert (forward.timeout, forward.connect_timeout) == (2.5, 3.0)
+    assert (forward.batch, forward.max_age, forward.sign_key) == (50, 600, b"k" * 24)
+    assert "pw" not in repr(forward)
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "problem"),
+    [
+        ("colour = 1\n", "colour", "unknown key; [[forward]] takes name, url"),
+        ('format = "json"\n', "format", "'json' is not a format"),
+        ('method = "GET"\n', "method", "'GET': give POST or PUT"),
+        ("batch = 0\n", "batch", "0: give 1 to 1000 incidents"),
+        ("max_age = 0\n", "max_age", "0 would give up every incident"),
+        ("timeout = 0\n", "timeout", "0: give seconds from more than 0 to 3600"),
+        ('timeout = "5"\n', "timeout", "must be a number of seconds, got a string"),
+        ("instances = []\n", "instances", "must be a non-empty array of instance"),
+        ('username = "gw"\n', None, "username without a password"),
+        ('password = "pw"\n', "username", "required with a password"),
+        ('headers = { "X Y" = "1" }\n', "headers.X Y", "is not a header name"),
+        ('headers = { "Host" = "a" }\n', "headers.Host", "is gwebhook's to send"),
+        ('sign_secret = "nope"\n', "sign_secret", "it is no Standard Webhooks secret"),
+        ('verify = false\nca_file = "x"\n', "ca_file", "verify = false checks no"),
+    ],
+)
+def test_a_bad_forward_is_refused(here, extra, key, problem):
+    message = refused(here, FORWARD + extra)
+    where = "gwebhook.toml: forward 'xsoar': " + (f"{key}: " if key else "")
+    assert message.startswith(where + problem), message
+
+
+def test_a_forward_needs_a_name_and_a_url(here):
+    assert refused(here, '[[forward]]\nurl = "https://x.example/"\n').startswith(
+        "gwebhook.toml: forward #1: name: required"
+    )
+    assert refused(here, '[[forward]]\nname = "a"\n') == (
+        "gwebhook.toml: forward 'a': url: required; give the receiver's http:// or "
+        "https:// URL"
+    )
+    assert "is not an http:// or https:// URL" in refused(
+        here, '[[forward]]\nname = "a"\nurl = "ftp://x/"\n'
+    )
+    assert refused(here, FORWARD + FORWARD).endswith(
+        "name: another [[forward]] has this name; give each its own"
+    )

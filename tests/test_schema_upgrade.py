@@ -147,9 +147,9 @@ def test_a_version_2_store_is_upgraded_without_losing_anything(v2_store):
     sequences = read(v2_store, "SELECT name, seq FROM sqlite_sequence ORDER BY name")
     assert len(incidents) == 23 and len(samples) == 19
 
-    assert schema.create_or_upgrade(str(v2_store)) == schema.SCHEMA_VERSION == 4
+    assert schema.create_or_upgrade(str(v2_store)) == schema.SCHEMA_VERSION == 5
 
-    assert read(v2_store, "PRAGMA user_version") == [(4,)]
+    assert read(v2_store, "PRAGMA user_version") == [(5,)]
     assert read(v2_store, V2_INCIDENTS, EVERY_ID) == (incidents)
     assert read(v2_store, V2_REQUESTS) == requests
     assert read(v2_store, "SELECT incident_id FROM samples ORDER BY incident_id") == (
@@ -172,7 +172,7 @@ def test_a_version_2_store_is_upgraded_without_losing_anything(v2_store):
         (1, 0, "id"),
     ]
     # Once is enough: opening the upgraded store again changes nothing.
-    assert schema.create_or_upgrade(str(v2_store)) == 4
+    assert schema.create_or_upgrade(str(v2_store)) == 5
     assert columns(v2_store, "incidents")[-2:] == ["instance", "fields"]
     assert columns(v2_store, "requests")[-3:] == [
         "instance",
@@ -202,7 +202,7 @@ def test_processes_upgrading_one_store_at_once_all_succeed(v2_store):
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert results == [4] * openers
+    assert results == [5] * openers
     assert columns(v2_store, "incidents").count("instance") == 1
 
 

@@ -88,6 +88,11 @@ _LOOK_UP_REPLAYS = (
 _FORGET_KEY = "DELETE FROM dedup_keys WHERE instance = ? AND key = ?"
 _FORGET_REPLAY = "DELETE FROM dedup_requests WHERE instance = ? AND key = ?"
 
+# Forwarding: each new incident queued for every forward that takes its
+# instance, in the incident's own transaction.
+_INSERT_DELIVERIES = "INSERT INTO deliveries (forward, incident_id, queued) VALUES "
+_DELIVERY_WIDTH = 3
+
 _INSERT_SAMPLES = "INSERT INTO samples (incident_id) VALUES "
 # An instance's samples older than its SAMPLE_COUNT most recent.  The
 # samples table is small (SAMPLE_COUNT rows for each instance that keeps
@@ -134,6 +139,12 @@ def _insert_keys(rows: int) -> str:
 def _insert_replays(rows: int) -> str:
     """The statement remembering ``rows`` idempotency keys with their answers."""
     return _INSERT_REPLAYS + ", ".join([_row(_REPLAY_WIDTH)] * rows)
+
+
+@functools.lru_cache(maxsize=ROWS_PER_INSERT)
+def _insert_deliveries(rows: int) -> str:
+    """The statement queueing ``rows`` deliveries."""
+    return _INSERT_DELIVERIES + ", ".join([_row(_DELIVERY_WIDTH)] * rows)
 
 
 _placeholders = functools.lru_cache(maxsize=64)(_row)
@@ -328,6 +339,9 @@ class IncidentStore:
         # Called, in the reactor, after each transaction that created
         # incidents commits (the read API's long polls wait on it).
         self.on_commit: list[Callable[[], object]] = []
+        # The forwards' names and the instances each takes (None: every
+        # one): new incidents are queued for them as they are stored.
+        self.forward_routes: tuple[tuple[str, frozenset[str] | None], ...] = ()
         # The reactor the pool uses: the one installed by now (by twistd, or
         # the tests), imported here as adbapi does, not when this module is.
         from twisted.internet import reactor
@@ -525,8 +539,8 @@ class IncidentStore:
         self._ids_used(cursor, *_next_after(results, request_id, incident_id))
         return results
 
-    @staticmethod
     def _insert_all(
+        self,
         cursor,
         batch: list[_Entry],
         request_id: int,
@@ -543,6 +557,8 @@ class IncidentStore:
         """
         requests: list = []
         incidents: list = []
+        deliveries: list = []
+        routes = self.forward_routes
         keys: list = []
         replays: list = []
         forget_keys: list[tuple[str, str]] = []
@@ -601,6 +617,10 @@ class IncidentStore:
                 incidents += _incident_rows(
                     incident_id, request_id, instance, new, created
                 )
+                for forward, takes in routes:
+                    if takes is None or instance in takes:
+                        for number in range(incident_id, incident_id + len(new)):
+                            deliveries += (forward, number, memory.now)
                 request_id += 1
                 incident_id += len(new)
             results.append(Committed(answer))
@@ -612,6 +632,7 @@ class IncidentStore:
         _insert_rows(cursor, _insert_incidents, _INCIDENT_WIDTH, incidents)
         _insert_rows(cursor, _insert_keys, _KEY_WIDTH, keys)
         _insert_rows(cursor, _insert_replays, _REPLAY_WIDTH, replays)
+        _insert_rows(cursor, _insert_deliveries, _DELIVERY_WIDTH, deliveries)
         return results
 
     def _insert_each(

@@ -89,6 +89,30 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX dedup_requests_by_expiry ON dedup_requests (expires);
     """,
+    # 2: forwarding.  One row per incident and forward that takes it, queued
+    # in the incident's own transaction; ``batch`` is the first incident id
+    # of the request it was (or will again be) sent in, fixed once formed.
+    # Times are seconds since the epoch.  ``forward_leases``: which node
+    # delivers a forward now.
+    """
+    CREATE TABLE deliveries (
+        forward TEXT NOT NULL,
+        incident_id bigint NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        batch bigint,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        next_attempt double precision NOT NULL DEFAULT 0,
+        queued double precision NOT NULL,
+        PRIMARY KEY (forward, incident_id)
+    );
+    CREATE INDEX deliveries_by_state ON deliveries (forward, state, incident_id);
+    CREATE TABLE forward_leases (
+        forward TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires double precision NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

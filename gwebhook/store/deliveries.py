@@ -1,0 +1,224 @@
+"""
+The forwarding queue's SQL (docs/reference.md 10): what the forwarders and
+``gwebhook deliveries`` / ``redeliver`` do to the ``deliveries`` table, for
+either database (``?`` placeholders; each function runs inside the caller's
+transaction, through ``IncidentStore.write`` or ``read``).
+
+A delivery is one incident for one forward: ``pending`` until it is
+``delivered`` or given up (``dead``).  A forward sends its pending
+incidents in id order, a *batch* at a time; a batch is fixed when it is
+formed (``batch`` = its first incident id, which names it in
+``webhook-id``), so a retry, also after a restart, is the same request.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from gwebhook.payload import PayloadError, decode_body, parse_json
+from gwebhook.readback import _full
+
+# How long a node holds a forward once it took it; renewed at every batch.
+LEASE_SECONDS = 30.0
+STATES = ("pending", "delivered", "dead")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The next batch of a forward: its incidents and how it stands."""
+
+    first: int
+    ids: tuple[int, ...]
+    attempts: int
+    next_attempt: float
+    queued: float
+    pending: int  # the forward's pending incidents, this batch included
+
+
+def _in(count: int) -> str:
+    return "(" + ", ".join(["?"] * count) + ")"
+
+
+def take(cursor, forward: str, holder: str, now: float, size: int) -> Batch | None:
+    """
+    Take (or renew) the forward's lease for ``holder`` and give its next
+    batch, formed now from the oldest pending incidents if none is; None
+    when another holder has the lease or nothing is pending.
+    """
+    row = cursor.execute(
+        "SELECT holder, expires FROM forward_leases WHERE forward = ?", (forward,)
+    ).fetchone()
+    if row is None:
+        cursor.execute(
+            "INSERT INTO forward_leases (forward, holder, expires) VALUES (?, ?, ?)",
+            (forward, holder, now + LEASE_SECONDS),
+        )
+    elif row[0] == holder or row[1] <= now:
+        cursor.execute(
+            "UPDATE forward_leases SET holder = ?, expires = ? WHERE forward = ?",
+            (holder, now + LEASE_SECONDS, forward),
+        )
+    else:
+        return None
+    [first] = cursor.execute(
+        "SELECT min(batch) FROM deliveries WHERE forward = ? AND state = 'pending'"
+        " AND batch IS NOT NULL",
+        (forward,),
+    ).fetchone()
+    if first is None:
+        ids = [
+            i
+            for (i,) in cursor.execute(
+                "SELECT incident_id FROM deliveries WHERE forward = ?"
+                " AND state = 'pending' ORDER BY incident_id LIMIT ?",
+                (forward, size),
+            )
+        ]
+        if not ids:
+            return None
+        first = ids[0]
+        # No batch is formed: every pending one is unbatched, and these are
+        # the oldest of them.
+        cursor.execute(
+            "UPDATE deliveries SET batch = ? WHERE forward = ? AND state = 'pending'"
+            " AND incident_id <= ?",
+            (first, forward, ids[-1]),
+        )
+    else:
+        ids = [
+            i
+            for (i,) in cursor.execute(
+                "SELECT incident_id FROM deliveries WHERE forward = ? AND batch = ?"
+                " AND state = 'pending' ORDER BY incident_id",
+                (forward, first),
+            )
+        ]
+    attempts, next_attempt, queued = cursor.execute(
+        "SELECT max(attempts), max(next_attempt), min(queued) FROM deliveries"
+        " WHERE forward = ? AND batch = ? AND state = 'pending'",
+        (forward, first),
+    ).fetchone()
+    [pending] = cursor.execute(
+        "SELECT count(*) FROM deliveries WHERE forward = ? AND state = 'pending'",
+        (forward,),
+    ).fetchone()
+    return Batch(int(first), tuple(ids), attempts, next_attempt, queued, pending)
+
+
+def release(cursor, forward: str, holder: str) -> None:
+    """Give the lease back (the daemon stops): another node may take it now."""
+    cursor.execute(
+        "DELETE FROM forward_leases WHERE forward = ? AND holder = ?", (forward, holder)
+    )
+
+
+def delivered(cursor, forward: str, first: int) -> int:
+    """The batch was delivered; how many incidents."""
+    cursor.execute(
+        "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1,"
+        " last_error = NULL WHERE forward = ? AND batch = ? AND state = 'pending'",
+        (forward, first),
+    )
+    return cursor.rowcount
+
+
+def retry(cursor, forward: str, first: int, error: str, next_attempt: float) -> None:
+    """The batch failed; it is tried again, the same, at ``next_attempt``."""
+    cursor.execute(
+        "UPDATE deliveries SET attempts = attempts + 1, last_error = ?,"
+        " next_attempt = ? WHERE forward = ? AND batch = ? AND state = 'pending'",
+        (error, next_attempt, forward, first),
+    )
+
+
+def dead(cursor, forward: str, first: int, error: str, attempted: bool) -> int:
+    """The batch is given up: kept, with why, until redelivered by hand."""
+    cursor.execute(
+        "UPDATE deliveries SET state = 'dead', attempts = attempts + ?,"
+        " last_error = ? WHERE forward = ? AND batch = ? AND state = 'pending'",
+        (int(attempted), error, forward, first),
+    )
+    return cursor.rowcount
+
+
+def redeliver(cursor, forward: str, ids: list[int] | None, now: float) -> int:
+    """
+    Queue again (as new: no attempts, no batch) the forward's incidents
+    ``ids``, or every dead one when ``ids`` is None; how many.
+    """
+    update = (
+        "UPDATE deliveries SET state = 'pending', batch = NULL, attempts = 0,"
+        " last_error = NULL, next_attempt = 0, queued = ? WHERE forward = ?"
+    )
+    if ids is None:
+        cursor.execute(update + " AND state = 'dead'", (now, forward))
+        return cursor.rowcount
+    count = 0
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        cursor.execute(
+            update + " AND incident_id IN " + _in(len(chunk)), (now, forward, *chunk)
+        )
+        count += cursor.rowcount
+    return count
+
+
+def listing(
+    db, forward: str | None, state: str | None, limit: int | None
+) -> list[dict[str, Any]]:
+    """What ``gwebhook deliveries`` prints, oldest incident first."""
+    rows = db.execute(
+        "SELECT forward, incident_id, state, attempts, last_error, next_attempt"
+        " FROM deliveries WHERE forward = coalesce(?, forward)"
+        " AND state = coalesce(?, state) ORDER BY forward, incident_id LIMIT ?",
+        (forward, state, 2**62 if limit is None else limit),
+    )
+    return [
+        {
+            "forward": f,
+            "incident": str(i),
+            "state": s,
+            "attempts": a,
+            "last_error": e,
+            "next_attempt": n if s == "pending" else None,
+        }
+        for f, i, s, a, e, n in rows
+    ]
+
+
+_ITEMS = (
+    "SELECT i.id, i.name, i.type, i.occurred, i.created, i.instance, i.fields,"
+    " i.details, r.received, r.client, r.method, r.path, r.headers, r.client_cert,"
+    " r.x_request_id, i.position, r.body"
+    " FROM incidents i JOIN requests r ON r.id = i.request_id WHERE i.id IN "
+)
+
+
+def items(db, ids: tuple[int, ...]) -> list[tuple[dict[str, Any], Any]]:
+    """
+    The batch's incidents in id order: each as ``show`` gives it, and the
+    element as the sender sent it (read again from the request's body).
+    """
+    rows = db.execute(_ITEMS + _in(len(ids)) + " ORDER BY i.id", ids).fetchall()
+    found = []
+    for row in rows:
+        incident = _full(row[:15])
+        found.append((incident, _element(row[12], row[15], row[16], incident)))
+    return found
+
+
+def _element(headers_json: str, position: int, body: bytes, incident: dict) -> Any:
+    """The element at ``position`` of the request's body, as sent."""
+    headers = json.loads(headers_json)
+    try:
+        text = decode_body(bytes(body), headers.get("content-encoding"), 2**31)
+        document = parse_json(text)
+    except PayloadError:
+        # Cannot happen for a body that was stored; the details are the
+        # element's as near as the store has them.
+        return {k: v for k, v in incident["rawJson"].items() if k != "headers"}
+    if isinstance(document, list):
+        return document[position]
+    return document
