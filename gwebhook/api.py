@@ -149,9 +149,12 @@ def _check_known(args: Mapping[bytes, list[bytes]], known: tuple[str, ...]) -> N
     for name in args:
         if name.decode("utf-8", "replace") not in known:
             shown = name.decode("utf-8", "replace")[:64]
-            raise ApiError(
-                400, f"{shown}: unknown parameter; this path takes {', '.join(known)}"
+            takes = (
+                f"this path takes {', '.join(known)}"
+                if known
+                else "this path takes none"
             )
+            raise ApiError(400, f"{shown}: unknown parameter; {takes}")
 
 
 def page_query(args: Mapping[bytes, list[bytes]]) -> PageQuery:
@@ -162,7 +165,11 @@ def page_query(args: Mapping[bytes, list[bytes]]) -> PageQuery:
     limit = DEFAULT_LIMIT
     limit_text = _single(args, "limit")
     if limit_text is not None:
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+        # isascii: "²" is a digit to str.isdigit, not to int().
+        if (
+            not (limit_text.isascii() and limit_text.isdigit())
+            or not 1 <= int(limit_text) <= MAX_LIMIT
+        ):
             raise ApiError(
                 400,
                 f"limit: {limit_text!r} is not a whole number from 1 to {MAX_LIMIT}",

@@ -329,7 +329,7 @@ class LimitedChannel(http.HTTPChannel):
         else:
             # A body where none is taken is not read: 405 on a path that
             # takes other methods, 404 elsewhere.
-            allow = _allowed_methods(path)
+            allow = _allowed_methods(path, self.site.serves_api)
             if allow is None:
                 self.refuse(404, NOT_FOUND_MESSAGE)
             else:
@@ -404,11 +404,11 @@ def _non_ascii_message(line: bytes, first: bool) -> str:
 HEALTH_PATH = b"/healthz"
 
 
-def _allowed_methods(path: bytes) -> str | None:
+def _allowed_methods(path: bytes, serves_api: bool = False) -> str | None:
     """The methods ``path`` takes, for a 405; None for no such path."""
     if is_webhook_path(path):
         return "POST, PUT"
-    if path == HEALTH_PATH:
+    if path == HEALTH_PATH or (serves_api and path.startswith(b"/api/")):
         return "GET, HEAD"
     return None
 
@@ -429,6 +429,8 @@ class WebhookSite(server.Site):
     protocol = LimitedChannel  # type: ignore[assignment]
     requestFactory = WebhookRequest
     noisy = False
+    # Whether /api/ is the read API's (there are API tokens).
+    serves_api = False
 
     draining = False
 

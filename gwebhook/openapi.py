@@ -178,6 +178,7 @@ DOCUMENT: dict[str, Any] = {
                     "200": _json(
                         {"$ref": "#/components/schemas/Incident"}, "The incident."
                     ),
+                    "400": _BAD,
                     "404": _json(
                         {"$ref": "#/components/schemas/Error"}, "No such incident."
                     ),
@@ -207,6 +208,7 @@ DOCUMENT: dict[str, Any] = {
                 "summary": "This document",
                 "responses": {
                     "200": _json({"type": "object"}, "OpenAPI 3.1."),
+                    "400": _BAD,
                     **_ERRORS,
                 },
             }

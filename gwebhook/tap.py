@@ -467,8 +467,13 @@ class Options(usage.Options):
 def _throttle(config: Options, instances: Instances, reactor) -> AuthThrottle | None:
     if not config["auth-fail-limit"]:
         return None
-    if config["instances-file"] is None and config["credentials"] is None:
-        # Anyone may send, and no reload can change that: nothing to count.
+    if (
+        config["instances-file"] is None
+        and config["credentials"] is None
+        and not config["api-tokens"]
+    ):
+        # Anyone may send, no API token to guess, and no reload can change
+        # that: nothing to count.
         return None
     return AuthThrottle(
         config["auth-fail-limit"], config["auth-fail-window"], reactor.seconds
@@ -606,6 +611,7 @@ def makeService(config: Options, reactor=None) -> WebhookService:
         limits=_limits(config),
         reactor=reactor,
     )
+    site.serves_api = api is not None
     workers = None
     if config["workers"] > 1:
         workers = WorkerPool(

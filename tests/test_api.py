@@ -172,11 +172,6 @@ async def test_a_bad_page_parameter_is_a_400_naming_it(api, query, message):
 
 
 @pytest_twisted.ensureDeferred
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: limit=² passes str.isdigit() but not int(): a 500 "
-    "(twisted's HTML 'Processing Failed' page), not a 400",
-)
 async def test_a_limit_of_unicode_digits_is_a_400(api):
     reply = await get(api, "/api/v1/incidents?limit=%C2%B2")  # "²"
     assert reply.status == 400, reply
@@ -202,11 +197,6 @@ async def test_a_bad_samples_parameter_is_a_400_naming_it(api, path, message):
 @pytest.mark.parametrize(
     "path", ["/api/v1/incidents/1?x=1", "/api/v1/openapi.json?x=1"]
 )  # noqa: E501
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a path that takes no parameter says "
-    "'x: unknown parameter; this path takes ' (nothing after 'takes')",
-)
 async def test_a_parameter_where_none_is_taken_is_a_400_that_says_so(api, path):
     await post(api, {"name": "one"})
     reply = await get(api, path)
@@ -299,12 +289,6 @@ async def test_other_methods_are_a_405(api, method, path):
 
 @pytest_twisted.ensureDeferred
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: the channel refuses a request with a body at the end of "
-    "its headers, and channel._allowed_methods does not know /api/: a 404 "
-    "'no such path; send webhooks to /...' instead of the API's 405",
-)
 async def test_other_methods_with_a_body_are_a_405_and_store_nothing(api, method):
     body = b'[{"name": "posted to the API"}]'
     reply = await exchange(
@@ -508,11 +492,6 @@ async def test_the_document_is_strict_enough_to_catch_a_wrong_answer(api):
 
 
 @pytest_twisted.ensureDeferred
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: /api/v1/incidents/{id} and /api/v1/openapi.json answer "
-    "400 to an unknown parameter, which their responses do not document",
-)
 async def test_every_400_is_documented(api):
     doc = await served_document(api)
     await post(api, {"name": "a"})
@@ -576,11 +555,6 @@ def test_repeated_wrong_tokens_are_throttled_per_client(daemon, tmp_path):
 
 
 @pytest.mark.process
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: with --allow-anonymous (no --config) the daemon makes "
-    "no AuthThrottle (tap._throttle), so wrong API tokens are never throttled",
-)
 def test_wrong_tokens_are_throttled_when_senders_are_anonymous(daemon, tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text(TOKENS[0] + "\n")
