@@ -8,11 +8,12 @@
 --                   its own rawJson.alertId and webhook-id (BENCH_SALT, the
 --                   thread and a counter), webhook-timestamp now, and
 --                   webhook-signature v1,<base64 HMAC-SHA256 of
---                   "<id>.<timestamp>.<body>"> (Standard Webhooks) keyed with
---   BENCH_SIGNING_KEY  (hex), computed per request by OpenSSL's HMAC (the
---                   libcrypto wrk is linked with, through LuaJIT's ffi);
---   BENCH_SALT      new for every wrk run, so no id repeats across runs.
---                   Answer entries marked "duplicate": true are counted.
+--                   "<id>.<timestamp>.<body>"> (Standard Webhooks), computed
+--                   per request by OpenSSL's HMAC (the libcrypto wrk is
+--                   linked with, through LuaJIT's ffi).  Answer entries
+--                   marked "duplicate": true are counted.
+--   BENCH_SIGNING_KEY  the HMAC key, in hex (BENCH_VARY only)
+--   BENCH_SALT      new for every wrk run, so no id repeats across runs
 -- At the end one line "BENCH-RESULT {json}" carries the counts and latencies.
 
 local batch = tonumber(os.getenv("BENCH_BATCH") or "1")
