@@ -1,5 +1,5 @@
 """
-Duplicates (docs/reference.md 8.7): the rules, as pure functions.  What an
+Duplicates (docs/reference.md 8.12): the rules, as pure functions.  What an
 instance's ``[instance.dedup]`` says, the composite key of an element, and
 the ticket a request takes to the store, which remembers keys in the same
 transaction as the incidents and decides there which elements are new.

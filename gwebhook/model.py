@@ -56,7 +56,7 @@ class StoredIncident(NamedTuple):
     occurred: str
     created: str
     # True when this request created nothing for the element: it is an
-    # earlier incident, answered again (docs/reference.md 8.7).
+    # earlier incident, answered again (docs/reference.md 8.12).
     duplicate: bool = False
 
     def summary(self) -> dict[str, str | bool]:
