@@ -30,6 +30,7 @@ from gwebhook.gate import Gate, Refusal
 from gwebhook.headers import is_printable_ascii
 from gwebhook.instances import WEBHOOK_METHODS_BYTES, Instances, is_webhook_path
 from gwebhook.metrics import Metrics
+from gwebhook.signatures import Expected
 from gwebhook.tls import peer_chain
 
 DEFAULT_MAX_HEADER_BYTES = 65536
@@ -99,6 +100,8 @@ class WebhookRequest(server.Request):
     # ({"subject", "sha256"}).
     instance: InstanceConfig | None = None
     client_cert: dict[str, str] | None = None
+    # Its signature's headers, as the gate read them (the body to check).
+    signed: Expected | None = None
     # The message of an error answer (see answers.error_answer), for the
     # access line.
     error: str | None = None
@@ -326,6 +329,7 @@ class LimitedChannel(http.HTTPChannel):
                 )
                 return
             request.client_cert = verdict.client_cert
+            request.signed = verdict.signature
         else:
             # A body where none is taken is not read: 405 on a path that
             # takes other methods, 404 elsewhere.

@@ -7,6 +7,7 @@ transaction as the incidents and decides there which elements are new.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,8 +56,19 @@ def composite_key(details: Mapping[str, Any], keys: Sequence[str]) -> str | None
     The element's composite key: the keys of ``keys`` its details hold, with
     their values, as canonical JSON; None when it holds none of them.
     """
+    if len(keys) == 1:
+        # The usual case: the same text, without the dict and the sort.
+        [key] = keys
+        if key not in details:
+            return None
+        return f"{{{_quoted(key)}:{_canonical(details[key])}}}"
     present = {key: details[key] for key in keys if key in details}
     return _canonical(present) if present else None
+
+
+@functools.lru_cache(maxsize=256)
+def _quoted(key: str) -> str:
+    return _canonical(key)
 
 
 def request_key(values: Sequence[bytes] | None) -> str | None:

@@ -18,7 +18,7 @@ from twisted.web.http_headers import Headers
 from gwebhook.clientcert import UNTRUSTED, ClientCertRefused, verify_client
 from gwebhook.config import InstanceConfig
 from gwebhook.metrics import Metrics
-from gwebhook.signatures import SignatureRefused, check_headers, verify
+from gwebhook.signatures import Expected, SignatureRefused, check_headers
 from gwebhook.throttle import AuthThrottle
 
 log = Logger()
@@ -42,9 +42,13 @@ def _read(chain: Callable[[], Sequence[x509.Certificate]]):
 
 @dataclass(frozen=True)
 class Admitted:
-    """A request may send; ``client_cert`` is the certificate it showed."""
+    """
+    A request may send; ``client_cert`` is the certificate it showed, and
+    ``signature`` its signature's headers as read (the body still to check).
+    """
 
     client_cert: dict[str, str] | None = None
+    signature: Expected | None = None
 
 
 @dataclass(frozen=True)
@@ -97,11 +101,13 @@ class Gate:
                     "missing or wrong credentials",
                     BASIC_CHALLENGE if creds.basic else None,
                 )
+        signed = None
         if instance.signature is not None:
             # The body is needed for the signature itself, but not to see
             # that there is none, or a malformed or stale one: refused unread.
+            # What was read is kept for the body's check.
             try:
-                check_headers(
+                signed = check_headers(
                     instance.signature, headers.getRawHeaders, self.clock.seconds()
                 )
             except SignatureRefused as e:
@@ -109,7 +115,7 @@ class Gate:
                     instance, client, f"signature_{e.reason}", e.message
                 )
         if instance.mtls is None:
-            return Admitted()
+            return Admitted(None, signed)
         try:
             now = datetime.fromtimestamp(self.clock.seconds(), UTC)
             accepted = verify_client(_read(chain), instance.mtls, now)
@@ -124,22 +130,26 @@ class Gate:
             return self._failed(
                 instance, client, f"client_certificate_{e.reason}", e.message
             )
-        return Admitted(accepted.as_dict())
+        return Admitted(accepted.as_dict(), signed)
 
     def check_signature(
-        self, instance: InstanceConfig, client: str, headers: Headers, body: bytes
+        self,
+        instance: InstanceConfig,
+        client: str,
+        signed: Expected | None,
+        body: bytes,
     ) -> Refusal | None:
         """
         Whether ``body`` (as the sender signed it: after gzip decoding) was
-        signed with one of ``instance``'s secrets; None if so, or if the
-        instance checks no signature.  Asked once the body is in, before it
-        is parsed.
+        signed with one of ``instance``'s secrets, as its headers, read by
+        ``check``, say (``signed``); None if so, or if the instance checks
+        no signature.  Asked once the body is in, before it is parsed.
         """
-        signature = instance.signature
-        if signature is None:
+        if instance.signature is None:
             return None
+        assert signed is not None  # check admitted it with its signature read
         try:
-            verify(signature, headers.getRawHeaders, body, self.clock.seconds())
+            signed.check(body)
         except SignatureRefused as e:
             return self._failed(instance, client, f"signature_{e.reason}", e.message)
         return None

@@ -121,9 +121,7 @@ class WebhookRoutes:
             return error_answer(request, e.status, str(e))
         # Signed by the sender?  Over the payload as it signed it, before a
         # byte of it is parsed.
-        unsigned = self.gate.check_signature(
-            instance, client, request.requestHeaders, body
-        )
+        unsigned = self.gate.check_signature(instance, client, request.signed, body)
         if unsigned is not None:
             return error_answer(request, unsigned.status, unsigned.message)
         try:
@@ -208,6 +206,7 @@ class WebhookRoutes:
         if isinstance(refusal, Admitted):
             request.instance = instance
             request.client_cert = refusal.client_cert
+            request.signed = refusal.signature
             return instance, None
         if refusal.retry_after is not None:
             request.setHeader(b"Retry-After", str(refusal.retry_after).encode("ascii"))

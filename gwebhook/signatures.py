@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import re
@@ -146,6 +147,24 @@ def webhook_id_header(config: SignatureConfig) -> str | None:
     return {"standard": _STANDARD_ID, "github": "X-GitHub-Delivery"}.get(config.scheme)
 
 
+@dataclass(frozen=True)
+class Expected:
+    """
+    A request's signature, read from its headers and found well formed and
+    fresh: what remains is the HMAC over ``before + body + after`` under one
+    of the secrets, to compare with ``given``.
+    """
+
+    config: SignatureConfig
+    digest: Callable[[], Any]
+    before: bytes
+    given: tuple[bytes, ...]
+
+    def check(self, body: bytes) -> None:
+        """Refuse (SignatureRefused) unless ``body`` is what was signed."""
+        _match(self.config, self.digest, self.before, body, self.given)
+
+
 def verify(
     config: SignatureConfig, headers: HeaderSource, body: bytes, now: float
 ) -> None:
@@ -156,47 +175,42 @@ def verify(
     mapping from lowercase names to lists of values.  ``now`` is Unix time.
     Raises SignatureRefused.
     """
-    _check(config, _Headers(headers), body, now)
+    check_headers(config, headers, now).check(body)
 
 
-def _check(
-    config: SignatureConfig, read: _Headers, body: bytes | None, now: float
-) -> None:
-    if config.scheme == "github":
-        _github(config, read, body)
-    elif config.scheme == "stripe":
-        _stripe(config, read, body, now)
-    elif config.scheme == "slack":
-        _slack(config, read, body, now)
-    elif config.scheme == "standard":
-        _standard(config, read, body, now)
-    else:
-        _hmac(config, read, body)
-
-
-def check_headers(config: SignatureConfig, headers: HeaderSource, now: float) -> None:
+def check_headers(
+    config: SignatureConfig, headers: HeaderSource, now: float
+) -> Expected:
     """
     What ``verify`` checks before the body is needed: the headers are there,
-    well formed and (for timestamped schemes) fresh.  Lets a request with no
-    signature be refused before its body is read.  Raises SignatureRefused.
+    well formed and (for timestamped schemes) fresh; read once, into what
+    the body is then checked against.  Lets a request with no signature be
+    refused before its body is read.  Raises SignatureRefused.
     """
-    _check(config, _Headers(headers), None, now)
+    read = _Headers(headers)
+    if config.scheme == "github":
+        return _github(config, read)
+    if config.scheme == "stripe":
+        return _stripe(config, read, now)
+    if config.scheme == "slack":
+        return _slack(config, read, now)
+    if config.scheme == "standard":
+        return _standard(config, read, now)
+    return _hmac(config, read)
 
 
 # -- the schemes ----------------------------------------------------------------
 
 
-def _github(config: SignatureConfig, headers: _Headers, body: bytes | None) -> None:
+def _github(config: SignatureConfig, headers: _Headers) -> Expected:
     [value] = headers.require(_GITHUB)
     given = _hex_after("sha256=", value)
     if given is None:
         raise _malformed(f"{_GITHUB} must be sha256= and 64 hex digits")
-    _match(config, hashlib.sha256, (body,), [given])
+    return Expected(config, hashlib.sha256, b"", (given,))
 
 
-def _stripe(
-    config: SignatureConfig, headers: _Headers, body: bytes | None, now: float
-) -> None:
+def _stripe(config: SignatureConfig, headers: _Headers, now: float) -> Expected:
     [value] = headers.require(_STRIPE)
     fix = (
         f"{_STRIPE} must be t=<Unix time> and one or more v1=<64 hex digits>, "
@@ -220,12 +234,12 @@ def _stripe(
         raise _malformed(fix)
     [timestamp] = timestamps
     _fresh(config, _unix_time(timestamp, fix), now)
-    _match(config, hashlib.sha256, (timestamp.encode(), b".", body), signatures)
+    return Expected(
+        config, hashlib.sha256, timestamp.encode() + b".", tuple(signatures)
+    )
 
 
-def _slack(
-    config: SignatureConfig, headers: _Headers, body: bytes | None, now: float
-) -> None:
+def _slack(config: SignatureConfig, headers: _Headers, now: float) -> Expected:
     timestamp, value = headers.require(_SLACK_TIMESTAMP, _SLACK)
     seconds = _unix_time(
         timestamp, f"{_SLACK_TIMESTAMP} must be a Unix time in seconds"
@@ -234,13 +248,10 @@ def _slack(
     if given is None:
         raise _malformed(f"{_SLACK} must be v0= and 64 hex digits")
     _fresh(config, seconds, now)
-    signed = (b"v0:", timestamp.encode(), b":", body)
-    _match(config, hashlib.sha256, signed, [given])
+    return Expected(config, hashlib.sha256, f"v0:{timestamp}:".encode(), (given,))
 
 
-def _standard(
-    config: SignatureConfig, headers: _Headers, body: bytes | None, now: float
-) -> None:
+def _standard(config: SignatureConfig, headers: _Headers, now: float) -> Expected:
     message_id, timestamp, value = headers.require(
         _STANDARD_ID, _STANDARD_TIMESTAMP, _STANDARD
     )
@@ -265,11 +276,11 @@ def _standard(
     if not signatures:
         raise _malformed(fix)
     _fresh(config, seconds, now)
-    signed = (message_id.encode(), b".", timestamp.encode(), b".", body)
-    _match(config, hashlib.sha256, signed, signatures)
+    before = f"{message_id}.{timestamp}.".encode()
+    return Expected(config, hashlib.sha256, before, tuple(signatures))
 
 
-def _hmac(config: SignatureConfig, headers: _Headers, body: bytes | None) -> None:
+def _hmac(config: SignatureConfig, headers: _Headers) -> Expected:
     assert config.header is not None  # SignatureConfig refuses hmac without one
     [value] = headers.require(config.header)
     digest = ALGORITHMS[config.algorithm]
@@ -290,7 +301,7 @@ def _hmac(config: SignatureConfig, headers: _Headers, body: bytes | None) -> Non
         )
         lead = f"{config.prefix} and " if config.prefix else ""
         raise _malformed(f"{config.header} must be {lead}{what} (an {name})")
-    _match(config, digest, (body,), [given])
+    return Expected(config, digest, b"", (given,))
 
 
 # -- shared rules ---------------------------------------------------------------
@@ -306,7 +317,10 @@ class _Headers:
                 mapping.get(name.lower())
             )
         else:
-            self._get = source
+            # Twisted's getRawHeaders: asked with bytes, it answers bytes
+            # without converting every name and value to text and back.
+            get = source
+            self._get = lambda name: get(_bytes_name(name))  # type: ignore[arg-type]
 
     def require(self, *names: str) -> list[str]:
         values: list[str | None] = [self._one(name) for name in names]
@@ -316,7 +330,15 @@ class _Headers:
         return [v for v in values if v is not None]
 
     def _one(self, name: str) -> str | None:
-        values = self._get(name) or []
+        values = self._get(name)
+        if not values:
+            return None
+        if len(values) == 1:
+            # The usual case, without the lists below.
+            value = values[0]
+            text = value.decode("latin-1") if isinstance(value, bytes) else value
+            text = text.strip(" \t")
+            return text or None
         texts = [
             (v.decode("latin-1") if isinstance(v, bytes) else v).strip(" \t")
             for v in values
@@ -349,22 +371,19 @@ def _fresh(config: SignatureConfig, seconds: int, now: float) -> None:
 def _match(
     config: SignatureConfig,
     digest: Callable[[], Any],
-    signed: tuple[bytes | None, ...],
-    given: list[bytes],
+    before: bytes,
+    body: bytes,
+    given: tuple[bytes, ...],
 ) -> None:
     """
-    Refuse unless one of ``given`` is the HMAC of ``signed`` (its parts in
-    order) under one of the secrets.  One HMAC per secret, whatever the
-    number of signatures sent; each comparison of two digests of one length
-    in constant time.  Nothing to compare while the body is not read yet
-    (a part is None: see check_headers).
+    Refuse unless one of ``given`` is the HMAC of ``before + body`` under
+    one of the secrets.  One HMAC per secret, whatever the number of
+    signatures sent; each comparison of two digests of one length in
+    constant time.
     """
-    if any(part is None for part in signed):
-        return
     for secret in config.secrets:
-        mac = hmac.new(secret, digestmod=digest)
-        for part in signed:
-            mac.update(part)  # type: ignore[arg-type]  # None returned above
+        mac = hmac.new(secret, before, digest)
+        mac.update(body)
         expected = mac.digest()
         if any(
             hmac.compare_digest(expected, g) for g in given if len(g) == len(expected)
@@ -388,10 +407,15 @@ def _base64(value: str, size: int) -> bytes | None:
     if not value.isascii():
         return None
     try:
-        decoded = base64.b64decode(value, validate=True)
+        decoded = binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError):
         return None
     return decoded if len(decoded) == size else None
+
+
+@functools.lru_cache(maxsize=64)
+def _bytes_name(name: str) -> bytes:
+    return name.encode("ascii")
 
 
 def _malformed(problem: str) -> SignatureRefused:

@@ -9,6 +9,7 @@ test_dedup_processes.py.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 
 import pytest
@@ -164,3 +165,22 @@ def test_exactly_the_first_occurrence_of_each_composite_key_is_created(
     finally:
         connection.close()
         store.close()
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@given(st.text(max_size=10), _JSON)
+def test_the_one_key_composite_is_the_general_one(key, value):
+    """The fast path for one key writes exactly what the general rule writes."""
+    expected = json.dumps(
+        {key: value}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    assert composite_key({key: value, key + "x": 1}, (key,)) == expected

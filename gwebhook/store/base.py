@@ -240,6 +240,14 @@ class _Memory:
         return other
 
 
+def _replayed(earlier: Committed) -> Committed:
+    """A request's answer given again: every entry a duplicate."""
+    return Committed(
+        [s if s.duplicate else s._replace(duplicate=True) for s in earlier.incidents],
+        earlier.replay_of,
+    )
+
+
 def _chunks(items: list[str]) -> list[list[str]]:
     return [
         items[i : i + _KEYS_PER_LOOKUP] for i in range(0, len(items), _KEYS_PER_LOOKUP)
@@ -574,7 +582,7 @@ class IncidentStore:
                 if ticket.request_key is not None:
                     replay = memory.replays.get(replay_key)
                     if replay is not None:
-                        results.append(replay)
+                        results.append(_replayed(replay))
                         continue
                 expires = memory.now + ticket.window
                 new = []
@@ -584,7 +592,11 @@ class IncidentStore:
                 ):
                     earlier = None if key is None else memory.keys.get((instance, key))
                     if earlier is not None:
-                        answer.append(earlier)
+                        answer.append(
+                            earlier
+                            if earlier.duplicate
+                            else earlier._replace(duplicate=True)
+                        )
                         continue
                     number = incident_id + len(new)
                     stored = StoredIncident(
@@ -593,15 +605,16 @@ class IncidentStore:
                     new.append((position, draft))
                     answer.append(stored)
                     if key is not None:
-                        memory.keys[instance, key] = stored._replace(duplicate=True)
+                        # Flagged a duplicate when (rarely) answered again.
+                        memory.keys[instance, key] = stored
                         if (instance, key) in memory.expired_keys:
                             memory.expired_keys.discard((instance, key))
                             forget_keys.append((instance, key))
                         keys += (instance, key, expires, number, *stored[1:5])
                 if ticket.request_key is not None:
+                    # Flagged duplicates when (rarely) answered again.
                     memory.replays[replay_key] = Committed(
-                        [s._replace(duplicate=True) for s in answer],
-                        request.x_request_id or "",
+                        answer, request.x_request_id or ""
                     )
                     if replay_key in memory.expired_replays:
                         memory.expired_replays.discard(replay_key)
