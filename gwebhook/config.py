@@ -291,6 +291,7 @@ def parse_config(
         reader.instance(table, number, names, ports)
         for number, table in enumerate(tables, start=1)
     ]
+    reader.check_forwarded_instances(forwards, instances)
     db, db_password_file = reader.database(document)
     return Config(
         path, tuple(instances), db, db_password_file, api_tokens_file, forwards
@@ -310,6 +311,21 @@ class _Reader:
         return ConfigError(": ".join(p for p in parts if p))
 
     # -- [[forward]] ---------------------------------------------------------
+
+    def check_forwarded_instances(
+        self, forwards: tuple[ForwardConfig, ...], instances: list[InstanceConfig]
+    ) -> None:
+        """Refuse a forward of an instance nobody declared (a typo forwards nothing)."""
+        known = {i.name for i in instances} | {DEFAULT_INSTANCE}
+        for forward in forwards:
+            for name in forward.instances or ():
+                if name not in known:
+                    raise self.error(
+                        f"forward '{forward.name}'",
+                        "instances",
+                        f"{name!r} is no instance of this file (nor default); "
+                        "name declared instances, or leave instances out",
+                    )
 
     def forwards(self, document: dict[str, Any]) -> tuple[ForwardConfig, ...]:
         tables = document.get("forward", [])

@@ -144,9 +144,11 @@ def outcome_of_answer(code: int, retry_after: str | None) -> Outcome:
 
 def parse_retry_after(value: str | None) -> float | None:
     """``Retry-After`` in seconds (delta-seconds only), at most 5 minutes."""
-    if value is None or not value.strip().isdigit():
+    text = (value or "").strip()
+    # isascii: "²" is a digit to str.isdigit, not to float().
+    if not (text.isascii() and text.isdigit()):
         return None
-    return min(float(value.strip()), MAX_BACKOFF)
+    return min(float(text), MAX_BACKOFF)
 
 
 def backoff(attempts: int, retry_after: float | None, rand: random.Random) -> float:
@@ -242,6 +244,13 @@ class Forwarder(service.Service):
                 wait = 5.0
             except CancelledError:
                 wait = 0.0
+            except Exception:
+                # Never stop delivering: log it, and try again later.
+                log.failure(
+                    "forward {name}: unexpected error; trying again in 5 s",
+                    name=self.config.name,
+                )
+                wait = 5.0
             if self.running and wait > 0:
                 await self._pause(wait)
         with contextlib.suppress(StoreUnavailable):

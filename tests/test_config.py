@@ -1539,14 +1539,14 @@ def test_a_forward_reads_every_key(here, ca):
     (here / "fw.pw").write_text("pw\n")
     text = (
         FORWARD
-        + 'instances = ["wallarm"]\nformat = "raw"\nmethod = "put"\n'
+        + 'instances = ["open"]\nformat = "raw"\nmethod = "put"\n'
         + 'headers = { "X-Source" = "edge-1" }\nusername = "gw"\n'
         + 'password_file = "fw.pw"\nca_file = "ca.pem"\ntimeout = 2.5\n'
         + "connect_timeout = 3\nbatch = 50\nmax_age = 600\n"
         + f'sign_secret = "whsec_{base64.b64encode(b"k" * 24).decode()}"\n'
     )
-    [forward] = load(here, text).forwards
-    assert forward.instances == ("wallarm",) and not forward.takes("other")
+    [forward] = load(here, text + OPEN).forwards
+    assert forward.instances == ("open",) and not forward.takes("other")
     assert (forward.format, forward.method) == ("raw", "PUT")
     assert forward.headers == (("X-Source", "edge-1"),)
     assert (forward.username, forward.password) == ("gw", "pw")
@@ -1579,6 +1579,18 @@ def test_a_bad_forward_is_refused(here, extra, key, problem):
     message = refused(here, FORWARD + extra)
     where = "gwebhook.toml: forward 'xsoar': " + (f"{key}: " if key else "")
     assert message.startswith(where + problem), message
+
+
+def test_a_forward_of_an_instance_nobody_declared_is_refused(here):
+    """A typo in instances would forward nothing: refused; default is known."""
+    assert refused(here, FORWARD + 'instances = ["wallram"]\n' + OPEN) == (
+        "gwebhook.toml: forward 'xsoar': instances: 'wallram' is no instance of "
+        "this file (nor default); name declared instances, or leave instances out"
+    )
+    [forward] = load(
+        here, FORWARD + 'instances = ["default", "open"]\n' + OPEN
+    ).forwards
+    assert forward.instances == ("default", "open")
 
 
 def test_a_forward_needs_a_name_and_a_url(here):
