@@ -138,6 +138,26 @@ def test_headers_carry_basic_credentials_and_the_forwards_own(tmp_path):
     assert not any(n.startswith("webhook-sig") for n in names)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="product bug: [forward.headers] may name Content-Type, User-Agent, "
+    "Authorization (with username) or webhook-id*: the request then carries the "
+    "header twice (a second webhook-id, two Authorization headers)",
+)
+@pytest.mark.parametrize(
+    "name", ["Content-Type", "user-agent", "Authorization", "webhook-id"]
+)
+def test_a_header_is_sent_once_or_refused(tmp_path, name):
+    table = {"username": "gw", "password": "pw", "sign_secret": SECRET}
+    try:
+        config = forward_config(tmp_path, headers={name: "mine"}, **table)
+    except ConfigError:
+        return
+    sent = forward.headers(config, "fw-1", b"{}", time.time())
+    names = [n.lower() for n, _ in sent]
+    assert len(names) == len(set(names)), sent
+
+
 def test_password_from_the_environment(tmp_path):
     document = {
         "forward": [

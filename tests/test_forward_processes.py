@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -388,6 +389,66 @@ def test_sigkill_with_a_queue_then_an_unknown_outcome(tmp_path, pki, started):
     sent = [e["name"] for body in attempts.values() for e in json.loads(body[0])]
     assert sent == [i["name"] for i in exported(a, "src")]
     assert [i["name"] for i in exported(b, "sink")] == sent
+
+
+def test_sigterm_during_an_attempt_keeps_the_batch_and_frees_the_forward(
+    tmp_path, pki, started
+):
+    """
+    SIGTERM while a request waits for its answer: the daemon exits without
+    waiting for the forward's timeout, the batch stays pending, the lease is
+    given back, and the restarted daemon sends the same request at once.
+    """
+    with Receiver(pki) as receiver:
+        receiver.answer(Reply(delay=4))
+        config = (
+            instance("src", anonymous=True),
+            forward("out", receiver.url(), ca_file=str(pki.ca)),
+        )
+        a = start(tmp_path, pki, started, *config)
+        [incident] = [e["id"] for e in post_ok(a, "src", {"name": "in flight"})]
+        receiver.wait_for_requests(1)
+        status, took = a.terminate()
+        # twistd re-raises SIGTERM after a clean stop: -15 is success.
+        assert status == -signal.SIGTERM and took < 3, (status, took)
+        [row] = deliveries(a, "--forward", "out")
+        assert row["state"] == "pending"
+        again = start(tmp_path, pki, started, *config)
+        restarted = time.monotonic()
+        wait_states(again, "out", {incident: "delivered"}, timeout=5)
+        assert time.monotonic() - restarted < 3
+        first, second = receiver.requests
+    assert (
+        first.headers["webhook-id"]
+        == second.headers["webhook-id"]
+        == (f"out-{incident}")
+    )
+    assert first.body == second.body
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="product bug: the cancelled request of a stopping daemon reaches the "
+    "forwarder as SendFailed, not CancelledError: recorded as a failed attempt "
+    "(attempts, failures_total{reason=connect}) and logged 'request to HOST:PORT "
+    "failed: ' with an empty reason",
+)
+def test_a_stop_during_an_attempt_is_no_failed_attempt(tmp_path, pki, started):
+    with Receiver(pki) as receiver:
+        receiver.answer(Reply(delay=4))
+        a = start(
+            tmp_path,
+            pki,
+            started,
+            instance("src", anonymous=True),
+            forward("out", receiver.url(), ca_file=str(pki.ca)),
+        )
+        post_ok(a, "src", {"name": "in flight"})
+        receiver.wait_for_requests(1)
+        a.terminate()
+    assert log_lines(a, "forward out:") == []
+    [row] = deliveries(a, "--forward", "out")
+    assert (row["state"], row["attempts"], row["last_error"]) == ("pending", 0, None)
 
 
 # -------------------------------------------- answers: a daemon, receivers
