@@ -25,8 +25,10 @@ from support.inprocess import Wire, make_site
 from support.store import incidents_by_id, row_counts
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
+from twisted.python import usage
 
 from gwebhook.answers import NOT_FOUND_MESSAGE
+from gwebhook.tap import Options
 
 TOKENS = ("api-token-one", "api-token-two")
 BEARER = {"Authorization": f"Bearer {TOKENS[0]}"}
@@ -776,3 +778,35 @@ async def test_a_page_with_incidents_does_not_wait(api):
     reply = await get(api, "/api/v1/incidents?wait=60")
     assert len(reply.json()["incidents"]) == 1
     assert api.polls.waiting == 0
+
+
+# -- start-up ---------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="product bug: Options.postOptions reads the tokens after _database() "
+    "has created the store, so a refused token source leaves a new store behind "
+    "(every other start-up refusal makes none)",
+)
+def test_a_refused_token_file_makes_no_store(tmp_path):
+    db = tmp_path / "gwebhook.sqlite"
+    options = Options(environ={})
+    with pytest.raises(usage.UsageError, match="--api-token-file: cannot read"):
+        options.parseOptions(
+            [
+                "--no-tls",
+                "--interface",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--db",
+                str(db),
+                "--max-connections",
+                "10",
+                *AUTH,
+                "--api-token-file",
+                str(tmp_path / "nope"),
+            ]  # fmt: skip
+        )
+    assert not db.exists()
