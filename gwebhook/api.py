@@ -15,6 +15,7 @@ import base64
 import binascii
 import hmac
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,7 @@ MAX_WAIT = 60.0
 POLL_INTERVAL = 0.5
 
 _CURSOR_PREFIX = b"g1:"
+_SECONDS = re.compile(r"[0-9]{1,3}(\.[0-9]{1,6})?")
 _NOT_FOUND = "no such API path; see /api/v1/openapi.json"
 
 
@@ -181,10 +183,8 @@ def page_query(args: Mapping[bytes, list[bytes]]) -> PageQuery:
     wait = 0.0
     wait_text = _single(args, "wait")
     if wait_text is not None:
-        try:
-            wait = float(wait_text)
-        except ValueError:
-            wait = math.nan
+        # Plain decimal seconds: float() would also take "1_0", "inf", "1e1".
+        wait = float(wait_text) if _SECONDS.fullmatch(wait_text) else math.nan
         if not 0 <= wait <= MAX_WAIT:
             raise ApiError(
                 400, f"wait: {wait_text!r} is not a number of seconds from 0 to 60"
@@ -195,7 +195,10 @@ def page_query(args: Mapping[bytes, list[bytes]]) -> PageQuery:
 def samples_query(args: Mapping[bytes, list[bytes]]) -> str | None:
     """The instance of a samples request, or None for every instance's."""
     _check_known(args, ("instance",))
-    return _single(args, "instance") or None
+    instance = _single(args, "instance")
+    if instance == "":
+        raise ApiError(400, "instance: empty; give an instance name or leave it out")
+    return instance
 
 
 # -- long polls -------------------------------------------------------------------
@@ -323,7 +326,7 @@ class ReadAPI(Resource):
             )
         if request.method not in (b"GET", b"HEAD"):
             request.setHeader(b"Allow", b"GET, HEAD")
-            return error_answer(request, 405, "method not allowed; use GET")
+            return error_answer(request, 405, "method not allowed; use GET or HEAD")
         try:
             answer = self._route(request)
         except ApiError as e:

@@ -320,7 +320,6 @@ class Options(usage.Options):
             check_bindable(
                 "--metrics-port", self["metrics-interface"], self["metrics-port"]
             )
-        self["db-password"] = self._database()
         declared = self["instances-file"]
         try:
             self["api-tokens"] = tokens_from(
@@ -330,6 +329,8 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        # Last: it creates the store, which no refusal may leave behind.
+        self["db-password"] = self._database()
 
     def _database(self) -> str | None:
         """
