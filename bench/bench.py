@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from http.client import HTTPSConnection
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
@@ -48,6 +49,11 @@ USERNAME = "bench"
 INSTANCE_PATH = "/instance/execute/bench"
 # The environment variable the signed configs read their secret from.
 SECRET_ENV = "BENCH_SIGNATURE_SECRET"  # noqa: S105 (a name, not a secret)
+# The read API's scenarios: the token bench/waiters.py sends, and room for
+# its connections besides the load's.
+API_TOKEN = "bench-api-token"  # noqa: S105 (made up for the run's servers)
+API_MAX_CONNECTIONS = 2000
+WAITER_SOURCES = [f"127.0.0.{n}" for n in range(2, 6)]
 
 
 @dataclass(frozen=True)
@@ -65,15 +71,34 @@ class Scenario:
     config: str | None = None
     # Every request distinct and signed (post.lua's BENCH_VARY).
     vary: bool = False
+    # gwebhook only: the store in a fresh PostgreSQL database (--pg) rather
+    # than a fresh SQLite file.
+    postgres: bool = False
+    # gwebhook only: this many gwebhook processes on ports of their own, one
+    # database, each pinned to a core of its own; one wrk per node, the
+    # connections split between them.
+    nodes: int = 1
+    # gwebhook only: the read API on (--api-token-file), and this many long
+    # polls held open by bench/waiters.py during the warm-up and the run.
+    api: bool = False
+    waiters: int = 0
+    # The waiters' instance= filter: an instance the load never posts to,
+    # so that they stay waiting; None: no filter, each is answered by the
+    # load's next commit and asks again (consumers following the stream).
+    waiter_instance: str | None = None
 
     @property
     def pinned(self) -> bool:
         """One server process: server on core 0, wrk on core 1."""
-        return self.workers == 1
+        return self.workers == 1 and self.nodes == 1
+
+    @property
+    def gwebhook_only(self) -> bool:
+        return bool(self.config or self.postgres or self.nodes > 1 or self.api)
 
     def runs_on(self, server: str) -> bool:
-        """The config-instance scenarios are gwebhook's alone."""
-        return self.config is None or server == "gwebhook"
+        """The config-instance, PostgreSQL and read-API scenarios are gwebhook's."""
+        return not self.gwebhook_only or server == "gwebhook"
 
 
 SCENARIOS = {
@@ -147,12 +172,80 @@ SCENARIOS = {
             config="signed-dedup",
             vary=True,
         ),
+        # gwebhook on PostgreSQL (a fresh database per run, --pg), against
+        # b and d on SQLite: one node, then two nodes on one database.
+        Scenario(
+            "b-pg",
+            "as b, store on PostgreSQL, one node",
+            32,
+            postgres=True,
+        ),
+        Scenario(
+            "d-pg",
+            "as d, store on PostgreSQL, one node",
+            32,
+            batch=100,
+            postgres=True,
+        ),
+        Scenario(
+            "b-pg2",
+            "as b-pg, two nodes (one per core) on one database, 16 conns each",
+            32,
+            postgres=True,
+            nodes=2,
+        ),
+        Scenario(
+            "d-pg2",
+            "as d-pg, two nodes (one per core) on one database, 16 conns each",
+            32,
+            batch=100,
+            postgres=True,
+            nodes=2,
+        ),
+        # The read API's long polls: b with the API on, without and with
+        # 1,000 long polls waiting (bench/waiters.py) while the load runs.
+        Scenario(
+            "b-api",
+            "as b, read API on (--api-token-file), no long polls",
+            32,
+            api=True,
+        ),
+        Scenario(
+            "b-api-waiting",
+            "as b-api, 1,000 long polls waiting for another instance",
+            32,
+            api=True,
+            waiters=1000,
+            waiter_instance="idle",
+        ),
+        Scenario(
+            "b-api-following",
+            "as b-api, 1,000 long polls of all incidents, each asking again",
+            32,
+            api=True,
+            waiters=1000,
+        ),
     ]
 }
-# The config-instance scenarios compared with b-plain, and the most each may
-# cost of its throughput (the targets).
-INSTANCE_COSTS = {"b-signed": 0.05, "b-dedup": 0.10, "b-signed-dedup": None}
+# Scenarios compared with another of the same round: (the base, the least
+# ratio of the scenario's throughput to the base's that meets the target,
+# None for no target).  The config-instance ones against b-plain: the most
+# a signature check and dedup may cost; PostgreSQL against SQLite, one node;
+# two nodes against one; the API's long polls against none.
+COMPARISONS: dict[str, tuple[str, float | None]] = {
+    "b-signed": ("b-plain", 0.95),
+    "b-dedup": ("b-plain", 0.90),
+    "b-signed-dedup": ("b-plain", None),
+    "b-pg": ("b", 0.70),
+    "d-pg": ("d", 0.70),
+    "b-pg2": ("b-pg", None),
+    "d-pg2": ("d-pg", None),
+    "b-api-waiting": ("b-api", None),
+    "b-api-following": ("b-api", None),
+}
 DEFAULT_SCENARIOS = "a,b,c,d,e,rss"
+# The PostgreSQL server the -pg scenarios create their databases in.
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @dataclass
@@ -178,6 +271,14 @@ class Run:
     tls: str = ""
     round: int = 0
     duplicates: int = 0  # answer entries marked "duplicate": true
+    # PostgreSQL scenarios: CPU of the database's processes serving the run
+    # (the backends of its database, and the server's own background
+    # processes), not in cpu_* nor in other_cpu_percent.
+    db_cpu_percent: float = 0.0
+    db_cpu_us_per_request: float = 0.0
+    db_backends: int = 0
+    # Read-API scenarios: what bench/waiters.py saw during the measured run.
+    waiters: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -363,6 +464,99 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# --- PostgreSQL ----------------------------------------------------------------
+
+# Databases created and not yet dropped: dropped on exit, error or Ctrl-C.
+created_databases: list[Database] = []
+
+
+@dataclass
+class Database:
+    """
+    A fresh PostgreSQL database for one run, in the server that ``--pg``
+    names (connected to as its user, with libpq's own password sources).
+    """
+
+    admin: str  # the --pg URI, whose database is only connected to
+    name: str
+
+    @classmethod
+    def create(cls, admin: str, label: str) -> Database:
+        name = (
+            "gwebhook_bench_" + re.sub(r"\W", "_", label) + "_" + secrets.token_hex(3)
+        )
+        database = cls(admin, name)
+        database._admin(f'CREATE DATABASE "{name}"')
+        created_databases.append(database)
+        return database
+
+    def _admin(self, statement: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin, autocommit=True, connect_timeout=10) as c:
+            c.execute(statement)
+
+    @property
+    def uri(self) -> str:
+        """The --pg URI with this database's name."""
+        parts = urlsplit(self.admin)
+        return urlunsplit(parts._replace(path="/" + self.name))
+
+    def count_incidents(self) -> int:
+        import psycopg
+
+        with psycopg.connect(self.uri, connect_timeout=10) as c:
+            return c.execute("SELECT count(*) FROM incidents").fetchone()[0]
+
+    def drop(self) -> None:
+        # WITH (FORCE) ends sessions still open on it (a node that was
+        # SIGKILLed may leave one for a moment): only this database's.
+        self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        if self in created_databases:
+            created_databases.remove(self)
+
+
+def drop_all_databases() -> None:
+    for database in list(created_databases):
+        try:
+            database.drop()
+        except Exception as e:  # noqa: BLE001 (cleaning up: say it, go on)
+            print(f"bench: could not drop {database.name}: {e}", file=sys.stderr)
+
+
+def postgres_processes(database: str) -> tuple[set[int], set[int]]:
+    """
+    The PostgreSQL server's processes on this machine, by their titles: those
+    serving ``database`` (its backends and autovacuum workers), and the
+    server's own (postmaster, checkpointer, walwriter, background writer...),
+    which work for every database but mostly for the benchmark's during a
+    run.  Other databases' backends are in neither: other people's.
+    """
+    mine, server = set(), set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        first = argv[0].decode(errors="replace")
+        if first.startswith("postgres: "):
+            # "postgres: 15/main: USER DB 127.0.0.1(PORT) idle", or
+            # "postgres: 15/main: walwriter"
+            words = first.replace(":", " ").split()
+            if database in words:
+                mine.add(int(entry))
+            elif not any("(" in w or w == "[local]" for w in words) and (
+                "autovacuum worker" not in first
+            ):
+                server.add(int(entry))
+        elif first.endswith("/bin/postgres") or first.endswith("/bin/postmaster"):
+            server.add(int(entry))
+    return mine, server
+
+
 # --- servers -----------------------------------------------------------------
 
 
@@ -384,45 +578,80 @@ class Server:
         self.credentials = credentials
         self.password = credentials.password
         self.options = options
-        self.process: subprocess.Popen | None = None
-        self.port = 0
+        # One process per node (one but in the two-node scenarios), each on
+        # a port of its own; process and port are the first node's.
+        self.processes: list[subprocess.Popen] = []
+        self.ports: list[int] = []
         self.db: Path | None = None
+        self.database: Database | None = None  # PostgreSQL scenarios
         self.log: Path | None = None
 
-    def command(self, scenario: Scenario) -> tuple[list[str], dict[str, str]]:
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self.processes[0] if self.processes else None
+
+    @property
+    def port(self) -> int:
+        return self.ports[0] if self.ports else 0
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    def command(
+        self, scenario: Scenario, node: int
+    ) -> tuple[list[str], dict[str, str]]:
         raise NotImplementedError
 
     def path(self, scenario: Scenario) -> str:
         """The path every request of the scenario's load is posted to."""
         return "/"
 
+    @property
+    def db_arg(self) -> str:
+        """The store the server is given: the SQLite file or the database URI."""
+        return self.database.uri if self.database else str(self.db)
+
     def start(self, scenario: Scenario, label: str) -> None:
-        self.port = free_port()
         # A fresh store every time, even for a repeated run of one scenario.
         label = f"{label}-{next(_serial)}"
         self.db = self.work / f"{label}.sqlite"
-        self.log = self.work / f"{label}.log"
-        argv, env = self.command(scenario)
-        if scenario.pinned:
-            argv = ["taskset", "-c", SERVER_CPU, *argv]
-        with open(self.log, "wb") as log:
-            self.process = spawn(
-                argv,
-                env={**os.environ, **env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.work,
-            )
-        self._wait_ready()
+        if scenario.postgres:
+            self.database = Database.create(self.options.pg, label)
+        self.ports = [free_port() for _ in range(scenario.nodes)]
+        self.processes = []
+        for node in range(scenario.nodes):
+            self.log = self.work / f"{label}{f'-node{node + 1}' if node else ''}.log"
+            argv, env = self.command(scenario, node)
+            if scenario.pinned:
+                argv = ["taskset", "-c", SERVER_CPU, *argv]
+            elif scenario.nodes > 1:
+                # Each node on a core of its own, as --pin-cpus would.
+                cpus = sorted(os.sched_getaffinity(0))
+                argv = ["taskset", "-c", str(cpus[node % len(cpus)]), *argv]
+            with open(self.log, "wb") as log:
+                self.processes.append(
+                    spawn(
+                        argv,
+                        env={**os.environ, **env},
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        cwd=self.work,
+                    )
+                )
+            # One at a time: the first creates the schema.
+            self._wait_ready(self.processes[-1], self.ports[node])
 
-    def _wait_ready(self, timeout: float = 30.0) -> None:
+    def _wait_ready(
+        self, process: subprocess.Popen, port: int, timeout: float = 30.0
+    ) -> None:
         deadline = time.monotonic() + timeout
         context = ssl._create_unverified_context()  # noqa: S323 (our own cert)
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if process.poll() is not None:
                 raise Failed(f"{self.name} exited at start-up:\n{self.log_tail()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), 1) as raw:
+                with socket.create_connection(("127.0.0.1", port), 1) as raw:
                     with context.wrap_socket(raw, server_hostname="localhost") as tls:
                         self.tls = f"{tls.version()} {tls.cipher()[0]}"
                         return
@@ -433,11 +662,12 @@ class Server:
         )
 
     def probe(self, scenario: Scenario) -> int:
-        """One real POST; the incidents it acknowledged."""
+        """One real POST to each node; the incidents they acknowledged."""
+        return sum(self._probe_one(scenario, port) for port in self.ports)
+
+    def _probe_one(self, scenario: Scenario, port: int) -> int:
         context = ssl._create_unverified_context()  # noqa: S323
-        connection = HTTPSConnection(
-            "127.0.0.1", self.port, context=context, timeout=10
-        )
+        connection = HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
         body = b'{"name": "bench probe"}'
         headers = {
             "Authorization": self.credentials.auth,
@@ -462,16 +692,25 @@ class Server:
         return len(json.loads(body))
 
     def stop(self) -> None:
-        if self.process is not None:
-            end(self.process, grace=15.0)
-            self.process = None
+        """End every node (the database, if any, stays until dropped)."""
+        for process in self.processes:
+            end(process, grace=15.0)
+        self.processes = []
 
     def stored(self) -> int:
+        if self.database:
+            return self.database.count_incidents()
         connection = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
         try:
             return connection.execute("SELECT count(*) FROM incidents").fetchone()[0]
         finally:
             connection.close()
+
+    def drop(self) -> None:
+        """Drop the run's PostgreSQL database, once its nodes are stopped."""
+        if self.database:
+            self.database.drop()
+            self.database = None
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -488,7 +727,7 @@ class Gwebhook(Server):
             return INSTANCE_PATH
         return self.options.gwebhook_path
 
-    def command(self, scenario):
+    def command(self, scenario, node):
         if scenario.discard and scenario.workers > 1:
             # The store is disabled in the main process only (discard_twistd).
             raise Failed("gwebhook: a disabled store needs one server process")
@@ -509,7 +748,7 @@ class Gwebhook(Server):
             "gwebhook.logs.text_observer",
             "gwebhook",
             "--port",
-            str(self.port),
+            str(self.ports[node]),
             "--interface",
             "127.0.0.1",
             "--cert",
@@ -519,12 +758,24 @@ class Gwebhook(Server):
             "--username",
             USERNAME,
             "--db",
-            str(self.db),
+            self.db_arg,
             "--max-connections-per-client",
             "1000",
             "--shutdown-timeout",
             "10",
         ]
+        if scenario.api:
+            # The read API on, room for the waiters' connections besides
+            # the load's, and an instance nobody posts to for them to wait
+            # on (the load goes to the command line's instance, at /).
+            argv += [
+                "--api-token-file",
+                str(self.work / "api-tokens"),
+                "--config",
+                str(CONFIGS / "api.toml"),
+                "--max-connections",
+                str(API_MAX_CONNECTIONS),
+            ]
         if scenario.workers > 1:
             argv += shlex.split(
                 self.options.gwebhook_workers_args.format(workers=scenario.workers)
@@ -540,7 +791,7 @@ class Gwebhook(Server):
 class Reference(Server):
     name = "reference"
 
-    def command(self, scenario):
+    def command(self, scenario, node):
         argv = [
             str(VENV_BIN / "uvicorn"),
             "app:app",
@@ -590,7 +841,7 @@ def load_env(scenario: Scenario, credentials: Credentials) -> dict[str, str]:
 
 
 def wrk(
-    port: int,
+    port: int | list[int],
     scenario: Scenario,
     seconds: float,
     credentials: Credentials,
@@ -600,42 +851,68 @@ def wrk(
     """
     Run wrk against the port; with ``until``, a function polled while it
     runs, stop it early (SIGINT: wrk then reports as usual) once that is true.
+    Given several ports (the nodes of a two-node scenario), one wrk for each
+    at once, the connections split between them, and their results added up
+    (the latencies: the worst of theirs).
     """
-    argv = [
-        "wrk",
-        "-t",
-        str(scenario.threads),
-        "-c",
-        str(scenario.connections),
-        "-d",
-        f"{max(1, round(seconds))}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(LUA),
-        f"https://127.0.0.1:{port}{path}",
-    ]
-    if scenario.pinned:
-        argv = ["taskset", "-c", LOAD_CPU, *argv]
+    ports = port if isinstance(port, list) else [port]
+    connections = max(1, scenario.connections // len(ports))
+    threads = scenario.threads if len(ports) == 1 else 1
     env = load_env(scenario, credentials)
-    process = spawn(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    wrk_pids.add(process.pid)
+    processes = []
+    for p in ports:
+        argv = [
+            "wrk",
+            "-t",
+            str(threads),
+            "-c",
+            str(connections),
+            "-d",
+            f"{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(LUA),
+            f"https://127.0.0.1:{p}{path}",
+        ]
+        if scenario.pinned:
+            argv = ["taskset", "-c", LOAD_CPU, *argv]
+        process = spawn(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        wrk_pids.add(process.pid)
+        processes.append(process)
+    outputs = []
     try:
         if until is not None:
             deadline = time.monotonic() + seconds
-            while process.poll() is None and time.monotonic() < deadline:
+            while processes[0].poll() is None and time.monotonic() < deadline:
                 if until():
-                    process.send_signal(signal.SIGINT)
+                    for process in processes:
+                        process.send_signal(signal.SIGINT)
                     break
                 time.sleep(0.2)
-        output, _ = process.communicate(timeout=seconds + 120)
+        for process in processes:
+            output, _ = process.communicate(timeout=seconds + 120)
+            outputs.append(output.decode(errors="replace"))
     finally:
-        end(process, grace=2.0)
-    text = output.decode(errors="replace")
-    match = re.search(r"^BENCH-RESULT (\{.*\})$", text, re.MULTILINE)
-    if not match:
-        raise Failed(f"wrk printed no result:\n{text}")
-    return json.loads(match.group(1))
+        for process in processes:
+            end(process, grace=2.0)
+    results = []
+    for text in outputs:
+        match = re.search(r"^BENCH-RESULT (\{.*\})$", text, re.MULTILINE)
+        if not match:
+            raise Failed(f"wrk printed no result:\n{text}")
+        results.append(json.loads(match.group(1)))
+    if len(results) == 1:
+        return results[0]
+    merged = {"parts": results}
+    for k in results[0]:
+        if k == "mean_us":
+            merged[k] = sum(r[k] for r in results) / len(results)
+        elif k.endswith("_us") or k == "body_bytes":
+            merged[k] = max(r[k] for r in results)
+        else:
+            merged[k] = sum(r[k] for r in results)
+    return merged
 
 
 def measure(
@@ -644,42 +921,85 @@ def measure(
     run = Run(scenario.key, server.name)
     label = f"{scenario.key}-{server.name}"
     try:
-        server.start(scenario, label)
-    except Failed as e:
-        if scenario.workers > 1 and server.name == "gwebhook":
-            run.skipped = f"did not start with {options.gwebhook_workers_args!r}"
-            print(f"  {label}: skipped: {e}", file=sys.stderr)
-            return run
-        raise
-    run.tls = server.tls
-    try:
-        path = server.path(scenario)
-        acked = server.probe(scenario)
-        if options.warmup > 0:
-            warm = wrk(server.port, scenario, options.warmup, credentials, path=path)
-            acked += warm["acked"]
-        before = cpu_seconds(server.process.pid)
-        main_before = main_thread_cpu(server.process.pid)
-        others, load, steal = user_processes(), children_cpu(), stolen()
-        result = wrk(server.port, scenario, options.seconds, credentials, path=path)
-        steal = stolen() - steal
-        cpu = cpu_seconds(server.process.pid) - before
-        main_cpu = main_thread_cpu(server.process.pid) - main_before
-        ours = {os.getpid(), *descendants(server.process.pid), *wrk_pids}
-        others = others_cpu(others, user_processes(), ours)
-        load = children_cpu() - load
-        run.rss_mb = rss_mb(server.process.pid)
+        try:
+            server.start(scenario, label)
+        except Failed as e:
+            if scenario.workers > 1 and server.name == "gwebhook":
+                run.skipped = f"did not start with {options.gwebhook_workers_args!r}"
+                print(f"  {label}: skipped: {e}", file=sys.stderr)
+                return run
+            raise
+        run.tls = server.tls
+        try:
+            result = _measured(server, scenario, options, credentials, run)
+        finally:
+            server.stop()
+        run.stored = None if scenario.discard else server.stored()
     finally:
         server.stop()
+        server.drop()
+    _fill(run, scenario, result)
+    return run
+
+
+def _measured(
+    server: Server, scenario: Scenario, options, credentials: Credentials, run: Run
+) -> dict:
+    """The warm-up and the measured run, with the CPU each part used."""
+    path = server.path(scenario)
+    waiters = None
+    acked = server.probe(scenario)
+    if scenario.waiters:
+        waiters = Waiters(server, scenario)
+    try:
+        ports = server.ports
+        if options.warmup > 0:
+            warm = wrk(ports, scenario, options.warmup, credentials, path=path)
+            acked += warm["acked"]
+        pids = server.pids
+        before = sum(cpu_seconds(p) for p in pids)
+        main_before = sum(main_thread_cpu(p) for p in pids)
+        mine, pg_server = (
+            postgres_processes(server.database.name) if server.database else ((), ())
+        )
+        db_pids = {*mine, *pg_server}
+        if waiters:
+            waiters.mark()
+        others, load, steal = user_processes(), children_cpu(), stolen()
+        result = wrk(ports, scenario, options.seconds, credentials, path=path)
+        after = user_processes()
+        steal = stolen() - steal
+        cpu = sum(cpu_seconds(p) for p in pids) - before
+        main_cpu = sum(main_thread_cpu(p) for p in pids) - main_before
+        if server.database:
+            mine2, pg_server2 = postgres_processes(server.database.name)
+            mine = {*mine, *mine2}
+            db_pids |= {*mine2, *pg_server2}
+            run.db_backends = len(mine)
+            db_cpu = others_cpu(others, after, set()) - others_cpu(
+                others, after, db_pids
+            )
+        else:
+            db_cpu = 0.0
+        ours = {os.getpid(), *wrk_pids, *db_pids}
+        for p in pids:
+            ours.update(descendants(p))
+        if waiters:
+            ours.add(waiters.process.pid)
+            run.waiters = waiters.status()
+        others = others_cpu(others, after, ours)
+        load = children_cpu() - load
+        run.rss_mb = sum(rss_mb(p) for p in pids)
+    finally:
+        if waiters:
+            waiters.stop()
     seconds = result["duration_us"] / 1e6
-    run.wrk = result
-    run.requests_per_s = result["ok"] / seconds
-    run.incidents_per_s = result["acked"] / seconds
-    run.p50_ms = result["p50_us"] / 1000
-    run.p99_ms = result["p99_us"] / 1000
+    run.acknowledged = acked + result["acked"]
     run.cpu_percent = 100 * cpu / seconds
     run.cpu_us_per_request = 1e6 * cpu / max(1, result["ok"])
     run.main_thread_us_per_request = 1e6 * main_cpu / max(1, result["ok"])
+    run.db_cpu_percent = 100 * db_cpu / seconds
+    run.db_cpu_us_per_request = 1e6 * db_cpu / max(1, result["ok"])
     run.wrk_cpu_percent = 100 * load / seconds
     # What other people's processes used meanwhile: on a shared machine they
     # make every number here lower.
@@ -687,7 +1007,17 @@ def measure(
     # charged with all of that child's time, hence the cap at both cores.)
     run.other_cpu_percent = min(100 * others / seconds, 100.0 * (os.cpu_count() or 2))
     run.steal_percent = 100 * steal / seconds
-    run.acknowledged = acked + result["acked"]
+    return result
+
+
+def _fill(run: Run, scenario: Scenario, result: dict) -> None:
+    """The run's numbers from wrk's result."""
+    seconds = result["duration_us"] / 1e6
+    run.wrk = result
+    run.requests_per_s = result["ok"] / seconds
+    run.incidents_per_s = result["acked"] / seconds
+    run.p50_ms = result["p50_us"] / 1000
+    run.p99_ms = result["p99_us"] / 1000
     run.duplicates = result.get("duplicates", 0)
     run.errors = (
         result["other"]
@@ -696,8 +1026,80 @@ def measure(
         + result["write_errors"]
         + result["timeouts"]
     )
-    run.stored = None if scenario.discard else server.stored()
-    return run
+
+
+class Waiters:
+    """
+    bench/waiters.py against the server: ``scenario.waiters`` long polls held
+    open over as many TLS connections, from several loopback addresses, each
+    asking again whenever answered.  On core 1 with wrk in one-process
+    scenarios.
+    """
+
+    def __init__(self, server: Server, scenario: Scenario) -> None:
+        self.status_file = server.work / f"waiters-{next(_serial)}.json"
+        argv = [
+            sys.executable,
+            str(HERE / "waiters.py"),
+            "--port",
+            str(server.port),
+            "--count",
+            str(scenario.waiters),
+            "--sources",
+            ",".join(WAITER_SOURCES),
+            "--token",
+            API_TOKEN,
+            "--status",
+            str(self.status_file),
+        ]
+        if scenario.waiter_instance:
+            argv += ["--instance", scenario.waiter_instance]
+        if scenario.pinned:
+            argv = ["taskset", "-c", LOAD_CPU, *argv]
+        self.process = spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise Failed(
+                    "bench/waiters.py exited: "
+                    + self.process.stderr.read().decode(errors="replace")[-2000:]
+                )
+            status = self._read()
+            if status.get("waiting", 0) >= scenario.waiters:
+                return
+            time.sleep(0.2)
+        raise Failed(f"bench/waiters.py: not {scenario.waiters} waiting within 60 s")
+
+    def _read(self) -> dict:
+        try:
+            return json.loads(self.status_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def mark(self) -> None:
+        """The start of the measured run: status() counts from here."""
+        self.process.send_signal(signal.SIGUSR1)
+        time.sleep(0.3)
+        self.start = self._read()
+
+    def status(self) -> dict:
+        """What the waiters saw since mark(): answers, errors, still waiting."""
+        self.process.send_signal(signal.SIGUSR1)
+        time.sleep(0.3)
+        now = self._read()
+        start = getattr(self, "start", {})
+        return {
+            "connections": now.get("connections", 0),
+            "waiting": now.get("waiting", 0),
+            "answered": now.get("answered", 0) - start.get("answered", 0),
+            "incidents": now.get("incidents", 0) - start.get("incidents", 0),
+            "errors": now.get("errors", 0) - start.get("errors", 0),
+            "closed": now.get("closed", 0) - start.get("closed", 0),
+            "cpu_seconds": now.get("cpu_seconds", 0) - start.get("cpu_seconds", 0),
+        }
+
+    def stop(self) -> None:
+        end(self.process, grace=5.0)
 
 
 def rss_growth(server: Gwebhook, credentials: Credentials) -> dict:
@@ -738,8 +1140,11 @@ def profile(server: Gwebhook, options, credentials: Credentials) -> dict:
     server.start(scenario, "profile-gwebhook")
     raw = OUT / f"profile-{scenario.key}.txt"
     path = server.path(scenario)
+    waiters = None
     try:
         server.probe(scenario)
+        if scenario.waiters:
+            waiters = Waiters(server, scenario)
         wrk(server.port, scenario, options.warmup or 1, credentials, path=path)
         env = load_env(scenario, credentials)
         load = spawn(
@@ -786,7 +1191,10 @@ def profile(server: Gwebhook, options, credentials: Credentials) -> dict:
         if not raw.exists():
             raise Failed(f"py-spy wrote no profile:\n{output.decode(errors='replace')}")
     finally:
+        if waiters:
+            waiters.stop()
         server.stop()
+        server.drop()
     return summarise_profile(raw, 250, options.profile_seconds)
 
 
@@ -976,14 +1384,31 @@ def table(runs: list[Run], rounds: bool = False) -> str:
         "errors",
         "RSS MB",
     )
+    # The PostgreSQL scenarios: the database's CPU beside the server's.
+    database = any(r.db_backends for r in runs)
+    if database:
+        head = (*head, "DB CPU %", "DB us/req")
     rows = []
     for r in runs:
         first = (str(r.round),) if rounds else ()
         if r.skipped:
             rows.append(
-                (*first, r.scenario, r.server, "skipped: " + r.skipped, *[""] * 13)
+                (
+                    *first,
+                    r.scenario,
+                    r.server,
+                    "skipped: " + r.skipped,
+                    *[""] * (len(head) - len(first) - 3),
+                )
             )
             continue
+        extra = ()
+        if database:
+            extra = (
+                (f"{r.db_cpu_percent:.0f}", f"{r.db_cpu_us_per_request:,.0f}")
+                if r.db_backends
+                else ("", "")
+            )
         stored = "n/a (disabled)" if r.stored is None else str(r.stored)
         rows.append(
             (
@@ -1004,6 +1429,7 @@ def table(runs: list[Run], rounds: bool = False) -> str:
                 stored,
                 str(r.errors),
                 f"{r.rss_mb:.0f}",
+                *extra,
             )
         )
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
@@ -1029,25 +1455,36 @@ def ratios(runs: list[Run]) -> list[str]:
 
 def instance_ratios(every: list[Run]) -> dict[str, list[tuple[int, Run, Run]]]:
     """
-    For each config-instance scenario, its runs paired with b-plain's run of
-    the same round: (round, the run, b-plain's run).  Rounds rather than
-    each one's best: the same requests, minutes apart at most, so their
-    ratio is what the instance's config costs.
+    For each scenario of COMPARISONS, its runs paired with its base's run
+    of the same round (gwebhook's): (round, the run, the base's run).
+    Rounds rather than each one's best: the same load, minutes apart at
+    most, so their ratio is what the difference between them costs (an
+    instance's config, PostgreSQL, a second node, long polls).
     """
-    plain = {r.round: r for r in every if r.scenario == "b-plain" and not r.skipped}
+    base_runs = {
+        (r.scenario, r.round): r
+        for r in every
+        if r.server == "gwebhook" and not r.skipped
+    }
     pairs: dict[str, list[tuple[int, Run, Run]]] = {}
     for r in every:
-        if r.scenario in INSTANCE_COSTS and not r.skipped and r.round in plain:
-            base = plain[r.round]
-            if base.requests_per_s:
+        if r.scenario in COMPARISONS and not r.skipped and r.server == "gwebhook":
+            base = base_runs.get((COMPARISONS[r.scenario][0], r.round))
+            if base and base.requests_per_s:
                 pairs.setdefault(r.scenario, []).append((r.round, r, base))
     return pairs
 
 
+def _numbers(values: list[float], fmt: str) -> str:
+    return " ".join(fmt.format(x) for x in values)
+
+
 def instance_lines(every: list[Run]) -> list[str]:
-    """Each config-instance scenario against b-plain, round by round."""
+    """Each compared scenario against its base, round by round."""
     lines = []
     for key, pairs in instance_ratios(every).items():
+        base_key = COMPARISONS[key][0]
+        scenario = SCENARIOS[key]
         rps = [r.requests_per_s / base.requests_per_s for _, r, base in pairs]
         cpu = [r.cpu_us_per_request - base.cpu_us_per_request for _, r, base in pairs]
         main = [
@@ -1055,17 +1492,46 @@ def instance_lines(every: list[Run]) -> list[str]:
             for _, r, base in pairs
         ]
         bound = [cpu_bound_ratio(r, base) for _, r, base in pairs]
-        lines.append(
-            f"{key} / b-plain, round by round: req/s "
-            + " ".join(f"{x:.3f}" for x in rps)
+        line = (
+            f"{key} / {base_key}, round by round: req/s "
+            + _numbers(rps, "{:.3f}")
             + f" (range {min(rps):.3f}-{max(rps):.3f}); "
-            + "b-plain CPU/req over its CPU/req "
-            + " ".join(f"{x:.3f}" for x in bound)
-            + f" (range {min(bound):.3f}-{max(bound):.3f}); CPU us/req "
-            + " ".join(f"{x:+.0f}" for x in cpu)
-            + "; main thread us/req "
-            + " ".join(f"{x:+.0f}" for x in main)
         )
+        if scenario.nodes == 1 and SCENARIOS[base_key].nodes == 1:
+            line += (
+                f"{base_key} CPU/req over its CPU/req "
+                + _numbers(bound, "{:.3f}")
+                + f" (range {min(bound):.3f}-{max(bound):.3f}); "
+            )
+        line += "CPU us/req " + _numbers(cpu, "{:+.0f}")
+        line += "; main thread us/req " + _numbers(main, "{:+.0f}")
+        if scenario.postgres:
+            # The database's CPU per request, and the node's plus the
+            # database's against the base's (its own, or SQLite in-process).
+            line += "; database CPU us/req " + _numbers(
+                [r.db_cpu_us_per_request for _, r, _ in pairs], "{:.0f}"
+            )
+            line += "; node + database CPU us/req against the base's " + "; ".join(
+                f"{r.cpu_us_per_request + r.db_cpu_us_per_request:,.0f} vs "
+                f"{base.cpu_us_per_request + base.db_cpu_us_per_request:,.0f}"
+                for _, r, base in pairs
+            )
+        if scenario.api:
+            line += (
+                "; p99 ms "
+                + "; ".join(
+                    f"{r.p99_ms:.1f} vs {base.p99_ms:.1f}" for _, r, base in pairs
+                )
+                + "; RSS MB "
+                + "; ".join(
+                    f"{r.rss_mb:.0f} vs {base.rss_mb:.0f}" for _, r, base in pairs
+                )
+                + "; long polls waiting at the end "
+                + _numbers([r.waiters.get("waiting", 0) for _, r, _ in pairs], "{}")
+                + ", answered during the run "
+                + _numbers([r.waiters.get("answered", 0) for _, r, _ in pairs], "{}")
+            )
+        lines.append(line)
     return lines
 
 
@@ -1156,23 +1622,24 @@ def targets(
     # What an instance's signature check and dedup may cost: judged on the
     # median of the rounds' ratios (each round's pair ran minutes apart).
     for key, pairs in instance_ratios(every or []).items():
-        cost = INSTANCE_COSTS[key]
-        if cost is None:
+        base_key, least = COMPARISONS[key]
+        if least is None:
             continue
         rps = sorted(r.requests_per_s / base.requests_per_s for _, r, base in pairs)
         check(
-            f"{key}/b-plain req/s, median of {len(rps)} round(s) "
+            f"{key}/{base_key} req/s, median of {len(rps)} round(s) "
             f"(range {rps[0]:.3f}-{rps[-1]:.3f})",
             statistics.median(rps),
-            1 - cost,
+            least,
             "{:.3f}",
         )
         bound = sorted(cpu_bound_ratio(r, base) for _, r, base in pairs)
         check(
-            f"  the same from CPU per request (b-plain's over {key}'s), median "
-            f"(range {bound[0]:.3f}-{bound[-1]:.3f})",
+            f"  the same from CPU per request ({base_key}'s over {key}'s"
+            + (", the node's alone" if SCENARIOS[key].postgres else "")
+            + f"), median (range {bound[0]:.3f}-{bound[-1]:.3f})",
             statistics.median(bound),
-            1 - cost,
+            least,
             "{:.3f}",
         )
     return lines
@@ -1211,7 +1678,11 @@ def parse_arguments(
         f"(default {DEFAULT_SCENARIOS}; f and g: two server "
         "processes; b-plain, b-signed, b-dedup, b-signed-dedup: gwebhook "
         "only, an instance of bench/instances/*.toml, each against b-plain "
-        "round by round)",
+        "round by round; b-pg, d-pg: gwebhook only, b and d on PostgreSQL "
+        "(--pg), against b and d round by round; b-pg2, d-pg2: two nodes on "
+        "one database, against b-pg and d-pg; b-api, b-api-waiting, "
+        "b-api-following: gwebhook only, the read API on, without and with "
+        "1,000 long polls)",
     )
     parser.add_argument(
         "--servers",
@@ -1244,6 +1715,14 @@ def parse_arguments(
         help="the path gwebhook's requests are posted to (default /; e.g. "
         "/instance/execute/NAME); the reference's stay at /, and the "
         f"b-* config-instance scenarios' at {INSTANCE_PATH}",
+    )
+    parser.add_argument(
+        "--pg",
+        default=DEFAULT_PG,
+        metavar="URI",
+        help="the PostgreSQL server of the -pg scenarios, as a libpq URI of a "
+        "database to connect to (default {}): each run creates a database "
+        "of its own there and drops it after".format(DEFAULT_PG.replace("%", "%%")),
     )
     parser.add_argument(
         "--repeat",
@@ -1337,6 +1816,7 @@ def set_up(work: Path, options: argparse.Namespace) -> Bench:
         raise Failed(f"gwebhook make-cert failed: {made.stderr}")
     cert, key = work / "certs" / "server.crt", work / "certs" / "server.key"
     credentials = Credentials(secrets.token_urlsafe(18), secrets.token_bytes(32))
+    (work / "api-tokens").write_text(API_TOKEN + "\n")
     return Bench(options, work, cert, key, credentials)
 
 
@@ -1468,7 +1948,7 @@ def measurement_lines(
     if runs:
         lines += ["", table(runs), "", *ratios(runs), *instance_lines(every)]
         if len({r.round for r in every}) > 1 and any(
-            s.config for s in (SCENARIOS[r.scenario] for r in every)
+            r.scenario in COMPARISONS for r in every
         ):
             # The config-instance ratios are round by round: show the rounds.
             lines += ["", "every run, round by round:", "", table(every, rounds=True)]
@@ -1626,6 +2106,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         end_all()
+        drop_all_databases()
         if options.keep:
             print(f"bench: kept {work}", file=sys.stderr)
         else:
