@@ -246,6 +246,10 @@ COMPARISONS: dict[str, tuple[str, float | None]] = {
 DEFAULT_SCENARIOS = "a,b,c,d,e,rss"
 # The PostgreSQL server the -pg scenarios create their databases in.
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+# How long a PostgreSQL backend may keep its statistics before reporting
+# them (it does so at most once a second, when idle): waited before reading
+# them.
+STATS_DELAY = 1.5
 
 
 @dataclass
@@ -277,6 +281,9 @@ class Run:
     db_cpu_percent: float = 0.0
     db_cpu_us_per_request: float = 0.0
     db_backends: int = 0
+    # Transactions committed in the run's database during the measured run
+    # (the writers' batches, and the readers' queries if any).
+    db_commits: int = 0
     # Read-API scenarios: what bench/waiters.py saw during the measured run.
     waiters: dict = field(default_factory=dict)
 
@@ -501,6 +508,20 @@ class Database:
         """The --pg URI with this database's name."""
         parts = urlsplit(self.admin)
         return urlunsplit(parts._replace(path="/" + self.name))
+
+    def commits(self) -> int:
+        """
+        Transactions committed in this database so far (pg_stat_database),
+        as the server has been told: each backend reports its own at most
+        once a second, so read it after its sessions have been idle a while.
+        """
+        import psycopg
+
+        with psycopg.connect(self.admin, autocommit=True, connect_timeout=10) as c:
+            return c.execute(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = %s",
+                (self.name,),
+            ).fetchone()[0]
 
     def count_incidents(self) -> int:
         import psycopg
@@ -957,6 +978,10 @@ def _measured(
             warm = wrk(ports, scenario, options.warmup, credentials, path=path)
             acked += warm["acked"]
         pids = server.pids
+        if server.database:
+            # The warm-up's commits reported before they are counted.
+            time.sleep(STATS_DELAY)
+            commits = server.database.commits()
         before = sum(cpu_seconds(p) for p in pids)
         main_before = sum(main_thread_cpu(p) for p in pids)
         mine, pg_server = (
@@ -990,6 +1015,9 @@ def _measured(
         others = others_cpu(others, after, ours)
         load = children_cpu() - load
         run.rss_mb = sum(rss_mb(p) for p in pids)
+        if server.database:
+            time.sleep(STATS_DELAY)
+            run.db_commits = server.database.commits() - commits
     finally:
         if waiters:
             waiters.stop()
@@ -1506,6 +1534,13 @@ def instance_lines(every: list[Run]) -> list[str]:
         line += "CPU us/req " + _numbers(cpu, "{:+.0f}")
         line += "; main thread us/req " + _numbers(main, "{:+.0f}")
         if scenario.postgres:
+            line += "; database commits/s " + _numbers(
+                [r.db_commits / r.wrk["duration_us"] * 1e6 for _, r, _ in pairs],
+                "{:,.0f}",
+            )
+            line += ", requests per commit " + _numbers(
+                [r.wrk["ok"] / max(1, r.db_commits) for _, r, _ in pairs], "{:.1f}"
+            )
             # The database's CPU per request, and the node's plus the
             # database's against the base's (its own, or SQLite in-process).
             line += "; database CPU us/req " + _numbers(
