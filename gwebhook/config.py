@@ -72,6 +72,17 @@ _FORWARD_KEYS = (
     "sign_secret",
 )
 FORWARD_FORMATS = ("xsoar", "incident", "raw")
+# Headers a forward's requests carry of gwebhook's own making: a second one
+# from [[forward]] headers would make the request ambiguous.
+_FORWARD_OWN_HEADERS = (
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "content-type",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+)
 # Wallarm's webhook settings: "Request timeout" and "Connection timeout".
 DEFAULT_FORWARD_TIMEOUT = 15
 DEFAULT_FORWARD_CONNECT_TIMEOUT = 20
@@ -496,7 +507,9 @@ class _Reader:
         for name, value in headers.items():
             if not is_token(name):
                 raise self.error(where, f"headers.{name}", "is not a header name")
-            if name.lower() in ("content-length", "host", "transfer-encoding"):
+            if name.lower() in _FORWARD_OWN_HEADERS or (
+                name.lower() == "authorization" and "username" in table
+            ):
                 raise self.error(
                     where, f"headers.{name}", "is gwebhook's to send; remove it"
                 )

@@ -45,6 +45,8 @@ MAX_BACKOFF = 300.0
 # redeliver); this process's commits wake it at once.
 IDLE_POLL = 1.0
 USER_AGENT = "gwebhook-forward"
+# Of a receiver's answer only the status counts: at most this much is read.
+MAX_ANSWER = 64 * 1024
 
 
 # -- the rules ---------------------------------------------------------------
@@ -92,12 +94,12 @@ def headers(
     config: ForwardConfig, message_id: str, data: bytes, now: float
 ) -> list[tuple[str, str]]:
     """Every header of a batch's request but those HTTP itself adds."""
-    result = [
-        ("Content-Type", "application/json"),
-        ("User-Agent", USER_AGENT),
-        ("webhook-id", message_id),
-        *config.headers,
-    ]
+    # A User-Agent of the forward's headers replaces gwebhook's.
+    own = {name.lower() for name, _ in config.headers}
+    result = [("Content-Type", "application/json")]
+    if "user-agent" not in own:
+        result.append(("User-Agent", USER_AGENT))
+    result += [("webhook-id", message_id), *config.headers]
     if config.username is not None and config.password is not None:
         result.append(
             (
@@ -194,7 +196,14 @@ class Forwarder(service.Service):
         self.store = store
         self.clock = clock
         self.metrics = metrics
-        self.holder = holder or f"{socket.gethostname()}:{id(self):x}"
+        # Who holds the lease: the same after a restart (so a restarted node
+        # takes its forwards back at once), another for each node.
+        self.holder = holder or socket.gethostname()
+        # Longer than the slowest attempt, so a lease cannot lapse while its
+        # holder still waits for an answer.
+        self.lease = max(
+            queue.LEASE_SECONDS, config.timeout + config.connect_timeout + 30
+        )
         self.rand = rand or random.Random()
         self._trust = _trust(config)
         self._loop: Deferred[None] | None = None
@@ -266,13 +275,13 @@ class Forwarder(service.Service):
         """One batch, if one is due: the seconds until the next look."""
         config = self.config
         now = self.clock.seconds()
-        batch = await self.store.write(
-            queue.take, config.name, self.holder, now, config.batch
+        taken = await self.store.write(
+            queue.take, config.name, self.holder, now, config.batch, self.lease
         )
+        self.metrics.forward_pending.labels(config.name).set(taken.pending)
+        batch = taken.batch
         if batch is None:
-            self.metrics.forward_pending.labels(config.name).set(0)
             return IDLE_POLL
-        self.metrics.forward_pending.labels(config.name).set(batch.pending)
         if batch.next_attempt > now:
             return min(batch.next_attempt - now, IDLE_POLL * 5)
         if now - batch.queued > config.max_age:
@@ -298,7 +307,7 @@ class Forwarder(service.Service):
             timeout=config.timeout,
             connect_timeout=config.connect_timeout,
         )
-        self._sending = sender.send(self.clock, outgoing)
+        self._sending = sender.send(self.clock, outgoing, MAX_ANSWER)
         try:
             answer = await self._sending
             result = outcome_of_answer(answer.code, answer.headers.get("retry-after"))

@@ -297,7 +297,7 @@ def write_once(db: str, password: str | None, work, *args):
         try:
             sqlite.execute("BEGIN IMMEDIATE")
             try:
-                result = work(sqlite, *args)
+                result = work(sqlite.cursor(), *args)
                 sqlite.execute("COMMIT")
             except BaseException:
                 if sqlite.in_transaction:

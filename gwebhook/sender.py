@@ -271,7 +271,8 @@ def describe_failure(reason: Failure, outgoing: Outgoing, problem: str | None) -
         if each.check(error.ConnectionLost, error.ConnectionDone):
             hint = "" if outgoing.https else " (is it an https:// URL?)"
             return f"{where} closed the connection without a complete answer{hint}"
-    return f"request to {where} failed: {inner[0].getErrorMessage()}"
+    why = inner[0].getErrorMessage() or type(inner[0].value).__name__
+    return f"request to {where} failed: {why}"
 
 
 def _openssl_reason(e: SSL.Error) -> str:
@@ -453,14 +454,21 @@ def _name(name: crypto.X509Name) -> str:
     return ", ".join(f"{k.decode()}={v.decode(errors='replace')}" for k, v in parts)
 
 
+class _QuietFactory(client._HTTP11ClientFactory):
+    # Not a "Starting factory" and "Stopping factory" log line per request.
+    noisy = False
+
+
 async def _exchange(
-    reactor, outgoing: Outgoing, policy: _Trust
+    reactor, outgoing: Outgoing, policy: _Trust, max_answer: int | None = None
 ) -> tuple[IResponse, bytes]:
+    pool = client.HTTPConnectionPool(reactor, persistent=False)
+    pool._factory = _QuietFactory
     agent = client.Agent(
         reactor,
         contextFactory=policy,
         connectTimeout=outgoing.connect_timeout,
-        pool=client.HTTPConnectionPool(reactor, persistent=False),
+        pool=pool,
     )
     headers: dict[bytes | str, list[bytes | str]] = {}
     for name, value in outgoing.headers:
@@ -474,8 +482,21 @@ async def _exchange(
         allow_redirects=False,
         reactor=reactor,
     )
-    body = await treq.content(response)
-    return response, body
+    if max_answer is None:
+        return response, await treq.content(response)
+    # The status is what counts: keep at most max_answer bytes of the body,
+    # reading (and dropping) the rest.
+    kept: list[bytes] = []
+    size = 0
+
+    def collect(data: bytes) -> None:
+        nonlocal size
+        if size < max_answer:
+            kept.append(data[: max_answer - size])
+        size += len(data)
+
+    await treq.collect(response, collect)
+    return response, b"".join(kept)
 
 
 class SendFailed(Exception):
@@ -493,7 +514,9 @@ class Answer:
     body: bytes
 
 
-def send(reactor, outgoing: Outgoing) -> defer.Deferred[Answer]:
+def send(
+    reactor, outgoing: Outgoing, max_answer: int | None = None
+) -> defer.Deferred[Answer]:
     """
     Send ``outgoing`` (TLS verified as ``Outgoing`` says, the whole request
     bounded by its timeout, the connection by its connect timeout); fires
@@ -501,7 +524,7 @@ def send(reactor, outgoing: Outgoing) -> defer.Deferred[Answer]:
     why there was none.  ``gwebhook send`` and the forwarders both use it.
     """
     policy = _Trust(outgoing.trust, outgoing.cacert, verify=not outgoing.insecure)
-    d = defer.Deferred.fromCoroutine(_exchange(reactor, outgoing, policy))
+    d = defer.Deferred.fromCoroutine(_exchange(reactor, outgoing, policy, max_answer))
     d.addTimeout(
         outgoing.timeout,
         reactor,
@@ -517,8 +540,13 @@ def send(reactor, outgoing: Outgoing) -> defer.Deferred[Answer]:
         return Answer(response.code, response.phrase, response.version, headers, body)
 
     def failed(reason: Failure) -> Failure:
-        if reason.check(defer.CancelledError):
-            return reason
+        # Cancelled by the caller (a daemon stopping): not a failure of the
+        # receiver's.  The client may wrap it in a list of reasons.
+        inner = getattr(reason.value, "reasons", None) or []
+        if reason.check(defer.CancelledError) or any(
+            r.check(defer.CancelledError) for r in inner
+        ):
+            return Failure(defer.CancelledError())
         return Failure(SendFailed(describe_failure(reason, outgoing, policy.problem)))
 
     return d.addCallbacks(answered, failed)

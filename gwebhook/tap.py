@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 
 from twisted.internet import endpoints
 from twisted.logger import Logger
@@ -559,6 +560,14 @@ def _reread(config: Options) -> tuple[Instances, dict[str, ReloadableTLS]]:
     return _instances(config, declared), own_tls(config, declared, probe=False)
 
 
+def _holder(config: Options) -> str:
+    """
+    This node, as the forwards' leases name it: the same after a restart,
+    another for every node (two on one host listen on two ports).
+    """
+    return f"{socket.gethostname()}:{config['port']}"
+
+
 def _limits(config: Options) -> ChannelLimits:
     return ChannelLimits(
         max_header_bytes=config["max-header-bytes"],
@@ -649,7 +658,9 @@ def makeService(config: Options, reactor=None) -> WebhookService:
         polls.setServiceParent(top)
     if not config.worker:
         for forward in forwards:
-            Forwarder(forward, store, reactor, metrics).setServiceParent(top)
+            Forwarder(
+                forward, store, reactor, metrics, holder=_holder(config)
+            ).setServiceParent(top)
     if workers is not None:
         workers.setServiceParent(top)
     # Always: without --retain-days it still forgets duplicates' keys past

@@ -138,12 +138,6 @@ def test_headers_carry_basic_credentials_and_the_forwards_own(tmp_path):
     assert not any(n.startswith("webhook-sig") for n in names)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: [forward.headers] may name Content-Type, User-Agent, "
-    "Authorization (with username) or webhook-id*: the request then carries the "
-    "header twice (a second webhook-id, two Authorization headers)",
-)
 @pytest.mark.parametrize(
     "name", ["Content-Type", "user-agent", "Authorization", "webhook-id"]
 )

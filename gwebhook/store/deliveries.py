@@ -34,34 +34,57 @@ class Batch:
     attempts: int
     next_attempt: float
     queued: float
-    pending: int  # the forward's pending incidents, this batch included
+
+
+@dataclass(frozen=True)
+class Taken:
+    """
+    What ``take`` found: the next batch (None: nothing is due, or another
+    holder has the lease), the forward's pending incidents, and whether this
+    holder has the lease.
+    """
+
+    batch: Batch | None
+    pending: int
+    held: bool
 
 
 def _in(count: int) -> str:
     return "(" + ", ".join(["?"] * count) + ")"
 
 
-def take(cursor, forward: str, holder: str, now: float, size: int) -> Batch | None:
+def take(
+    cursor,
+    forward: str,
+    holder: str,
+    now: float,
+    size: int,
+    lease: float = LEASE_SECONDS,
+) -> Taken:
     """
-    Take (or renew) the forward's lease for ``holder`` and give its next
-    batch, formed now from the oldest pending incidents if none is; None
-    when another holder has the lease or nothing is pending.
+    Take (or renew, for ``lease`` seconds) the forward's lease for
+    ``holder`` and give its next batch, formed now from the oldest pending
+    incidents if none is.
     """
+    [pending] = cursor.execute(
+        "SELECT count(*) FROM deliveries WHERE forward = ? AND state = 'pending'",
+        (forward,),
+    ).fetchone()
     row = cursor.execute(
         "SELECT holder, expires FROM forward_leases WHERE forward = ?", (forward,)
     ).fetchone()
     if row is None:
         cursor.execute(
             "INSERT INTO forward_leases (forward, holder, expires) VALUES (?, ?, ?)",
-            (forward, holder, now + LEASE_SECONDS),
+            (forward, holder, now + lease),
         )
     elif row[0] == holder or row[1] <= now:
         cursor.execute(
             "UPDATE forward_leases SET holder = ?, expires = ? WHERE forward = ?",
-            (holder, now + LEASE_SECONDS, forward),
+            (holder, now + lease, forward),
         )
     else:
-        return None
+        return Taken(None, pending, False)
     [first] = cursor.execute(
         "SELECT min(batch) FROM deliveries WHERE forward = ? AND state = 'pending'"
         " AND batch IS NOT NULL",
@@ -77,7 +100,7 @@ def take(cursor, forward: str, holder: str, now: float, size: int) -> Batch | No
             )
         ]
         if not ids:
-            return None
+            return Taken(None, pending, True)
         first = ids[0]
         # No batch is formed: every pending one is unbatched, and these are
         # the oldest of them.
@@ -100,11 +123,9 @@ def take(cursor, forward: str, holder: str, now: float, size: int) -> Batch | No
         " WHERE forward = ? AND batch = ? AND state = 'pending'",
         (forward, first),
     ).fetchone()
-    [pending] = cursor.execute(
-        "SELECT count(*) FROM deliveries WHERE forward = ? AND state = 'pending'",
-        (forward,),
-    ).fetchone()
-    return Batch(int(first), tuple(ids), attempts, next_attempt, queued, pending)
+    return Taken(
+        Batch(int(first), tuple(ids), attempts, next_attempt, queued), pending, True
+    )
 
 
 def release(cursor, forward: str, holder: str) -> None:
