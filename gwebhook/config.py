@@ -41,6 +41,7 @@ from gwebhook.signatures import (
     SignatureConfig,
     standard_key,
 )
+from gwebhook.urls import check_url
 
 INSTANCE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -386,11 +387,9 @@ class _Reader:
             raise self.error(
                 where, "url", "required; give the receiver's http:// or https:// URL"
             )
-        from gwebhook.sender import ArgumentError, check_url
-
         try:
             url = check_url(url)
-        except ArgumentError as e:
+        except ValueError as e:
             raise self.error(where, "url", str(e)) from None
         instances = self._optional(
             where, table, "instances", list, "an array of instance names"

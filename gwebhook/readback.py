@@ -78,8 +78,8 @@ _REQUEST_IDS_SINCE = 4
 
 def _queries(db) -> _Queries:
     """The statements that read this store's schema version."""
-    if isinstance(db, PostgresReader):
-        return _QUERIES  # every PostgreSQL schema has it all
+    if getattr(db, "current_schema", False):
+        return _QUERIES  # a reader of a schema this gwebhook keeps current
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version >= _REQUEST_IDS_SINCE:
         return _QUERIES
@@ -94,25 +94,6 @@ _NO_LIMIT = 2**62
 
 class ReadError(Exception):
     """Nothing to read: no store, not a store, no such incident."""
-
-
-class PostgresReader:
-    """
-    A PostgreSQL connection that reads as the SQLite one does: ``execute``
-    with ``?`` placeholders, ``close``.  Each statement is its own
-    transaction (autocommit), as the SQLite readers' are.
-    """
-
-    def __init__(self, connection) -> None:
-        self._connection = connection
-
-    def execute(self, statement: str, params=()):
-        from gwebhook.store.postgres import QmarkCursor
-
-        return QmarkCursor(self._connection.cursor()).execute(statement, params)
-
-    def close(self) -> None:
-        self._connection.close()
 
 
 def open_for_reading(db: str, password: str | None = None):
@@ -132,7 +113,7 @@ def open_for_reading(db: str, password: str | None = None):
         raise ReadError(f"cannot read {path} as a gwebhook store: {e}") from None
 
 
-def _open_postgres(uri: str, password: str | None) -> PostgresReader:
+def _open_postgres(uri: str, password: str | None):
     from gwebhook.database import redacted
     from gwebhook.store.postgres_schema import SCHEMA_VERSION, connect, connect_options
 
@@ -153,6 +134,8 @@ def _open_postgres(uri: str, password: str | None) -> PostgresReader:
             f"{redacted(uri)} has gwebhook schema version {row[0]}, this gwebhook "
             f"reads {SCHEMA_VERSION}; use the gwebhook that writes it"
         )
+    from gwebhook.store.postgres import PostgresReader
+
     return PostgresReader(connection)
 
 
@@ -167,7 +150,7 @@ def _summary(row: tuple) -> dict[str, Any]:
     }
 
 
-def _full(row: tuple) -> dict[str, Any]:
+def whole(row: tuple) -> dict[str, Any]:
     incident = _summary(row)
     incident["fields"] = json.loads(row[6])
     # The details' ``headers`` are the request's, kept once with it: the
@@ -209,7 +192,7 @@ def list_incidents(
 
 def export_incidents(db, after: int = 0) -> Iterator[dict[str, Any]]:
     """Whole incidents with id > ``after``, oldest first."""
-    return map(_full, db.execute(_queries(db).export, (after,)))
+    return map(whole, db.execute(_queries(db).export, (after,)))
 
 
 def show_incident(db, incident_id: str) -> dict[str, Any]:
@@ -221,7 +204,7 @@ def show_incident(db, incident_id: str) -> dict[str, Any]:
     row = db.execute(_queries(db).show, (number,)).fetchone()
     if row is None:
         raise ReadError(f"no incident with id {incident_id!r}")
-    return _full(row)
+    return whole(row)
 
 
 # Pages of whole incidents, for the read API: the daemon's own store, always
@@ -242,7 +225,7 @@ def incidents_page(
         rows = db.execute(_PAGE, (after, limit))
     else:
         rows = db.execute(_PAGE_OF, (instance, after, limit))
-    return [_full(row) for row in rows]
+    return [whole(row) for row in rows]
 
 
 def newest_id(db) -> int:
@@ -260,4 +243,4 @@ def samples(db, instance: str | None = None) -> list[dict[str, Any]]:
         rows = db.execute(queries.samples)
     else:
         rows = db.execute(queries.samples_of, (instance,))
-    return [_full(row) for row in rows]
+    return [whole(row) for row in rows]

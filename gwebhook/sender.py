@@ -38,6 +38,7 @@ from twisted.web import client
 from twisted.web.iweb import IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
+from gwebhook import urls
 from gwebhook.headers import is_printable_ascii, is_token
 from gwebhook.payload import PayloadError, parse_json
 from gwebhook.tls import TLSConfigError, load_chain
@@ -177,17 +178,9 @@ def default_body() -> bytes:
 def check_url(url: str) -> str:
     """Return ``url`` if it is an absolute http(s) URL with a host and valid port."""
     try:
-        parsed = hyperlink.URL.from_text(url)
-        port = parsed.port
-    except (hyperlink.URLParseError, ValueError) as e:
-        raise ArgumentError(f"{url!r} is not a valid URL ({e})") from None
-    if parsed.scheme.lower() not in ("http", "https"):
-        raise ArgumentError(f"{url!r} is not an http:// or https:// URL")
-    if not parsed.host:
-        raise ArgumentError(f"{url!r} has no host")
-    if port is not None and not 0 < port < 65536:
-        raise ArgumentError(f"{url!r}: port {port} is out of range")
-    return url
+        return urls.check_url(url)
+    except ValueError as e:
+        raise ArgumentError(str(e)) from None
 
 
 def verify_problem(code: int, subject: str, issuer: str, trusted: str) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gwebhook.payload import PayloadError, decode_body, parse_json
-from gwebhook.readback import _full
+from gwebhook.readback import whole
 
 # How long a node holds a forward once it took it; renewed at every batch.
 LEASE_SECONDS = 30.0
@@ -225,7 +225,7 @@ def items(db, ids: tuple[int, ...]) -> list[tuple[dict[str, Any], Any]]:
     rows = db.execute(_ITEMS + _in(len(ids)) + " ORDER BY i.id", ids).fetchall()
     found = []
     for row in rows:
-        incident = _full(row[:15])
+        incident = whole(row[:15])
         found.append((incident, _element(row[12], row[15], row[16], incident)))
     return found
 

@@ -72,6 +72,26 @@ class QmarkCursor:
         self._cursor.close()
 
 
+class PostgresReader:
+    """
+    A PostgreSQL connection that reads as the SQLite one does: ``execute``
+    with ``?`` placeholders, ``close``.  Each statement is its own
+    transaction (autocommit), as the SQLite readers' are.
+    """
+
+    # Every PostgreSQL schema gwebhook reads has it all (readback).
+    current_schema = True
+
+    def __init__(self, connection) -> None:
+        self._connection = connection
+
+    def execute(self, statement: str, params=()):
+        return QmarkCursor(self._connection.cursor()).execute(statement, params)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
 class PostgresStore(IncidentStore):
     """
     The store in the PostgreSQL database ``uri`` names (a libpq URI),
@@ -105,8 +125,6 @@ class PostgresStore(IncidentStore):
         )
 
     def _reader(self, connection):
-        from gwebhook.readback import PostgresReader
-
         return PostgresReader(connection)
 
     def _transaction(self, connection, work, *args):
