@@ -289,7 +289,7 @@ class Forwarder(service.Service):
                 batch, f"not delivered within max_age ({config.max_age} s)", False
             )
             return 0.0
-        items = await self.store.read(queue.items, batch.ids)
+        items = await self.store.read(queue.items, batch.ids, config.format == "raw")
         if not items:
             # Its incidents were deleted (retention): nothing to send.
             await self._give_up(batch, "its incidents were deleted", False)

@@ -217,25 +217,40 @@ _ITEMS = (
 )
 
 
-def items(db, ids: tuple[int, ...]) -> list[tuple[dict[str, Any], Any]]:
+def items(
+    db, ids: tuple[int, ...], raw: bool = False
+) -> list[tuple[dict[str, Any], Any]]:
     """
-    The batch's incidents in id order: each as ``show`` gives it, and the
-    element as the sender sent it (read again from the request's body).
+    The batch's incidents in id order: each as ``show`` gives it, and with
+    ``raw`` the element as the sender sent it (read again from the
+    request's body, parsed once per request), else None.
     """
     rows = db.execute(_ITEMS + _in(len(ids)) + " ORDER BY i.id", ids).fetchall()
     found = []
+    documents: dict[bytes, Any] = {}
     for row in rows:
         incident = whole(row[:15])
-        found.append((incident, _element(row[12], row[15], row[16], incident)))
+        element = None
+        if raw:
+            element = _element(row[12], row[15], bytes(row[16]), incident, documents)
+        found.append((incident, element))
     return found
 
 
-def _element(headers_json: str, position: int, body: bytes, incident: dict) -> Any:
+def _element(
+    headers_json: str,
+    position: int,
+    body: bytes,
+    incident: dict,
+    documents: dict[bytes, Any],
+) -> Any:
     """The element at ``position`` of the request's body, as sent."""
-    headers = json.loads(headers_json)
     try:
-        text = decode_body(bytes(body), headers.get("content-encoding"), 2**31)
-        document = parse_json(text)
+        document = documents.get(body)
+        if document is None:
+            headers = json.loads(headers_json)
+            text = decode_body(body, headers.get("content-encoding"), 2**31)
+            document = documents[body] = parse_json(text)
     except PayloadError:
         # Cannot happen for a body that was stored; the details are the
         # element's as near as the store has them.
