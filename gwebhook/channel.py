@@ -336,6 +336,12 @@ class LimitedChannel(http.HTTPChannel):
             allow = _allowed_methods(path, self.site.serves_api)
             if allow is None:
                 self.refuse(404, NOT_FOUND_MESSAGE)
+            elif method.decode("ascii", "replace") in allow.split(", "):
+                # The method is right; the body is what is wrong.
+                self.refuse(
+                    400,
+                    f"{method.decode('ascii')} takes no body; send it without one",
+                )
             else:
                 self.refuse(
                     405,

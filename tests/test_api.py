@@ -306,6 +306,15 @@ async def test_other_methods_with_a_body_are_a_405_and_store_nothing(api, method
 
 
 @pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("path", ["/api/v1/incidents", "/healthz"])
+async def test_a_get_with_a_body_is_a_400_that_says_so(api, path):
+    """The method is right there; the body is what is wrong, and is not read."""
+    reply = await exchange(api, request_bytes("GET", path, BEARER, b'{"x": 1}'))
+    assert_refused(reply, 400, "GET takes no body; send it without one")
+    assert row_counts(api.store.path) == {"requests": 0, "incidents": 0}
+
+
+@pytest_twisted.ensureDeferred
 async def test_head_is_a_get_without_a_body(api):
     await post(api, [{"name": "a"}, {"name": "b"}])
     got = await get(api, "/api/v1/incidents")
