@@ -12,7 +12,7 @@ setup(
     # only from 3.11 on; on 3.10 gwebhook would refuse "2024-05-01T10:00:00Z".
     python_requires=">=3.11",
     # twisted.plugins is a namespace the plugin file drops into; it has no __init__.py.
-    packages=["gwebhook", "gwebhook.store", "twisted.plugins"],
+    packages=["gwebhook", "gwebhook.config", "gwebhook.store", "twisted.plugins"],
     package_data={"twisted.plugins": ["gwebhook_plugin.py"]},
     # Every floor is tested: .ci/run installs exactly these lowest versions
     # (uv's --resolution lowest-direct) and runs the in-process tests on them.
