@@ -206,31 +206,36 @@ def samples_query(args: Mapping[bytes, list[bytes]]) -> str | None:
 
 class LongPolls(service.Service):
     """
-    Consumers waiting for incidents newer than what they have seen.  Each is
-    a Deferred and a timer, no thread.  This process's commits wake them at
-    once; while any wait, the store is asked every POLL_INTERVAL seconds for
-    its newest id, which wakes those that have seen less (other processes'
-    and other nodes' commits).  Stopping the service answers them all.
+    Consumers waiting for incidents newer than what they have seen, each
+    for every instance or one.  Each is a Deferred and a timer, no thread;
+    a commit wakes only those it may have something for.  This process's
+    commits say which instances they created incidents for; while anyone
+    waits, the store is asked every POLL_INTERVAL seconds for the newest id
+    of each instance past what the waiters have seen (other processes' and
+    nodes' commits).  Stopping the service answers them all.
     """
 
     def __init__(self, store: IncidentStore, clock: IReactorTime) -> None:
         self.store = store
         self.clock = clock
-        self._waiting: dict[Deferred[bool], tuple[int, IDelayedCall]] = {}
+        self._waiting: dict[Deferred[bool], tuple[int, str | None, IDelayedCall]] = {}
         self._poll: LoopingCall | None = None
-        store.on_commit.append(self.wake)
+        store.on_commit.append(self.committed)
 
-    def wait(self, seen: int, seconds: float) -> Deferred[bool]:
+    def wait(
+        self, seen: int, seconds: float, instance: str | None = None
+    ) -> Deferred[bool]:
         """
-        Fires True once an incident newer than ``seen`` may have been
-        committed, False after ``seconds`` or when the daemon stops.
+        Fires True once an incident newer than ``seen`` (of ``instance``,
+        or of any) may have been committed, False after ``seconds`` or when
+        the daemon stops.
         """
         d: Deferred[bool] = Deferred(self._cancelled)
         if not self.running:
             d.callback(False)
             return d
         timer = self.clock.callLater(seconds, self._fire, d, False)
-        self._waiting[d] = (seen, timer)
+        self._waiting[d] = (seen, instance, timer)
         if self._poll is None:
             self._poll = LoopingCall(self._check)
             self._poll.clock = self.clock
@@ -239,10 +244,18 @@ class LongPolls(service.Service):
             )
         return d
 
-    def wake(self, newest: int | None = None) -> None:
-        """Fire the waiters that have seen less than ``newest`` (all: None)."""
-        for d, (seen, _) in list(self._waiting.items()):
-            if newest is None or seen < newest:
+    def committed(self, instances: set[str]) -> None:
+        """This process committed incidents of ``instances``."""
+        for d, (_, wanted, _) in list(self._waiting.items()):
+            if wanted is None or wanted in instances:
+                self._fire(d, True)
+
+    def wake(self, newest: dict[str, int]) -> None:
+        """Fire the waiters that have seen less than ``newest`` (per instance)."""
+        overall = max(newest.values(), default=0)
+        for d, (seen, wanted, _) in list(self._waiting.items()):
+            top = overall if wanted is None else newest.get(wanted, 0)
+            if top > seen:
                 self._fire(d, True)
 
     def _fire(self, d: Deferred[bool], woken: bool) -> None:
@@ -257,7 +270,7 @@ class LongPolls(service.Service):
         entry = self._waiting.pop(d, None)
         if entry is None:
             return False
-        timer = entry[1]
+        timer = entry[2]
         if timer.active():
             timer.cancel()
         if not self._waiting and self._poll is not None:
@@ -266,8 +279,12 @@ class LongPolls(service.Service):
                 poll.stop()
         return True
 
-    def _check(self) -> Deferred[None]:
-        d = self.store.read(readback.newest_id)
+    def _check(self) -> Deferred[None] | None:
+        if not self._waiting:
+            return None
+        # Only what is newer than the least any waiter has seen.
+        least = min(seen for seen, _, _ in self._waiting.values())
+        d = self.store.read(readback.newest_by_instance, least)
         d.addCallback(self.wake)
         # A store that cannot answer now is asked again at the next tick;
         # the waiters' own timers still bound their wait.
@@ -306,6 +323,8 @@ class ReadAPI(Resource):
         self.polls = polls
         self.throttle = throttle
         self.clock = clock
+        # Pages being read, by (after, limit, instance): who waits for each.
+        self._reading: dict[tuple, list[Deferred]] = {}
 
     def render(self, request) -> bytes | int:
         request.route = "api"
@@ -359,16 +378,39 @@ class ReadAPI(Resource):
     async def _incidents(self, request, query: PageQuery) -> bytes:
         ends = self.clock.seconds() + query.wait
         while True:
-            page, newest = await self.store.read(
-                _page_and_newest, query.after, query.limit, query.instance
-            )
+            page, newest = await self._page(query.after, query.limit, query.instance)
             left = ends - self.clock.seconds()
             if page or left <= 0:
                 break
-            if not await self.polls.wait(max(newest, query.after), left):
+            seen = max(newest, query.after)
+            if not await self.polls.wait(seen, left, query.instance):
                 break
         last = int(page[-1]["id"]) if page else query.after
         return json_answer(request, 200, {"incidents": page, "next": make_cursor(last)})
+
+    def _page(
+        self, after: int, limit: int, instance: str | None
+    ) -> Deferred[tuple[list[dict[str, Any]], int]]:
+        """
+        A page, read once for every consumer asking for the same one at the
+        same moment (waiters woken together by one commit ask together).
+        """
+        key = (after, limit, instance)
+        shared = self._reading.get(key)
+        if shared is None:
+            shared = self._reading[key] = []
+            d = self.store.read(_page_and_newest, after, limit, instance)
+            d.addBoth(self._read, key)
+        waiter: Deferred[tuple[list[dict[str, Any]], int]] = Deferred()
+        shared.append(waiter)
+        return waiter
+
+    def _read(self, result, key) -> None:
+        for waiter in self._reading.pop(key):
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
 
     async def _incident(self, request, text: bytes) -> bytes:
         if not text.isdigit() or len(text) > 19:

@@ -210,7 +210,7 @@ class Forwarder(service.Service):
         self._sleep: Deferred[None] | None = None
         self._timer: IDelayedCall | None = None
         self._sending: Deferred | None = None
-        store.on_commit.append(self.wake)
+        store.on_commit.append(self._committed)
 
     def startService(self) -> None:
         super().startService()
@@ -230,6 +230,10 @@ class Forwarder(service.Service):
             return None
         loop, self._loop = self._loop, None
         return loop
+
+    def _committed(self, instances: set[str]) -> None:
+        if any(self.config.takes(instance) for instance in instances):
+            self.wake()
 
     def wake(self) -> None:
         """Look at the queue now (something was committed, or the daemon stops)."""

@@ -212,6 +212,9 @@ def show_incident(db, incident_id: str) -> dict[str, Any]:
 _PAGE = _WHOLE + " WHERE i.id > ? ORDER BY i.id LIMIT ?"
 _PAGE_OF = _WHOLE + " WHERE i.instance = ? AND i.id > ? ORDER BY i.id LIMIT ?"
 _NEWEST = "SELECT coalesce(max(id), 0) FROM incidents"
+_NEWEST_BY_INSTANCE = (
+    "SELECT instance, max(id) FROM incidents WHERE id > ? GROUP BY instance"
+)
 
 
 def incidents_page(
@@ -226,6 +229,11 @@ def incidents_page(
     else:
         rows = db.execute(_PAGE_OF, (instance, after, limit))
     return [whole(row) for row in rows]
+
+
+def newest_by_instance(db, after: int) -> dict[str, int]:
+    """The newest incident id of each instance that has one past ``after``."""
+    return dict(db.execute(_NEWEST_BY_INSTANCE, (after,)))
 
 
 def newest_id(db) -> int:

@@ -345,8 +345,9 @@ class IncidentStore:
         self._waiting: list[_Waiting] = []
         self._committing = False
         # Called, in the reactor, after each transaction that created
-        # incidents commits (the read API's long polls wait on it).
-        self.on_commit: list[Callable[[], object]] = []
+        # incidents commits, with the instances it created them for (the
+        # read API's long polls and the forwarders wait on it).
+        self.on_commit: list[Callable[[set[str]], object]] = []
         # The forwards' names and the instances each takes (None: every
         # one): new incidents are queued for them as they are stored.
         self.forward_routes: tuple[tuple[str, frozenset[str] | None], ...] = ()
@@ -460,9 +461,13 @@ class IncidentStore:
         entries = [(r, i, k, t) for r, i, k, t, _ in batch]
         done = self._run(self._transaction, self._insert_batch, entries)
         done.addErrback(self._unavailable)
-        done.addBoth(self._committed, [d for _, _, _, _, d in batch])
+        done.addBoth(
+            self._committed,
+            [d for _, _, _, _, d in batch],
+            [r.instance for r, _, _, _, _ in batch],
+        )
 
-    def _committed(self, result, waiters: list[Deferred]) -> None:
+    def _committed(self, result, waiters: list[Deferred], instances: list[str]) -> None:
         self._committing = False
         if self._waiting:
             self._commit_next()
@@ -470,12 +475,14 @@ class IncidentStore:
             for d in waiters:
                 d.errback(result)
         else:
-            if any(
-                isinstance(c, Committed) and len(c.incidents) > c.duplicates
-                for c in result
-            ):
+            created = {
+                instance
+                for instance, c in zip(instances, result, strict=True)
+                if isinstance(c, Committed) and len(c.incidents) > c.duplicates
+            }
+            if created:
                 for listener in self.on_commit:
-                    listener()
+                    listener(created)
             for d, stored in zip(waiters, result, strict=True):
                 if isinstance(stored, Failure):
                     d.errback(stored)
