@@ -220,6 +220,12 @@ class LongPolls(service.Service):
         self.clock = clock
         self._waiting: dict[Deferred[bool], tuple[int, str | None, IDelayedCall]] = {}
         self._poll: LoopingCall | None = None
+        # What the poll has found so far: the newest id of each instance
+        # committed past ``_since``, examined up to ``_checked``; each poll
+        # reads only what is newer than ``_checked``.
+        self._since: int | None = None
+        self._checked = 0
+        self._newest: dict[str, int] = {}
         store.on_commit.append(self.committed)
 
     def wait(
@@ -277,19 +283,30 @@ class LongPolls(service.Service):
             poll, self._poll = self._poll, None
             if poll.running:
                 poll.stop()
+            self._since = None
         return True
 
     def _check(self) -> Deferred[None] | None:
         if not self._waiting:
             return None
-        # Only what is newer than the least any waiter has seen.
         least = min(seen for seen, _, _ in self._waiting.values())
-        d = self.store.read(readback.newest_by_instance, least)
-        d.addCallback(self.wake)
+        if self._since is None or least < self._since:
+            # A waiter has seen less than what was examined: start again
+            # from what it has seen.
+            self._since, self._checked, self._newest = least, least, {}
+        d = self.store.read(readback.newest_by_instance, self._checked)
+        d.addCallback(self._found)
         # A store that cannot answer now is asked again at the next tick;
         # the waiters' own timers still bound their wait.
         d.addErrback(lambda f: f.trap(StoreUnavailable) and None)
         return d
+
+    def _found(self, newest: dict[str, int]) -> None:
+        for instance, number in newest.items():
+            if number > self._newest.get(instance, 0):
+                self._newest[instance] = number
+        self._checked = max(self._checked, *newest.values(), 0)
+        self.wake(self._newest)
 
     def stopService(self) -> None:
         super().stopService()
