@@ -219,6 +219,9 @@ class LongPolls(service.Service):
         self.store = store
         self.clock = clock
         self._waiting: dict[Deferred[bool], tuple[int, str | None, IDelayedCall]] = {}
+        # The same, by the instance each waits for (None: any): a commit
+        # looks only at those it may wake.
+        self._by_instance: dict[str | None, set[Deferred[bool]]] = {}
         self._poll: LoopingCall | None = None
         # What the poll has found so far: the newest id of each instance
         # committed past ``_since``, examined up to ``_checked``; each poll
@@ -242,6 +245,7 @@ class LongPolls(service.Service):
             return d
         timer = self.clock.callLater(seconds, self._fire, d, False)
         self._waiting[d] = (seen, instance, timer)
+        self._by_instance.setdefault(instance, set()).add(d)
         if self._poll is None:
             self._poll = LoopingCall(self._check)
             self._poll.clock = self.clock
@@ -252,8 +256,8 @@ class LongPolls(service.Service):
 
     def committed(self, instances: set[str]) -> None:
         """This process committed incidents of ``instances``."""
-        for d, (_, wanted, _) in list(self._waiting.items()):
-            if wanted is None or wanted in instances:
+        for wanted in (None, *instances):
+            for d in list(self._by_instance.get(wanted, ())):
                 self._fire(d, True)
 
     def wake(self, newest: dict[str, int]) -> None:
@@ -276,7 +280,11 @@ class LongPolls(service.Service):
         entry = self._waiting.pop(d, None)
         if entry is None:
             return False
-        timer = entry[2]
+        _, wanted, timer = entry
+        waiting = self._by_instance[wanted]
+        waiting.discard(d)
+        if not waiting:
+            del self._by_instance[wanted]
         if timer.active():
             timer.cancel()
         if not self._waiting and self._poll is not None:
