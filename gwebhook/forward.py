@@ -206,6 +206,10 @@ class Forwarder(service.Service):
         )
         self.rand = rand or random.Random()
         self._trust = _trust(config)
+        # One connection kept open to the receiver, and one TLS context,
+        # for all of the forward's requests.
+        self._pool = sender.connection_pool(clock, persistent=True)
+        self._policy: Any = None
         self._loop: Deferred[None] | None = None
         self._sleep: Deferred[None] | None = None
         self._timer: IDelayedCall | None = None
@@ -226,10 +230,11 @@ class Forwarder(service.Service):
             # request is sent again after the restart (same webhook-id).
             self._sending.cancel()
         self.wake()
+        closed = self._pool.closeCachedConnections()
         if self._loop is None:
-            return None
+            return closed
         loop, self._loop = self._loop, None
-        return loop
+        return loop.addBoth(lambda _: closed)
 
     def _committed(self, instances: set[str]) -> None:
         if any(self.config.takes(instance) for instance in instances):
@@ -311,7 +316,13 @@ class Forwarder(service.Service):
             timeout=config.timeout,
             connect_timeout=config.connect_timeout,
         )
-        self._sending = sender.send(self.clock, outgoing, MAX_ANSWER)
+        if self._policy is None:
+            self._policy = sender.trust_policy(outgoing)
+        # Why the last handshake failed, if one did, is not this one's.
+        self._policy.problem = None
+        self._sending = sender.send(
+            self.clock, outgoing, MAX_ANSWER, self._pool, self._policy
+        )
         try:
             answer = await self._sending
             result = outcome_of_answer(answer.code, answer.headers.get("retry-after"))

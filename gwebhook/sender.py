@@ -452,11 +452,26 @@ class _QuietFactory(client._HTTP11ClientFactory):
     noisy = False
 
 
-async def _exchange(
-    reactor, outgoing: Outgoing, policy: _Trust, max_answer: int | None = None
-) -> tuple[IResponse, bytes]:
-    pool = client.HTTPConnectionPool(reactor, persistent=False)
+def connection_pool(reactor, persistent: bool) -> client.HTTPConnectionPool:
+    """
+    Connections for ``send``: a new one per request, or (``persistent``)
+    kept open between the requests of one sender, such as a forward.
+    """
+    pool = client.HTTPConnectionPool(reactor, persistent=persistent)
+    pool.maxPersistentPerHost = 1
     pool._factory = _QuietFactory
+    return pool
+
+
+async def _exchange(
+    reactor,
+    outgoing: Outgoing,
+    policy: _Trust,
+    max_answer: int | None = None,
+    pool: client.HTTPConnectionPool | None = None,
+) -> tuple[IResponse, bytes]:
+    if pool is None:
+        pool = connection_pool(reactor, persistent=False)
     agent = client.Agent(
         reactor,
         contextFactory=policy,
@@ -492,6 +507,11 @@ async def _exchange(
     return response, b"".join(kept)
 
 
+def trust_policy(outgoing: Outgoing) -> _Trust:
+    """How ``outgoing``'s server is verified (made once per sender: a TLS context)."""
+    return _Trust(outgoing.trust, outgoing.cacert, verify=not outgoing.insecure)
+
+
 class SendFailed(Exception):
     """No answer to a request; the message says why in one line."""
 
@@ -508,7 +528,11 @@ class Answer:
 
 
 def send(
-    reactor, outgoing: Outgoing, max_answer: int | None = None
+    reactor,
+    outgoing: Outgoing,
+    max_answer: int | None = None,
+    pool: client.HTTPConnectionPool | None = None,
+    policy: _Trust | None = None,
 ) -> defer.Deferred[Answer]:
     """
     Send ``outgoing`` (TLS verified as ``Outgoing`` says, the whole request
@@ -516,8 +540,11 @@ def send(
     with the answer, whatever its status, or fails with SendFailed saying
     why there was none.  ``gwebhook send`` and the forwarders both use it.
     """
-    policy = _Trust(outgoing.trust, outgoing.cacert, verify=not outgoing.insecure)
-    d = defer.Deferred.fromCoroutine(_exchange(reactor, outgoing, policy, max_answer))
+    if policy is None:
+        policy = trust_policy(outgoing)
+    d = defer.Deferred.fromCoroutine(
+        _exchange(reactor, outgoing, policy, max_answer, pool)
+    )
     d.addTimeout(
         outgoing.timeout,
         reactor,
