@@ -60,12 +60,16 @@ def take(
     now: float,
     size: int,
     lease: float = LEASE_SECONDS,
+    delivered_first: int | None = None,
 ) -> Taken:
     """
     Take (or renew, for ``lease`` seconds) the forward's lease for
     ``holder`` and give its next batch, formed now from the oldest pending
-    incidents if none is.
+    incidents if none is.  With ``delivered_first``, the batch of that
+    first incident is marked delivered first, in the same transaction.
     """
+    if delivered_first is not None:
+        delivered(cursor, forward, delivered_first)
     [pending] = cursor.execute(
         "SELECT count(*) FROM deliveries WHERE forward = ? AND state = 'pending'",
         (forward,),
