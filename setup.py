@@ -34,8 +34,9 @@ setup(
         "jmespath>=1.0",
         # PostgreSQL for several nodes (--db postgresql://...), loaded only
         # then; [binary] brings its own libpq, so nothing else is installed.
-        # 3.1.8: the first with wheels for Python 3.11 on Linux.
-        "psycopg[binary]>=3.1.8",
+        # 3.2: RawCursor, whose $1 placeholders psycopg does not parse again
+        # for every statement of more than 50 (the store's multi-row INSERTs).
+        "psycopg[binary]>=3.2",
     ],
     extras_require={
         # The TLS audit (tests/test_tls_audit.py) runs in a venv of its own:

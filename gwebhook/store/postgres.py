@@ -33,9 +33,13 @@ from gwebhook.store.postgres_schema import (
 
 
 @functools.lru_cache(maxsize=1024)
-def _pyformat(statement: str) -> str:
-    """A statement written with ``?`` placeholders, as psycopg takes them."""
-    return statement.replace("%", "%%").replace("?", "%s")
+def _numbered(statement: str) -> str:
+    """A statement written with ``?`` placeholders, with PostgreSQL's ``$1``..."""
+    parts = statement.split("?")
+    numbered = [parts[0]]
+    for number, part in enumerate(parts[1:], start=1):
+        numbered.append(f"${number}{part}")
+    return "".join(numbered)
 
 
 class QmarkCursor:
@@ -49,11 +53,11 @@ class QmarkCursor:
         self._cursor = cursor
 
     def execute(self, statement: str, params=()) -> QmarkCursor:
-        self._cursor.execute(_pyformat(statement), params or None)
+        self._cursor.execute(_numbered(statement), params or None)
         return self
 
     def executemany(self, statement: str, rows) -> None:
-        self._cursor.executemany(_pyformat(statement), rows)
+        self._cursor.executemany(_numbered(statement), rows)
 
     def fetchone(self):
         return self._cursor.fetchone()

@@ -119,8 +119,16 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def connect_options(password: str | None = None) -> dict[str, Any]:
-    """psycopg.connect's keyword arguments besides the URI."""
+    """
+    psycopg.connect's keyword arguments besides the URI.  Cursors are raw:
+    they take PostgreSQL's own ``$1`` placeholders, which psycopg sends as
+    they are, where it would parse every statement of ``%s`` placeholders
+    again that has more than 50 (the store's multi-row INSERTs).
+    """
+    import psycopg
+
     options: dict[str, Any] = {
+        "cursor_factory": psycopg.RawCursor,
         "connect_timeout": CONNECT_TIMEOUT,
         "application_name": "gwebhook",
         "autocommit": True,
@@ -179,7 +187,7 @@ def create_or_upgrade(uri: str, options: dict[str, Any]) -> int:
     connection = connect(uri, options)
     try:
         with connection:
-            connection.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+            connection.execute("SELECT pg_advisory_lock($1)", (MIGRATION_LOCK,))
             connection.execute(
                 "CREATE TABLE IF NOT EXISTS gwebhook_schema (version integer NOT NULL)"
             )
@@ -198,10 +206,10 @@ def create_or_upgrade(uri: str, options: dict[str, Any]) -> int:
                     connection.execute(MIGRATIONS[number])
                     connection.execute("DELETE FROM gwebhook_schema")
                     connection.execute(
-                        "INSERT INTO gwebhook_schema (version) VALUES (%s)",
+                        "INSERT INTO gwebhook_schema (version) VALUES ($1)",
                         (number + 1,),
                     )
-            connection.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+            connection.execute("SELECT pg_advisory_unlock($1)", (MIGRATION_LOCK,))
         return SCHEMA_VERSION
     except psycopg.Error as e:
         raise StoreError(
