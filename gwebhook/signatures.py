@@ -36,7 +36,7 @@ import hashlib
 import hmac
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 SCHEMES = ("github", "stripe", "slack", "standard", "hmac")
 # The schemes whose signature covers a timestamp, to which a tolerance applies.
@@ -59,6 +59,12 @@ _SLACK = "X-Slack-Signature"
 _STANDARD_ID = "webhook-id"
 _STANDARD_TIMESTAMP = "webhook-timestamp"
 _STANDARD = "webhook-signature"
+# Refusals' words, made once rather than for every request.
+_STANDARD_TIMESTAMP_FIX = f"{_STANDARD_TIMESTAMP} must be a Unix time in seconds"
+_STANDARD_FIX = (
+    f"{_STANDARD} must be v1,<base64 of 32 bytes>, several separated by spaces"
+)
+_SHA256_SIZE = hashlib.sha256().digest_size
 
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
@@ -143,12 +149,11 @@ def webhook_id_header(config: SignatureConfig) -> str | None:
     return {"standard": _STANDARD_ID, "github": "X-GitHub-Delivery"}.get(config.scheme)
 
 
-@dataclass(frozen=True)
-class Expected:
+class Expected(NamedTuple):
     """
     A request's signature, read from its headers and found well formed and
-    fresh: what remains is the HMAC over ``before + body + after`` under one
-    of the secrets, to compare with ``given``.
+    fresh: what remains is the HMAC over ``before + body`` under one of the
+    secrets, to compare with ``given``.  (A tuple: one per signed request.)
     """
 
     config: SignatureConfig
@@ -251,24 +256,21 @@ def _standard(config: SignatureConfig, headers: _Headers, now: float) -> Expecte
     )
     if not message_id.isascii():
         raise _malformed(f"{_STANDARD_ID} must be ASCII")
-    seconds = _unix_time(
-        timestamp, f"{_STANDARD_TIMESTAMP} must be a Unix time in seconds"
-    )
-    fix = f"{_STANDARD} must be v1,<base64 of 32 bytes>, several separated by spaces"
+    seconds = _unix_time(timestamp, _STANDARD_TIMESTAMP_FIX)
     signatures: list[bytes] = []
     for entry in value.split():
         version, comma, encoded = entry.partition(",")
         if not comma:
-            raise _malformed(fix)
+            raise _malformed(_STANDARD_FIX)
         if version != "v1":
             # v1a (asymmetric) and later versions: another key's business.
             continue
-        given = _base64(encoded, hashlib.sha256().digest_size)
+        given = _base64(encoded, _SHA256_SIZE)
         if given is None:
-            raise _malformed(fix)
+            raise _malformed(_STANDARD_FIX)
         signatures.append(given)
     if not signatures:
-        raise _malformed(fix)
+        raise _malformed(_STANDARD_FIX)
     _fresh(config, seconds, now)
     before = f"{message_id}.{timestamp}.".encode()
     return Expected(config, "sha256", before, tuple(signatures))
@@ -318,11 +320,16 @@ class _Headers:
             self._get = lambda name: get(_bytes_name(name))  # type: ignore[arg-type]
 
     def require(self, *names: str) -> list[str]:
-        values: list[str | None] = [self._one(name) for name in names]
-        missing = [n for n, v in zip(names, values, strict=True) if v is None]
-        if missing:
-            raise SignatureRefused(MISSING, f"signature missing: send {_and(missing)}")
-        return [v for v in values if v is not None]
+        values: list[str] = []
+        for name in names:
+            value = self._one(name)
+            if value is None:
+                missing = [n for n in names if self._one(n) is None]
+                raise SignatureRefused(
+                    MISSING, f"signature missing: send {_and(missing)}"
+                )
+            values.append(value)
+        return values
 
     def _one(self, name: str) -> str | None:
         values = self._get(name)
