@@ -232,27 +232,7 @@ def prune_postgres(
     database's writer lock, so it takes its turn with the nodes' writes.
     The space is PostgreSQL's to reuse (autovacuum): nothing to give back.
     """
-    import psycopg
-
-    from gwebhook.database import redacted
-    from gwebhook.store.postgres import QmarkCursor
-    from gwebhook.store.postgres_schema import WRITER_LOCK, connect, connect_options
-
-    try:
-        connection = connect(uri, connect_options(password))
-    except schema.StoreError as e:
-        raise PruneError(str(e)) from None
-    try:
-        with connection.transaction():
-            cursor = QmarkCursor(connection.cursor())
-            cursor.execute("SELECT pg_advisory_xact_lock(?)", (WRITER_LOCK,))
-            incidents, requests = prune(cursor, before)
-    except psycopg.Error as e:
-        raise PruneError(
-            f"cannot prune {redacted(uri)}: {e}; nothing deleted"
-        ) from None
-    finally:
-        connection.close()
+    incidents, requests = write_once(uri, password, prune, before)
     return incidents, requests, True
 
 
@@ -282,7 +262,9 @@ def write_once(db: str, password: str | None, work, *args):
                 cursor.execute("SELECT pg_advisory_xact_lock(?)", (WRITER_LOCK,))
                 return work(cursor, *args)
         except psycopg.Error as e:
-            raise PruneError(f"cannot change {redacted(db)}: {e}") from None
+            raise PruneError(
+                f"cannot change {redacted(db)}: {e}; nothing changed"
+            ) from None
         finally:
             connection.close()
     sqlite = open_for_pruning(db)

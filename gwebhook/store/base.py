@@ -111,55 +111,25 @@ def _row(width: int) -> str:
     return "(" + ", ".join(["?"] * width) + ")"
 
 
-@functools.lru_cache(maxsize=ROWS_PER_INSERT)
-def _insert_incidents(rows: int) -> str:
-    """The statement inserting ``rows`` incidents: placeholders only, no data."""
-    return _INSERT_INCIDENTS + ", ".join([_row(_INCIDENT_WIDTH)] * rows)
-
-
-@functools.lru_cache(maxsize=ROWS_PER_INSERT)
-def _insert_requests(rows: int) -> str:
-    """The statement inserting ``rows`` requests: placeholders only, no data."""
-    return _INSERT_REQUESTS + ", ".join([_row(_REQUEST_WIDTH)] * rows)
-
-
-@functools.lru_cache(maxsize=SAMPLE_COUNT)
-def _insert_samples(rows: int) -> str:
-    """The statement inserting ``rows`` samples: placeholders only, no data."""
-    return _INSERT_SAMPLES + ", ".join(["(?)"] * rows)
-
-
-@functools.lru_cache(maxsize=ROWS_PER_INSERT)
-def _insert_keys(rows: int) -> str:
-    """The statement remembering ``rows`` composite keys."""
-    return _INSERT_KEYS + ", ".join([_row(_KEY_WIDTH)] * rows)
-
-
-@functools.lru_cache(maxsize=ROWS_PER_INSERT)
-def _insert_replays(rows: int) -> str:
-    """The statement remembering ``rows`` idempotency keys with their answers."""
-    return _INSERT_REPLAYS + ", ".join([_row(_REPLAY_WIDTH)] * rows)
-
-
-@functools.lru_cache(maxsize=ROWS_PER_INSERT)
-def _insert_deliveries(rows: int) -> str:
-    """The statement queueing ``rows`` deliveries."""
-    return _INSERT_DELIVERIES + ", ".join([_row(_DELIVERY_WIDTH)] * rows)
+@functools.lru_cache(maxsize=256)
+def _insert(prefix: str, width: int, rows: int) -> str:
+    """``prefix`` (an INSERT up to VALUES) for ``rows`` rows of ``width``: no data."""
+    return prefix + ", ".join([_row(width)] * rows)
 
 
 _placeholders = functools.lru_cache(maxsize=64)(_row)
 
 
-def _insert_rows(cursor, statement, width: int, values: list) -> None:
+def _insert_rows(cursor, prefix: str, width: int, values: list) -> None:
     """Insert ``values`` (rows of ``width`` flattened) 99 rows a statement."""
     step = ROWS_PER_INSERT * width
     for start in range(0, len(values), step):
         chunk = values[start : start + step]
-        cursor.execute(statement(len(chunk) // width), chunk)
+        cursor.execute(_insert(prefix, width, len(chunk) // width), chunk)
 
 
 def _request_row(request_id: int, request: ReceivedRequest) -> tuple:
-    """A request's row for ``_insert_requests``."""
+    """A request's row for ``_INSERT_REQUESTS``."""
     return (
         request_id,
         request.received,
@@ -648,11 +618,11 @@ class IncidentStore:
             cursor.executemany(_FORGET_KEY, forget_keys)
         if forget_replays:
             cursor.executemany(_FORGET_REPLAY, forget_replays)
-        _insert_rows(cursor, _insert_requests, _REQUEST_WIDTH, requests)
-        _insert_rows(cursor, _insert_incidents, _INCIDENT_WIDTH, incidents)
-        _insert_rows(cursor, _insert_keys, _KEY_WIDTH, keys)
-        _insert_rows(cursor, _insert_replays, _REPLAY_WIDTH, replays)
-        _insert_rows(cursor, _insert_deliveries, _DELIVERY_WIDTH, deliveries)
+        _insert_rows(cursor, _INSERT_REQUESTS, _REQUEST_WIDTH, requests)
+        _insert_rows(cursor, _INSERT_INCIDENTS, _INCIDENT_WIDTH, incidents)
+        _insert_rows(cursor, _INSERT_KEYS, _KEY_WIDTH, keys)
+        _insert_rows(cursor, _INSERT_REPLAYS, _REPLAY_WIDTH, replays)
+        _insert_rows(cursor, _INSERT_DELIVERIES, _DELIVERY_WIDTH, deliveries)
         return results
 
     def _insert_each(
@@ -711,7 +681,7 @@ class IncidentStore:
                     )
         for instance, ids in kept.items():
             newest = ids[-SAMPLE_COUNT:]
-            cursor.execute(_insert_samples(len(newest)), newest)
+            cursor.execute(_insert(_INSERT_SAMPLES, 1, len(newest)), newest)
             cursor.execute(_TRIM_SAMPLES, (instance, instance, SAMPLE_COUNT))
 
     def _unavailable(self, failure: Failure) -> Failure:
