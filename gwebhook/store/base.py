@@ -29,6 +29,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 
+from gwebhook import jsontext
 from gwebhook.dedup import Ticket
 from gwebhook.model import Committed, IncidentDraft, ReceivedRequest, StoredIncident
 from gwebhook.timestamps import format_utc
@@ -39,8 +40,7 @@ SAMPLE_COUNT = 20
 MAX_BATCH = 512
 
 
-# Made once: json.dumps with options builds a new encoder at every call.
-_encode_details = json.JSONEncoder(ensure_ascii=False).encode
+_encode_details = jsontext.encode
 
 # Rows per INSERT statement at most (990 values: under SQLite's oldest limit
 # of 999).  One statement for many rows does SQLite's per-statement
