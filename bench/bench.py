@@ -40,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
 LUA = HERE / "post.lua"
 CONFIGS = HERE / "instances"
+PAYLOADS = HERE / "payloads"
 OUT = HERE / "out"
 TICKS = os.sysconf("SC_CLK_TCK")
 SERVER_CPU, LOAD_CPU = "0", "1"
@@ -86,6 +87,14 @@ class Scenario:
     # so that they stay waiting; None: no filter, each is answered by the
     # load's next commit and asks again (consumers following the stream).
     waiter_instance: str | None = None
+    # The body of every request: a file of bench/payloads (what senders
+    # send), instead of post.lua's small incident (or batch of them).
+    payload: str | None = None
+
+    @property
+    def per_request(self) -> int:
+        """Incidents in each request's body."""
+        return payload_incidents(self.payload) if self.payload else self.batch
 
     @property
     def pinned(self) -> bool:
@@ -100,6 +109,15 @@ class Scenario:
         """The config-instance, PostgreSQL and read-API scenarios are gwebhook's."""
         return not self.gwebhook_only or server == "gwebhook"
 
+
+def payload_incidents(name: str) -> int:
+    """Incidents in a payload file: one per object, one per array element."""
+    document = json.loads((PAYLOADS / name).read_bytes())
+    return len(document) if isinstance(document, list) else 1
+
+
+ALERT = "alert.json"  # a ~650-byte security alert, nested three levels
+ALERTS = "alerts-100.json"  # an array of 100 such alerts (~64 kB)
 
 SCENARIOS = {
     s.key: s
@@ -225,6 +243,63 @@ SCENARIOS = {
             api=True,
             waiters=1000,
         ),
+        # What senders send (bench/payloads): a ~650-byte nested alert, 100
+        # of them in an array, a Wallarm hit array, a GitHub push event; the
+        # letter says which of a-g's loads each is.
+        Scenario(
+            "b-alert",
+            "650-byte nested alert/request, keep-alive, 32 connections",
+            32,
+            payload=ALERT,
+        ),
+        Scenario(
+            "c-alert",
+            "650-byte nested alert/request, new TLS connection per request, 32 conns",
+            32,
+            close=True,
+            payload=ALERT,
+        ),
+        Scenario(
+            "d-alert",
+            "arrays of 100 nested alerts (64 kB)/request, keep-alive, 32 conns",
+            32,
+            payload=ALERTS,
+        ),
+        Scenario(
+            "e-alert",
+            "store disabled, 650-byte alert/request, keep-alive, 32 connections",
+            32,
+            discard=True,
+            payload=ALERT,
+        ),
+        Scenario(
+            "f-alert",
+            "2 server processes, 650-byte alert/request, keep-alive, 32 conns",
+            32,
+            workers=2,
+            threads=2,
+            payload=ALERT,
+        ),
+        Scenario(
+            "g-alert",
+            "2 server processes, arrays of 100 alerts/request, keep-alive, 32 conns",
+            32,
+            workers=2,
+            threads=2,
+            payload=ALERTS,
+        ),
+        Scenario(
+            "b-github",
+            "GitHub push event (6 kB)/request, keep-alive, 32 connections",
+            32,
+            payload="github-push.json",
+        ),
+        Scenario(
+            "b-wallarm",
+            "Wallarm hit array (900 bytes)/request, keep-alive, 32 connections",
+            32,
+            payload="wallarm-hits.json",
+        ),
     ]
 }
 # Scenarios compared with another of the same round: (the base, the least
@@ -244,6 +319,10 @@ COMPARISONS: dict[str, tuple[str, float | None]] = {
     "b-api-following": ("b-api", None),
 }
 DEFAULT_SCENARIOS = "a,b,c,d,e,rss"
+# gwebhook's memory growth over 10,000 and 100,000 requests of this load.
+RSS_SCENARIOS = {"rss": "b", "rss-alert": "b-alert"}
+# --scenarios realistic: every scenario the real-payload targets judge.
+REALISTIC = "b,b-alert,c-alert,d-alert,b-github,b-wallarm,e-alert,f-alert,rss,rss-alert"
 # The PostgreSQL server the -pg scenarios create their databases in.
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 # How long a PostgreSQL backend may keep its statistics before reporting
@@ -256,11 +335,15 @@ STATS_DELAY = 1.5
 class Run:
     scenario: str
     server: str
+    # The reference's variant (--reference-modes): its mode, "-nolog"
+    # without its access log; "" for gwebhook.
+    variant: str = ""
     requests_per_s: float = 0.0
     incidents_per_s: float = 0.0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     cpu_us_per_request: float = 0.0
+    cpu_us_per_incident: float = 0.0
     cpu_percent: float = 0.0
     main_thread_us_per_request: float = 0.0
     wrk_cpu_percent: float = 0.0
@@ -286,6 +369,11 @@ class Run:
     db_commits: int = 0
     # Read-API scenarios: what bench/waiters.py saw during the measured run.
     waiters: dict = field(default_factory=dict)
+
+    @property
+    def who(self) -> str:
+        """The server, and the reference's variant: "reference loop-nolog"."""
+        return f"{self.server} {self.variant}" if self.variant else self.server
 
 
 @dataclass(frozen=True)
@@ -809,8 +897,36 @@ class Gwebhook(Server):
         return argv, env
 
 
+REFERENCE_MODES = ("offload", "loop", "threadpool")
+# Each mode with its access log (uvicorn's default) and without it
+# (--no-access-log): "offload", "offload-nolog", "loop"...
+REFERENCE_VARIANTS = tuple(
+    v for mode in REFERENCE_MODES for v in (mode, f"{mode}-nolog")
+)
+
+
+def reference_variants(spec: str) -> list[str]:
+    """--reference-modes: "all", or variants separated by commas."""
+    if spec.strip() == "all":
+        return list(REFERENCE_VARIANTS)
+    variants = [v.strip() for v in spec.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in REFERENCE_VARIANTS]
+    if unknown or not variants:
+        raise ValueError(
+            f"unknown reference variant(s) {','.join(unknown) or '(none)'}: use "
+            f"all, or some of {','.join(REFERENCE_VARIANTS)}"
+        )
+    return list(dict.fromkeys(variants))
+
+
 class Reference(Server):
     name = "reference"
+
+    def __init__(self, *args, variant: str = "offload", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.variant = variant
+        self.mode = variant.removesuffix("-nolog")
+        self.access_log = not variant.endswith("-nolog")
 
     def command(self, scenario, node):
         argv = [
@@ -833,11 +949,13 @@ class Reference(Server):
             "--workers",
             str(scenario.workers),
         ]
+        if not self.access_log:
+            argv.append("--no-access-log")
         env = {
             "REFERENCE_DB": str(self.db),
             "REFERENCE_USERNAME": USERNAME,
             "REFERENCE_PASSWORD": self.password,
-            "REFERENCE_MODE": self.options.reference_mode,
+            "REFERENCE_MODE": self.mode,
         }
         if scenario.discard:
             env["REFERENCE_DISCARD"] = "1"
@@ -853,6 +971,7 @@ def load_env(scenario: Scenario, credentials: Credentials) -> dict[str, str]:
         **os.environ,
         "BENCH_AUTH": credentials.auth,
         "BENCH_BATCH": str(scenario.batch),
+        "BENCH_BODY_FILE": str(PAYLOADS / scenario.payload) if scenario.payload else "",
         "BENCH_CLOSE": "1" if scenario.close else "0",
         "BENCH_VARY": "1" if scenario.vary else "0",
         "BENCH_SIGNING_KEY": credentials.signing_key.hex(),
@@ -939,8 +1058,9 @@ def wrk(
 def measure(
     server: Server, scenario: Scenario, options, credentials: Credentials
 ) -> Run:
-    run = Run(scenario.key, server.name)
-    label = f"{scenario.key}-{server.name}"
+    variant = getattr(server, "variant", "")
+    run = Run(scenario.key, server.name, variant)
+    label = f"{scenario.key}-{server.name}" + (f"-{variant}" if variant else "")
     try:
         try:
             server.start(scenario, label)
@@ -1025,6 +1145,7 @@ def _measured(
     run.acknowledged = acked + result["acked"]
     run.cpu_percent = 100 * cpu / seconds
     run.cpu_us_per_request = 1e6 * cpu / max(1, result["ok"])
+    run.cpu_us_per_incident = 1e6 * cpu / max(1, result["acked"])
     run.main_thread_us_per_request = 1e6 * main_cpu / max(1, result["ok"])
     run.db_cpu_percent = 100 * db_cpu / seconds
     run.db_cpu_us_per_request = 1e6 * db_cpu / max(1, result["ok"])
@@ -1130,10 +1251,13 @@ class Waiters:
         end(self.process, grace=5.0)
 
 
-def rss_growth(server: Gwebhook, credentials: Credentials) -> dict:
-    """gwebhook's RSS after 10,000 and after 100,000 requests (32 connections)."""
-    scenario = SCENARIOS["b"]
-    server.start(scenario, "rss-gwebhook")
+def rss_growth(server: Gwebhook, credentials: Credentials, load: str = "b") -> dict:
+    """
+    gwebhook's RSS after 10,000 and after 100,000 requests of a scenario's
+    load (32 connections), counted as stored incidents.
+    """
+    scenario = SCENARIOS[load]
+    server.start(scenario, f"rss-{load}-gwebhook")
     try:
         server.probe(scenario)
         points = {}
@@ -1151,6 +1275,7 @@ def rss_growth(server: Gwebhook, credentials: Credentials) -> dict:
         server.stop()
     (n1, r1), (n2, r2) = points[10_000], points[100_000]
     return {
+        "scenario": load,
         "requests_1": n1,
         "rss_mb_1": r1,
         "requests_2": n2,
@@ -1402,6 +1527,7 @@ def table(runs: list[Run], rounds: bool = False) -> str:
         "p50 ms",
         "p99 ms",
         "CPU us/req",
+        "CPU us/incident",
         "main thread us/req",
         "CPU %",
         "wrk CPU %",
@@ -1424,7 +1550,7 @@ def table(runs: list[Run], rounds: bool = False) -> str:
                 (
                     *first,
                     r.scenario,
-                    r.server,
+                    r.who,
                     "skipped: " + r.skipped,
                     *[""] * (len(head) - len(first) - 3),
                 )
@@ -1442,12 +1568,13 @@ def table(runs: list[Run], rounds: bool = False) -> str:
             (
                 *first,
                 r.scenario,
-                r.server,
+                r.who,
                 f"{r.requests_per_s:,.0f}",
                 f"{r.incidents_per_s:,.0f}",
                 f"{r.p50_ms:.2f}",
                 f"{r.p99_ms:.2f}",
                 f"{r.cpu_us_per_request:,.0f}",
+                f"{r.cpu_us_per_incident:,.1f}",
                 f"{r.main_thread_us_per_request:,.0f}",
                 f"{r.cpu_percent:.0f}",
                 f"{r.wrk_cpu_percent:.0f}",
@@ -1466,18 +1593,75 @@ def table(runs: list[Run], rounds: bool = False) -> str:
     return "\n".join([fmt.format(*head), sep, *(fmt.format(*row) for row in rows)])
 
 
+def strongest_references(runs: list[Run]) -> dict[str, Run]:
+    """Per scenario, the reference's run with the most requests/s."""
+    best: dict[str, Run] = {}
+    for r in runs:
+        if r.server == "reference" and not r.skipped:
+            mine = best.get(r.scenario)
+            if mine is None or r.requests_per_s > mine.requests_per_s:
+                best[r.scenario] = r
+    return best
+
+
+def head_to_head(runs: list[Run]) -> list[Run]:
+    """gwebhook's runs and, of the reference's, the strongest per scenario."""
+    strongest = strongest_references(runs)
+    return [
+        r for r in runs if r.server != "reference" or strongest.get(r.scenario) is r
+    ]
+
+
 def ratios(runs: list[Run]) -> list[str]:
-    by = {(r.scenario, r.server): r for r in runs if not r.skipped}
+    """gwebhook against the reference (its strongest variant) per scenario."""
+    by = {(r.scenario, r.server): r for r in head_to_head(runs) if not r.skipped}
+    several = len({r.variant for r in runs if r.server == "reference"}) > 1
     lines = []
     for key, s in SCENARIOS.items():
         g, ref = by.get((key, "gwebhook")), by.get((key, "reference"))
         if g and ref and ref.requests_per_s:
             lines.append(
-                f"({key}) {s.title}: gwebhook/reference req/s "
-                f"{g.requests_per_s / ref.requests_per_s:.2f}, "
+                f"({key}) {s.title}: gwebhook/reference"
+                + (f" ({ref.variant}, the strongest)" if several else "")
+                + f" req/s {g.requests_per_s / ref.requests_per_s:.2f}, "
                 f"p99 {g.p99_ms / ref.p99_ms:.2f}, "
-                f"CPU/req {g.cpu_us_per_request / ref.cpu_us_per_request:.2f}"
+                f"CPU/req {g.cpu_us_per_request / ref.cpu_us_per_request:.2f}, "
+                f"CPU/incident {g.cpu_us_per_incident / ref.cpu_us_per_incident:.2f}"
             )
+    return lines
+
+
+def strongest_lines(runs: list[Run], every: list[Run]) -> list[str]:
+    """Which of the reference's variants was the strongest in each scenario."""
+    if len({r.variant for r in runs if r.server == "reference"}) < 2:
+        return []
+    lines = [
+        "",
+        "the reference's strongest variant per scenario (most req/s, best of "
+        "its rounds; ratios and targets are taken against it), then the others:",
+    ]
+    for key, best in strongest_references(runs).items():
+        others = sorted(
+            (
+                r
+                for r in runs
+                if r.server == "reference" and r.scenario == key and r is not best
+            ),
+            key=lambda r: -r.requests_per_s,
+        )
+        per_round = [
+            ref.variant for _, (_, ref) in sorted(rounds_of(every, key).items())
+        ]
+        lines.append(
+            f"({key}) {best.variant}: {best.requests_per_s:,.0f} req/s, "
+            f"p99 {best.p99_ms:.2f} ms; "
+            + ", ".join(f"{r.variant} {r.requests_per_s:,.0f}" for r in others)
+            + (
+                "; strongest round by round: " + " ".join(per_round)
+                if len(per_round) > 1
+                else ""
+            )
+        )
     return lines
 
 
@@ -1680,6 +1864,199 @@ def targets(
     return lines
 
 
+def rounds_of(every: list[Run], key: str) -> dict[int, tuple[Run, Run]]:
+    """
+    Per round, gwebhook's run of the scenario and the strongest of the
+    reference's runs of that round (its variants ran minutes apart at most).
+    """
+    mine = {
+        r.round: r
+        for r in every
+        if r.scenario == key and r.server == "gwebhook" and not r.skipped
+    }
+    theirs: dict[int, Run] = {}
+    for r in every:
+        if r.scenario == key and r.server == "reference" and not r.skipped:
+            other = theirs.get(r.round)
+            if other is None or r.requests_per_s > other.requests_per_s:
+                theirs[r.round] = r
+    return {n: (mine[n], theirs[n]) for n in sorted(mine) if n in theirs}
+
+
+def gwebhook_rounds(every: list[Run], key: str) -> dict[int, Run]:
+    return {
+        r.round: r
+        for r in every
+        if r.scenario == key and r.server == "gwebhook" and not r.skipped
+    }
+
+
+# The real-payload targets: gwebhook against the reference's strongest
+# variant in the same round, req/s (the scenario, what it is, the least ratio).
+REALISTIC_RATIOS = [
+    ("b-alert", "keep-alive, 32 conns, 650-byte alert", 2.0),
+    ("b", "keep-alive, 32 conns, small incident", 2.0),
+    ("d-alert", "arrays of 100 alerts", 1.5),
+    ("b-github", "GitHub push event", 1.5),
+    ("c-alert", "new TLS connection per request, alert", 1.2),
+    ("b-wallarm", "Wallarm hit array", None),
+]
+
+
+@dataclass
+class Judged:
+    """One target of the real-payload summary, from the rounds that judge it."""
+
+    target: str
+    goal: float | None  # None: reported, no target
+    values: list[float]  # one per round
+    higher: bool = True
+    fmt: str = "{:.2f}"
+    best: float | None = None  # each side's best run against the other's
+    against: str = ""  # which reference variant(s)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def verdict(self) -> str:
+        if self.goal is None:
+            return "-"
+        met = self.median >= self.goal if self.higher else self.median <= self.goal
+        return "met" if met else "**MISSED**"
+
+    def row(self) -> str:
+        f = self.fmt.format
+        goal = (
+            "-"
+            if self.goal is None
+            else (">= " if self.higher else "<= ") + f(self.goal)
+        )
+        spread = (
+            f"{f(min(self.values))}-{f(max(self.values))}"
+            if len(self.values) > 1
+            else ""
+        )
+        return (
+            f"| {self.target} | {goal} | {f(self.median)} | {spread} | "
+            + " ".join(f(v) for v in self.values)
+            + f" | {'' if self.best is None else f(self.best)} | {self.against} | "
+            f"{self.verdict} |"
+        )
+
+
+def realistic_targets(
+    runs: list[Run], every: list[Run], rss: dict[str, dict]
+) -> list[Judged]:
+    """Every real-payload target these runs can judge, on the median of rounds."""
+    judged = []
+    strongest = strongest_references(runs)
+    best = {r.scenario: r for r in runs if r.server == "gwebhook" and not r.skipped}
+    for key, what, goal in REALISTIC_RATIOS:
+        pairs = rounds_of(every, key)
+        if not pairs:
+            continue
+        variants = [ref.variant for _, ref in pairs.values()]
+        judged.append(
+            Judged(
+                f"({key}) {what}: gwebhook / reference req/s",
+                goal,
+                [g.requests_per_s / ref.requests_per_s for g, ref in pairs.values()],
+                best=best[key].requests_per_s / strongest[key].requests_per_s,
+                against=" / ".join(variants),
+            )
+        )
+    d = gwebhook_rounds(every, "d-alert")
+    if d:
+        judged.append(
+            Judged(
+                "(d-alert) arrays of 100 alerts: gwebhook durable incidents/s",
+                40_000,
+                [r.incidents_per_s for r in d.values()],
+                fmt="{:,.0f}",
+                best=best["d-alert"].incidents_per_s,
+            )
+        )
+    on, off = gwebhook_rounds(every, "b-alert"), gwebhook_rounds(every, "e-alert")
+    rounds = [n for n in on if n in off]
+    if rounds:
+        judged.append(
+            Judged(
+                "store on / off (b-alert / e-alert), gwebhook req/s",
+                0.9,
+                [on[n].requests_per_s / off[n].requests_per_s for n in rounds],
+                fmt="{:.3f}",
+            )
+        )
+        judged.append(
+            Judged(
+                "  the same from CPU per request (e-alert's over b-alert's)",
+                0.9,
+                [cpu_bound_ratio(on[n], off[n]) for n in rounds],
+                fmt="{:.3f}",
+            )
+        )
+    two = gwebhook_rounds(every, "f-alert")
+    rounds = [n for n in two if n in on]
+    if rounds:
+        judged.append(
+            Judged(
+                "two processes / one (f-alert / b-alert), gwebhook req/s",
+                1.7,
+                [two[n].requests_per_s / on[n].requests_per_s for n in rounds],
+                fmt="{:.3f}",
+            )
+        )
+    for key in SCENARIOS:
+        pairs = rounds_of(every, key)
+        if pairs:
+            judged.append(
+                Judged(
+                    f"({key}) p99: gwebhook / reference",
+                    1.0,
+                    [g.p99_ms / ref.p99_ms for g, ref in pairs.values()],
+                    higher=False,
+                    best=best[key].p99_ms / strongest[key].p99_ms,
+                    against=" / ".join(ref.variant for _, ref in pairs.values()),
+                )
+            )
+    for key, growth in rss.items():
+        judged.append(
+            Judged(
+                f"{key}: RSS growth {growth['requests_1']:,} -> "
+                f"{growth['requests_2']:,} requests of ({growth['scenario']}), MB",
+                20.0,
+                [growth["growth_mb"]],
+                higher=False,
+                fmt="{:.1f}",
+            )
+        )
+    return judged
+
+
+def realistic_lines(
+    runs: list[Run], every: list[Run], rss: dict[str, dict]
+) -> list[str]:
+    """The real-payload targets as a table RESULTS.md can take."""
+    judged = realistic_targets(runs, every, rss)
+    if not any(SCENARIOS[r.scenario].payload for r in every) and "rss-alert" not in rss:
+        return []
+    rounds = len({r.round for r in every}) or 1
+    return [
+        "",
+        f"real-payload targets: each judged on the median of its {rounds} "
+        "round(s); a ratio to the reference is to the strongest of its "
+        "variants in the same round (which, round by round: 'against'); 'best' is "
+        "each side's "
+        "best run against the other's:",
+        "",
+        "| target | goal | median | range | rounds | best | against | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+        *(j.row() for j in judged),
+    ]
+
+
 # --- the run -----------------------------------------------------------------
 
 SERVERS: dict[str, type[Server]] = {"gwebhook": Gwebhook, "reference": Reference}
@@ -1709,7 +2086,8 @@ def parse_arguments(
     parser.add_argument(
         "--scenarios",
         default=DEFAULT_SCENARIOS,
-        help=f"comma-separated, of {','.join(SCENARIOS)},rss "
+        help=f"comma-separated, of {','.join(SCENARIOS)},"
+        f"{','.join(RSS_SCENARIOS)}, or realistic ({REALISTIC}) "
         f"(default {DEFAULT_SCENARIOS}; f and g: two server "
         "processes; b-plain, b-signed, b-dedup, b-signed-dedup: gwebhook "
         "only, an instance of bench/instances/*.toml, each against b-plain "
@@ -1717,7 +2095,9 @@ def parse_arguments(
         "(--pg), against b and d round by round; b-pg2, d-pg2: two nodes on "
         "one database, against b-pg and d-pg; b-api, b-api-waiting, "
         "b-api-following: gwebhook only, the read API on, without and with "
-        "1,000 long polls)",
+        "1,000 long polls; b-alert, c-alert, d-alert, e-alert, f-alert, "
+        "g-alert, b-github, b-wallarm: as the letter's scenario with a "
+        "payload of bench/payloads; rss-alert: rss with b-alert's load)",
     )
     parser.add_argument(
         "--servers",
@@ -1726,10 +2106,20 @@ def parse_arguments(
     )
     parser.add_argument(
         "--reference-mode",
-        choices=["loop", "threadpool", "offload"],
+        choices=list(REFERENCE_MODES),
         default="offload",
-        help="how the reference calls SQLite "
-        "(see bench/reference/README.md; default offload)",
+        help="how the reference calls SQLite, with its access log "
+        "(see bench/reference/README.md; default offload); "
+        "--reference-modes measures several",
+    )
+    parser.add_argument(
+        "--reference-modes",
+        metavar="all|VARIANT,...",
+        help="measure the reference in each of these variants and compare "
+        "gwebhook with the strongest in each scenario: 'all' (every mode, "
+        f"with and without its access log: {','.join(REFERENCE_VARIANTS)}), "
+        "or some of them; a variant ending in -nolog runs uvicorn with "
+        "--no-access-log (default: --reference-mode's, with its log)",
     )
     parser.add_argument(
         "--gwebhook-workers-args",
@@ -1807,7 +2197,13 @@ def parse_arguments(
     options = parser.parse_args(argv)
 
     keys = [k.strip() for k in options.scenarios.split(",") if k.strip()]
-    unknown = [k for k in keys if k not in SCENARIOS and k != "rss"]
+    # "realistic": the real-payload targets' scenarios, among any others.
+    keys = list(
+        dict.fromkeys(
+            x for k in keys for x in (REALISTIC.split(",") if k == "realistic" else [k])
+        )
+    )
+    unknown = [k for k in keys if k not in SCENARIOS and k not in RSS_SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {','.join(unknown)}")
     if not options.gwebhook_path.startswith("/"):
@@ -1815,6 +2211,14 @@ def parse_arguments(
     servers = [s.strip() for s in options.servers.split(",")]
     if options.commit and not os.environ.get("BENCH_INSTALLED_COMMIT"):
         parser.error("--commit is bench/run's: run bench/run, not bench.py")
+    try:
+        options.reference_variants = (
+            reference_variants(options.reference_modes)
+            if options.reference_modes
+            else [options.reference_mode]
+        )
+    except ValueError as e:
+        parser.error(f"--reference-modes: {e}")
     if options.profile_only:
         keys, options.profile = [], True
     return options, keys, servers
@@ -1830,11 +2234,19 @@ class Bench:
     key: Path
     credentials: Credentials
 
-    def server(self, name: str) -> Server:
-        """A new server of that kind, not yet started, with this run's settings."""
-        return SERVERS[name](
-            self.work, self.cert, self.key, self.credentials, self.options
-        )
+    def server(self, name: str, variant: str = "") -> Server:
+        """
+        A new server of that kind (the reference: of that variant), not yet
+        started, with this run's settings.
+        """
+        args = (self.work, self.cert, self.key, self.credentials, self.options)
+        if name == "reference":
+            return Reference(*args, variant=variant or self.variants()[0])
+        return SERVERS[name](*args)
+
+    def variants(self) -> list[str]:
+        """The reference's variants this run measures (--reference-modes)."""
+        return self.options.reference_variants
 
 
 def set_up(work: Path, options: argparse.Namespace) -> Bench:
@@ -1861,26 +2273,34 @@ class Results:
 
     runs: list[Run] = field(default_factory=list)  # each scenario and server's best
     every: list[Run] = field(default_factory=list)  # every run, --repeat included
-    rss: dict | None = None
+    # gwebhook's memory growth, by RSS_SCENARIOS key ("rss", "rss-alert").
+    rss: dict[str, dict] = field(default_factory=dict)
     profile: dict | None = None
 
 
-def run_rss(bench: Bench) -> dict:
-    """gwebhook's memory growth under scenario b's load."""
-    print("bench: rss: gwebhook after 10,000 and 100,000 requests", file=sys.stderr)
-    return rss_growth(bench.server("gwebhook"), bench.credentials)
+def run_rss(bench: Bench, key: str = "rss") -> dict:
+    """gwebhook's memory growth under scenario b's load (rss-alert: b-alert's)."""
+    load = RSS_SCENARIOS[key]
+    print(
+        f"bench: {key}: gwebhook after 10,000 and 100,000 requests of ({load})",
+        file=sys.stderr,
+    )
+    return rss_growth(bench.server("gwebhook"), bench.credentials, load)
 
 
-def run_scenario(bench: Bench, key: str, name: str, attempt: int) -> Run:
+def run_scenario(
+    bench: Bench, key: str, name: str, attempt: int, variant: str = ""
+) -> Run:
     """One measured run of one scenario against one server, told as it goes."""
     options = bench.options
     scenario = SCENARIOS[key]
     print(
         f"bench: ({key}) {scenario.title}: {name}"
+        + (f" {variant}" if variant else "")
         + (f", round {attempt + 1}/{options.repeat}" if options.repeat > 1 else ""),
         file=sys.stderr,
     )
-    run = measure(bench.server(name), scenario, options, bench.credentials)
+    run = measure(bench.server(name, variant), scenario, options, bench.credentials)
     if not run.skipped:
         print(
             f"bench:     {run.requests_per_s:,.0f} req/s, "
@@ -1903,28 +2323,32 @@ def run_scenarios(
     # (store on/off, one process/two) stay fair.
     # Every other round goes over them backwards (A B, B A, A B...), so that
     # a drift within a round does not always favour the same scenario.
-    best: dict[tuple[str, str], Run] = {}
+    # The reference runs once per variant (--reference-modes), each kept
+    # apart: its best run of each, and the report takes the strongest.
+    best: dict[tuple[str, str, str], Run] = {}
     for attempt in range(bench.options.repeat):
         for key in keys if attempt % 2 == 0 else keys[::-1]:
-            if key == "rss":
+            if key in RSS_SCENARIOS:
                 if attempt == 0 and "gwebhook" in servers:
-                    results.rss = run_rss(bench)
+                    results.rss[key] = run_rss(bench, key)
                 continue
             for name in servers:
                 if not SCENARIOS[key].runs_on(name):
                     continue
-                run = run_scenario(bench, key, name, attempt)
-                run.round = attempt + 1
-                results.every.append(run)
-                mine = best.get((key, name))
-                if mine is None or run.requests_per_s > mine.requests_per_s:
-                    best[(key, name)] = run
+                for variant in bench.variants() if name == "reference" else [""]:
+                    run = run_scenario(bench, key, name, attempt, variant)
+                    run.round = attempt + 1
+                    results.every.append(run)
+                    mine = best.get((key, name, variant))
+                    if mine is None or run.requests_per_s > mine.requests_per_s:
+                        best[(key, name, variant)] = run
     results.runs.extend(
-        best[(k, name)]
+        best[(k, name, variant)]
         for k in keys
         if k in SCENARIOS
         for name in servers
-        if (k, name) in best
+        for variant in (bench.variants() if name == "reference" else [""])
+        if (k, name, variant) in best
     )
 
 
@@ -1964,7 +2388,14 @@ def header_lines(
         "versions: " + ", ".join(f"{k} {v}" for k, v in c.info.items()),
         f"gwebhook source: {c.source}",
         f"load average at start: {c.load_at_start}",
-        f"reference mode: {options.reference_mode}; TLS: "
+        "reference: "
+        + (
+            f"each of {', '.join(options.reference_variants)}, the strongest "
+            "per scenario compared"
+            if len(options.reference_variants) > 1
+            else f"{options.reference_variants[0]}"
+        )
+        + " (a mode, -nolog: without its access log); TLS: "
         + "; ".join(sorted({f"{r.server} {r.tls}" for r in runs if r.tls})),
         "",
     ]
@@ -1975,17 +2406,27 @@ def header_lines(
 
 
 def measurement_lines(
-    runs: list[Run], rss: dict | None, every: list[Run] | None = None
+    runs: list[Run], rss: dict[str, dict], every: list[Run] | None = None
 ) -> list[str]:
-    """The table, the ratios, a warning for a busy machine, RSS, the targets."""
+    """
+    The table, the ratios, a warning for a busy machine, RSS, the targets,
+    the real-payload targets.
+    """
     lines: list[str] = []
     every = every or []
     if runs:
-        lines += ["", table(runs), "", *ratios(runs), *instance_lines(every)]
+        lines += [
+            "",
+            table(runs),
+            *strongest_lines(runs, every),
+            "",
+            *ratios(runs),
+            *instance_lines(every),
+        ]
         if len({r.round for r in every}) > 1 and any(
-            r.scenario in COMPARISONS for r in every
+            r.scenario in COMPARISONS or SCENARIOS[r.scenario].payload for r in every
         ):
-            # The config-instance ratios are round by round: show the rounds.
+            # These ratios are round by round: show the rounds.
             lines += ["", "every run, round by round:", "", table(every, rounds=True)]
         busiest = max(r.other_cpu_percent + r.steal_percent for r in (every or runs))
         if busiest > 10:
@@ -1995,19 +2436,24 @@ def measurement_lines(
                 f"hypervisor took up to {busiest:.0f}% CPU (of 200%) during a "
                 "measured run; such runs are slower than on a quiet machine",
             ]
-    if rss:
+    for key, growth in rss.items():
         lines += [
             "",
-            f"RSS: {rss['rss_mb_1']:.1f} MB after {rss['requests_1']:,} "
-            f"requests, {rss['rss_mb_2']:.1f} MB after {rss['requests_2']:,} "
-            f"(growth {rss['growth_mb']:+.1f} MB)",
+            f"RSS ({key}, the load of {growth.get('scenario', 'b')}): "
+            f"{growth['rss_mb_1']:.1f} MB after {growth['requests_1']:,} "
+            f"requests, {growth['rss_mb_2']:.1f} MB after {growth['requests_2']:,} "
+            f"(growth {growth['growth_mb']:+.1f} MB)",
         ]
     if runs or rss:
         lines += [
             "",
             "targets:",
-            *(targets(runs, rss, every) or ["(none judged by these scenarios)"]),
+            *(
+                targets(head_to_head(runs), rss.get("rss"), every)
+                or ["(none judged by these scenarios)"]
+            ),
         ]
+    lines += realistic_lines(runs, every, rss)
     return lines
 
 
@@ -2023,7 +2469,7 @@ def store_check_lines(every: list[Run]) -> list[str]:
         # Unanswered at the end of the warm-up and of the measured run: at
         # most one request per connection each time.
         s = SCENARIOS[r.scenario]
-        slack = 2 * s.connections * s.batch + 1
+        slack = 2 * s.connections * s.per_request + 1
         if r.stored is not None and r.stored > r.acknowledged + slack:
             lines.append(
                 f"[CHECK] ({r.scenario}) {r.server}: stored {r.stored} is "

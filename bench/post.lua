@@ -2,6 +2,8 @@
 -- server acknowledged.  Configured through the environment (bench.py sets it):
 --   BENCH_AUTH      value of the Authorization header ("Basic ...")
 --   BENCH_BATCH     incidents per request: 1 sends an object, N > 1 an array
+--   BENCH_BODY_FILE a file whose bytes are the body of every request instead
+--                   (bench/payloads/*.json); BENCH_BATCH is then not used
 --   BENCH_CLOSE     "1" sends Connection: close, so every request is a new
 --                   TCP + TLS connection
 --   BENCH_VARY      "1": every request distinct and signed (one incident):
@@ -28,7 +30,12 @@ local function incident(i)
 end
 
 local body
-if batch == 1 then
+local body_file = os.getenv("BENCH_BODY_FILE") or ""
+if body_file ~= "" then
+  local f = assert(io.open(body_file, "rb"))
+  body = f:read("*a")
+  f:close()
+elseif batch == 1 then
   body = incident(1)
 else
   local parts = {}
