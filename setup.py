@@ -12,8 +12,24 @@ setup(
     # only from 3.11 on; on 3.10 gwebhook would refuse "2024-05-01T10:00:00Z".
     python_requires=">=3.11",
     # twisted.plugins is a namespace the plugin file drops into; it has no __init__.py.
-    packages=["gwebhook", "gwebhook.config", "gwebhook.store", "twisted.plugins"],
-    package_data={"twisted.plugins": ["gwebhook_plugin.py"]},
+    packages=[
+        "gwebhook",
+        "gwebhook.config",
+        "gwebhook.console",
+        "gwebhook.store",
+        "twisted.plugins",
+    ],
+    # The console's pages, style and JavaScript modules are served from the
+    # installed package: no build step, nothing fetched from elsewhere.
+    package_data={
+        "twisted.plugins": ["gwebhook_plugin.py"],
+        "gwebhook.console": [
+            "static/*.html",
+            "static/*.css",
+            "static/*.svg",
+            "static/js/*.js",
+        ],
+    },
     # Every floor is tested: .ci/run installs exactly these lowest versions
     # (uv's --resolution lowest-direct) and runs the in-process tests on them.
     install_requires=[
@@ -71,6 +87,9 @@ setup(
             # document, whose schemas are JSON Schema 2020-12: 4.18 brought
             # the referencing library that resolves their $refs.
             "jsonschema>=4.18",
+            # The console's tests drive Debian's chromium (never a browser
+            # of Playwright's own download) through its Python package.
+            "playwright>=1.40",
         ],
     },
     entry_points={"console_scripts": ["gwebhook = gwebhook.cli:main"]},

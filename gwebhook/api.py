@@ -18,7 +18,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -32,11 +32,19 @@ from twisted.web.server import NOT_DONE_YET
 from gwebhook import readback
 from gwebhook.addresses import display_host
 from gwebhook.answers import RETRY_AFTER_SECONDS, error_answer, json_answer
+from gwebhook.console.guard import cross_site_refusal, secure_headers
+from gwebhook.console.sessions import Sessions, session_cookie
 from gwebhook.openapi import DOCUMENT
 from gwebhook.store import IncidentStore, StoreUnavailable
 from gwebhook.throttle import AuthThrottle
 
+if TYPE_CHECKING:
+    from gwebhook.console.endpoints import ConsoleEndpoints
+
 log = Logger()
+
+# The paths that take a POST (with a session, and its CSRF token).
+POST_PATHS = (b"/api/v1/mapping/preview", b"/api/v1/deliveries/redeliver")
 
 PREFIX = b"/api/"
 DEFAULT_LIMIT = 100
@@ -341,19 +349,29 @@ class ReadAPI(Resource):
         polls: LongPolls,
         throttle: AuthThrottle | None,
         clock: IReactorTime,
+        sessions: Sessions | None = None,
+        console: ConsoleEndpoints | None = None,
     ) -> None:
+        """
+        ``sessions``: the console's, accepted as a token is (a POST made
+        with one also needs its CSRF token); ``console``: the paths the
+        console is built on.
+        """
         super().__init__()
         self.tokens = tokens
         self.store = store
         self.polls = polls
         self.throttle = throttle
         self.clock = clock
+        self.sessions = sessions
+        self.console = console
         # Pages being read, by (after, limit, instance): who waits for each.
         self._reading: dict[tuple, list[Deferred]] = {}
 
     def render(self, request) -> bytes | int:
         request.route = "api"
         request.setHeader(b"Cache-Control", b"no-store")
+        secure_headers(request)
         client = display_host(request.getClientAddress().host or "")
         # The token first: without it the API says nothing, not even 404.
         if self.throttle is not None and (wait := self.throttle.retry_after(client)):
@@ -361,16 +379,35 @@ class ReadAPI(Resource):
             return error_answer(
                 request, 429, f"too many failed authentications; retry in {wait} s"
             )
-        if not token_matches(request.getHeader(b"authorization"), self.tokens):
-            if self.throttle is not None:
+        session = None
+        authorization = request.getHeader(b"authorization")
+        if authorization is None and self.sessions is not None:
+            session = self.sessions.get(session_cookie(request))
+        if session is None and not token_matches(authorization, self.tokens):
+            # A stale session cookie (the daemon restarted, the session
+            # ended) is no guess at a token: not counted.
+            if self.throttle is not None and (
+                authorization is not None or session_cookie(request) is None
+            ):
                 self.throttle.failed(client)
+            if self.sessions is not None:
+                self.sessions.refused += 1
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="gwebhook"')
             return error_answer(
                 request, 401, "missing or wrong API token; send Authorization: Bearer"
             )
-        if request.method not in (b"GET", b"HEAD"):
+        path = request.path.split(b"?", 1)[0]
+        takes_post = path in POST_PATHS
+        if takes_post and request.method != b"POST":
+            request.setHeader(b"Allow", b"POST")
+            return error_answer(request, 405, "method not allowed; use POST")
+        if not takes_post and request.method not in (b"GET", b"HEAD"):
             request.setHeader(b"Allow", b"GET, HEAD")
             return error_answer(request, 405, "method not allowed; use GET or HEAD")
+        if takes_post and session is not None:
+            refusal = cross_site_refusal(request, session)
+            if refusal is not None:
+                return error_answer(request, 403, refusal)
         try:
             answer = self._route(request)
         except ApiError as e:
@@ -392,12 +429,21 @@ class ReadAPI(Resource):
             return self._incidents(request, page_query(args))
         if path.startswith(b"/api/v1/incidents/"):
             _check_known(args, ())
-            return self._incident(request, path[len(b"/api/v1/incidents/") :])
+            rest = path[len(b"/api/v1/incidents/") :]
+            if self.console is not None and rest.endswith(b"/body"):
+                number = rest[: -len(b"/body")]
+                if number.isdigit() and len(number) <= 19:
+                    return self.console.body(request, int(number))
+            return self._incident(request, rest)
         if path == b"/api/v1/samples":
             return self._samples(request, samples_query(args))
         if path == b"/api/v1/openapi.json":
             _check_known(args, ())
             return json_answer(request, 200, DOCUMENT)
+        if self.console is not None:
+            answer = self.console.route(request, path, args)
+            if answer is not None:
+                return answer
         raise ApiError(404, _NOT_FOUND)
 
     async def _incidents(self, request, query: PageQuery) -> bytes:

@@ -33,6 +33,7 @@ from gwebhook.answers import (
     json_answer,
 )
 from gwebhook.config import InstanceConfig
+from gwebhook.console.guard import secure_headers
 from gwebhook.gate import Admitted, Gate
 from gwebhook.headers import headers_for_details
 from gwebhook.instances import (
@@ -75,9 +76,14 @@ class WebhookRoutes:
         self.max_body_bytes = max_body_bytes
         self.store_down = False
 
-    def resource(self, api: Resource | None = None) -> Resource:
-        """The site's root resource; with the read ``api`` under /api/."""
-        return Front(self, self.app.resource(), api)
+    def resource(
+        self, api: Resource | None = None, console: Resource | None = None
+    ) -> Resource:
+        """
+        The site's root resource; with the read ``api`` under /api/ and the
+        ``console`` under /console/.
+        """
+        return Front(self, self.app.resource(), api, console)
 
     # XSOAR's URL forms keep working: /instance/execute/<instance-name>, and
     # XSOAR 8's /xsoar/instance/execute/<instance-name> (see instances.py).
@@ -258,23 +264,37 @@ class WebhookRoutes:
 class Front(Resource):
     """
     The root: a webhook POST or PUT goes to :meth:`WebhookRoutes.ingest`
-    directly, /api/ to the read API when there are API tokens, anything else
-    to Klein.  Writes the answer as Klein would.
+    directly, /api/ to the read API and /console/ to the console when there
+    are API tokens, anything else to Klein.  Writes the answer as Klein would.
     """
 
     isLeaf = True
 
     def __init__(
-        self, routes: WebhookRoutes, klein: Resource, api: Resource | None = None
+        self,
+        routes: WebhookRoutes,
+        klein: Resource,
+        api: Resource | None = None,
+        console: Resource | None = None,
     ) -> None:
         super().__init__()
         self.routes = routes
         self.klein = klein
         self.api = api
+        self.console = console
 
     def render(self, request):
-        if self.api is not None and request.path.startswith(b"/api/"):
+        path = request.path
+        if self.api is not None and path.startswith(b"/api/"):
             return self.api.render(request)
+        if path.startswith(b"/console") and (
+            len(path) == 8 or path[8:9] in (b"/", b"?")
+        ):
+            if self.console is not None:
+                return self.console.render(request)
+            # No console here (no API tokens): a 404, with the headers every
+            # answer under /console/ carries.
+            secure_headers(request)
         if request.method not in WEBHOOK_METHODS_BYTES or not is_webhook_path(
             request.path
         ):

@@ -29,6 +29,10 @@ from gwebhook.channel import (
     WebhookSite,
 )
 from gwebhook.config import Config, ConfigError, load_config
+from gwebhook.console.channel import ConsoleChannel
+from gwebhook.console.endpoints import ConsoleEndpoints
+from gwebhook.console.resource import Console
+from gwebhook.console.sessions import Sessions
 from gwebhook.credentials import HEADER_PREFIX, Credentials
 from gwebhook.forward import Forwarder
 from gwebhook.gate import Gate
@@ -608,12 +612,30 @@ def makeService(config: Options, reactor=None) -> WebhookService:
         for f in forwards
     )
     polls = None
-    api = None
+    api = console = None
     if config["api-tokens"]:
         polls = LongPolls(store, reactor)
-        api = ReadAPI(config["api-tokens"], store, polls, gate.throttle, reactor)
+        sessions = Sessions(reactor.seconds)
+        console_paths = ConsoleEndpoints(
+            store,
+            reactor,
+            sessions,
+            metrics,
+            tuple(f.name for f in forwards),
+            "postgresql" if is_postgres(config["db"]) else "sqlite",
+        )
+        api = ReadAPI(
+            config["api-tokens"],
+            store,
+            polls,
+            gate.throttle,
+            reactor,
+            sessions=sessions,
+            console=console_paths,
+        )
+        console = Console(config["api-tokens"], sessions, gate.throttle)
     site = WebhookSite(
-        routes.resource(api),
+        routes.resource(api, console),
         instances=instances,
         gate=gate,
         metrics=metrics,
@@ -622,6 +644,10 @@ def makeService(config: Options, reactor=None) -> WebhookService:
         reactor=reactor,
     )
     site.serves_api = api is not None
+    if console is not None:
+        # The console's POSTs carry a body, which the webhook channel reads
+        # only on webhook paths.
+        site.protocol = ConsoleChannel
     workers = None
     if config["workers"] > 1:
         workers = WorkerPool(
