@@ -58,6 +58,10 @@ setup(
         # every Python gwebhook runs on; JSONEncodeError for what it cannot
         # write (integers beyond 64 bits), which goes to the standard library.
         "orjson>=3.10",
+        # The progress bar `gwebhook export` and `gwebhook prune` draw on
+        # standard error when it is a terminal.  4.66.3: the first without
+        # CVE-2024-34062 (tqdm's own command line evaluated its arguments).
+        "tqdm>=4.66.3",
     ],
     extras_require={
         # The TLS audit (tests/test_tls_audit.py) runs in a venv of its own:
@@ -78,6 +82,8 @@ setup(
             "mypy>=2.4.1",
             "mypy-zope>=1.0.17",
             "types-jmespath>=1.1",
+            # tqdm ships no types of its own either.
+            "types-tqdm>=4.66",
             # The senders' own libraries sign or check the signature tests'
             # requests: 15.5 is stripe's first generate_signature_header.
             "stripe>=15.5",

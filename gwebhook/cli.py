@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from gwebhook import readback
+from gwebhook import progress, readback
 from gwebhook.certificates import DEFAULT_HOSTNAMES, make_self_signed
 from gwebhook.database import DEFAULT_DB, is_postgres, read_password_file
 from gwebhook.schema import StoreError
@@ -67,8 +67,20 @@ def _show(args) -> None:
 
 
 def _export(args) -> None:
-    for incident in readback.export_incidents(_reader(args), args.after):
-        _emit(incident)
+    db = _reader(args)
+    bar = progress.on_terminal("export", "incidents")
+    try:
+        if bar.showing:
+            bar.total(readback.count_incidents(db, args.after))
+        # The bar hears of every CHUNK incidents, not of each one.
+        done = 0
+        for done, incident in enumerate(readback.export_incidents(db, args.after), 1):
+            _emit(incident)
+            if done % progress.CHUNK == 0:
+                bar.advance(progress.CHUNK)
+        bar.advance(done % progress.CHUNK)
+    finally:
+        bar.close()
 
 
 def _samples(args) -> None:
@@ -128,15 +140,20 @@ def _prune(args) -> None:
         before = retention.cutoff(args.before)
     except ValueError as e:
         raise UsageProblem(str(e)) from None
+    bar = progress.on_terminal("prune", "incidents")
     try:
         if is_postgres(args.db):
             incidents, requests, reclaimed = retention.prune_postgres(
-                args.db, before, args.db_password
+                args.db, before, args.db_password, progress=bar
             )
         else:
-            incidents, requests, reclaimed = retention.prune_store(args.db, before)
+            incidents, requests, reclaimed = retention.prune_store(
+                args.db, before, progress=bar
+            )
     except retention.PruneError as e:
         raise CommandFailed(str(e)) from None
+    finally:
+        bar.close()
     print(retention.summary(incidents, requests, before))
     if not reclaimed:
         raise CommandFailed(

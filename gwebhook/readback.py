@@ -252,3 +252,11 @@ def samples(db, instance: str | None = None) -> list[dict[str, Any]]:
     else:
         rows = db.execute(queries.samples_of, (instance,))
     return [whole(row) for row in rows]
+
+
+_COUNT_AFTER = "SELECT count(*) FROM incidents WHERE id > ?"
+
+
+def count_incidents(db, after: int = 0) -> int:
+    """How many incidents ``export_incidents(db, after)`` yields (at this moment)."""
+    return int(db.execute(_COUNT_AFTER, (after,)).fetchone()[0])

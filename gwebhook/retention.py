@@ -3,9 +3,10 @@ Retention: delete incidents received before a date, with the requests that
 carried them and the samples that point at them.
 
 ``prune`` is the SQL, for any DB-API cursor inside a transaction the caller
-owns.  ``prune_store`` is ``gwebhook prune``: one transaction on the SQLite
-file, then the space given back to the file system.  ``RetentionService``
-runs ``prune`` in the daemon on a schedule.
+owns; ``prune_in_steps`` deletes the same rows a step at a time, telling a
+progress bar how far it got.  ``prune_store`` is ``gwebhook prune``: one
+transaction on the SQLite file, then the space given back to the file
+system.  ``RetentionService`` runs ``prune`` in the daemon on a schedule.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gwebhook import schema
+from gwebhook.progress import Progress, Silent
 from gwebhook.timestamps import from_epoch, parse_occurred
 from gwebhook.writerlock import WriterLock
 
@@ -53,6 +55,26 @@ _DELETE_INCIDENTS = (
     " (SELECT id FROM requests WHERE rtrim(received, 'Z') < ?)"
 )
 _DELETE_REQUESTS = "DELETE FROM requests WHERE rtrim(received, 'Z') < ?"
+# gwebhook prune deletes the same rows in steps of STEP request ids, oldest
+# first, so that it can say how far it got; still in one transaction.  First
+# what there is to delete: its incidents, and the requests' first and last id.
+_TO_PRUNE = (
+    "SELECT count(i.id), min(r.id), max(r.id) FROM requests r"
+    " LEFT JOIN incidents i ON i.request_id = r.id WHERE rtrim(r.received, 'Z') < ?"
+)
+_DELETE_SAMPLES_STEP = (
+    "DELETE FROM samples WHERE incident_id IN (SELECT id FROM incidents"
+    " WHERE request_id IN (SELECT id FROM requests"
+    " WHERE id BETWEEN ? AND ? AND rtrim(received, 'Z') < ?))"
+)
+_DELETE_INCIDENTS_STEP = (
+    "DELETE FROM incidents WHERE request_id IN (SELECT id FROM requests"
+    " WHERE id BETWEEN ? AND ? AND rtrim(received, 'Z') < ?)"
+)
+_DELETE_REQUESTS_STEP = (
+    "DELETE FROM requests WHERE id BETWEEN ? AND ? AND rtrim(received, 'Z') < ?"
+)
+STEP = 1000  # request ids per step: a few thousand incidents at most, usually
 # Duplicates' keys past their window (seconds since the epoch).
 _FORGET_KEYS = "DELETE FROM dedup_keys WHERE expires <= ?"
 _FORGET_REPLAYS = "DELETE FROM dedup_requests WHERE expires <= ?"
@@ -110,6 +132,37 @@ def prune(db, before: str) -> tuple[int, int]:
     incidents = cursor.rowcount
     cursor.execute(_DELETE_REQUESTS, key)
     requests = cursor.rowcount
+    forget_expired(cursor, time.time())
+    return incidents, requests
+
+
+def prune_in_steps(
+    db, before: str, progress: Progress | None = None
+) -> tuple[int, int]:
+    """
+    ``prune`` as ``gwebhook prune`` runs it: the same rows deleted, in the
+    caller's transaction, but STEP request ids at a time, telling
+    ``progress`` how many incidents there are and how many each step
+    deleted.  (The daemon's ``prune`` does without the count up front.)
+    """
+    progress = progress or Silent()
+    cursor = db.cursor() if hasattr(db, "cursor") else db
+    key = before.rstrip("Z")
+    cursor.execute(_TO_PRUNE, (key,))
+    total, first, last = cursor.fetchone()
+    progress.total(int(total))
+    # A delivery has no index by incident alone: one statement, one scan.
+    cursor.execute(_DELETE_DELIVERIES, (key,))
+    incidents = requests = 0
+    if first is not None:
+        for low in range(first, last + 1, STEP):
+            step = (low, min(low + STEP - 1, last), key)
+            cursor.execute(_DELETE_SAMPLES_STEP, step)
+            cursor.execute(_DELETE_INCIDENTS_STEP, step)
+            incidents += cursor.rowcount
+            progress.advance(cursor.rowcount)
+            cursor.execute(_DELETE_REQUESTS_STEP, step)
+            requests += cursor.rowcount
     forget_expired(cursor, time.time())
     return incidents, requests
 
@@ -176,15 +229,19 @@ def open_for_pruning(
 
 
 def prune_store(
-    path: str, before: str, busy_timeout_ms: int = schema.BUSY_TIMEOUT_MS
+    path: str,
+    before: str,
+    busy_timeout_ms: int = schema.BUSY_TIMEOUT_MS,
+    progress: Progress | None = None,
 ) -> tuple[int, int, bool]:
     """
-    ``gwebhook prune``: ``prune`` in one transaction on the SQLite store at
-    ``path``, then give the freed space back (VACUUM, then truncate the WAL).
-    Returns the incidents and requests deleted and whether the space was
-    given back (not while another process kept the store busy).  Raises
-    StoreBusy, with nothing deleted, when another writer holds the store
-    longer than ``busy_timeout_ms``.
+    ``gwebhook prune``: ``prune_in_steps`` (telling ``progress``) in one
+    transaction on the SQLite store at ``path``, then give the freed space
+    back (VACUUM, then truncate the WAL).  Returns the incidents and
+    requests deleted and whether the space was given back (not while
+    another process kept the store busy).  Raises StoreBusy, with nothing
+    deleted, when another writer holds the store longer than
+    ``busy_timeout_ms``.
     """
     connection = open_for_pruning(path, busy_timeout_ms)
     try:
@@ -192,7 +249,7 @@ def prune_store(
             # IMMEDIATE: take the write lock now, waiting up to the busy
             # timeout, rather than fail halfway when the daemon writes.
             connection.execute("BEGIN IMMEDIATE")
-            incidents, requests = prune(connection, before)
+            incidents, requests = prune_in_steps(connection, before, progress)
             connection.execute("COMMIT")
         except sqlite3.Error as e:
             if connection.in_transaction:
@@ -225,14 +282,18 @@ def _reclaim(connection: sqlite3.Connection) -> bool:
 
 
 def prune_postgres(
-    uri: str, before: str, password: str | None = None
+    uri: str,
+    before: str,
+    password: str | None = None,
+    progress: Progress | None = None,
 ) -> tuple[int, int, bool]:
     """
-    ``gwebhook prune`` on PostgreSQL: ``prune`` in one transaction under the
+    ``gwebhook prune`` on PostgreSQL: ``prune_in_steps`` (telling
+    ``progress``) in one transaction under the
     database's writer lock, so it takes its turn with the nodes' writes.
     The space is PostgreSQL's to reuse (autovacuum): nothing to give back.
     """
-    incidents, requests = write_once(uri, password, prune, before)
+    incidents, requests = write_once(uri, password, prune_in_steps, before, progress)
     return incidents, requests, True
 
 
