@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from gwebhook import systemd
+from gwebhook import collector, systemd
 from gwebhook.channel import WebhookSite
 from gwebhook.config import ConfigError
 from gwebhook.instances import Instances
@@ -80,6 +80,7 @@ class WebhookService(service.MultiService):
             self._previous_hup = signal.signal(signal.SIGHUP, self._hup)
 
     def startService(self) -> None:
+        collector.tune()
         super().startService()
         self._catch_hup()  # when started without privilegedStartService
         if self.tls is not None:
