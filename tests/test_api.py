@@ -45,7 +45,16 @@ SERVED_PATHS = {
     "/api/v1/incidents/{id}",
     "/api/v1/samples",
     "/api/v1/openapi.json",
+    # The console's (tests/test_console_api.py checks their answers).
+    "/api/v1/incidents/{id}/body",
+    "/api/v1/recent",
+    "/api/v1/instances",
+    "/api/v1/deliveries",
+    "/api/v1/deliveries/redeliver",
+    "/api/v1/health",
+    "/api/v1/mapping/preview",
 }
+POST_PATHS = {"/api/v1/deliveries/redeliver", "/api/v1/mapping/preview"}
 
 
 # -- the site, and talking to it ----------------------------------------------
@@ -440,21 +449,30 @@ async def served_document(site) -> Document:
 async def test_the_document_is_openapi_3_1_of_exactly_the_served_paths(api):
     doc = (await served_document(api)).document
     assert set(doc["paths"]) == SERVED_PATHS
-    assert all(set(item) == {"get"} for item in doc["paths"].values())
-    assert doc["components"]["securitySchemes"] == {
-        "token": {"type": "http", "scheme": "bearer"}
+    for path, item in doc["paths"].items():
+        assert set(item) == ({"post"} if path in POST_PATHS else {"get"}), path
+    assert doc["components"]["securitySchemes"]["token"] == {
+        "type": "http",
+        "scheme": "bearer",
     }
-    assert doc["security"] == [{"token": []}]
+    assert doc["components"]["securitySchemes"]["session"]["in"] == "cookie"
+    assert doc["security"] == [{"token": []}, {"session": []}]
     # The parameters it names are those the server takes, and no other.
     names = {
         path: {p["name"] for p in item["get"].get("parameters", [])}
         for path, item in doc["paths"].items()
+        if path not in POST_PATHS
     }
     assert names == {
         "/api/v1/incidents": {"after", "limit", "instance", "wait"},
         "/api/v1/incidents/{id}": {"id"},
         "/api/v1/samples": {"instance"},
         "/api/v1/openapi.json": set(),
+        "/api/v1/incidents/{id}/body": {"id"},
+        "/api/v1/recent": {"before", "limit", "instance"},
+        "/api/v1/instances": set(),
+        "/api/v1/deliveries": {"forward", "state", "limit"},
+        "/api/v1/health": set(),
     }
     # Each is taken: a query the document describes is served.
     reply = await get(api, "/api/v1/incidents?after=&limit=5&instance=x&wait=0")

@@ -1,0 +1,451 @@
+"""
+The console's server side, in-process through the daemon's own
+``makeService`` over a real store (``support.inprocess``): the login and
+its session, the read API accepting the session (and a POST only with its
+CSRF token), the headers of every console answer, the mapping preview's
+answers against ingest's, and the new paths' answers against the OpenAPI
+document.  The pages in a real browser are in test_console_browser.py.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import pytest_twisted
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+from support.credentials import BASIC_HEADER
+from support.http import Response
+from support.inprocess import Wire, make_site
+from support.store import row_counts
+
+from gwebhook.console.guard import CONTENT_SECURITY_POLICY
+from gwebhook.console.preview import preview
+from gwebhook.console.sessions import SESSION_SECONDS, Sessions
+
+TOKEN = "console-token-1"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+SENDER = {"Authorization": BASIC_HEADER}
+CSP = CONTENT_SECURITY_POLICY.decode()
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    monkeypatch.setenv("GWEBHOOK_API_TOKENS", TOKEN)
+    site, store = make_site(tmp_path / "gwebhook.sqlite", max_body_bytes=100_000)
+    site.store = store
+    site.db = tmp_path / "gwebhook.sqlite"
+    yield site
+    store.close()
+
+
+def raw(method: str, path: str, headers=None, body: bytes | None = None) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: localhost"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join([*lines, "", ""])).encode("utf-8") + (body or b"")
+
+
+async def ask(site, method, path, headers=None, body: bytes | None = None) -> Response:
+    w = Wire(site)
+    try:
+        w.send(raw(method, path, headers, body))
+        if not w.written():
+            await w.finished()
+        return w.reply()
+    finally:
+        w.close()
+
+
+async def send(site, objects: Any) -> list[dict[str, Any]]:
+    reply = await ask(site, "POST", "/", SENDER, json.dumps(objects).encode())
+    assert reply.status == 200, reply
+    return reply.json()
+
+
+async def login(site, token: str = TOKEN) -> Response:
+    form = b"token=" + token.encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    return await ask(site, "POST", "/console/login", headers, form)
+
+
+def cookie_of(reply: Response) -> str:
+    return reply.headers["set-cookie"].split(";", 1)[0]
+
+
+async def session(site) -> tuple[str, str]:
+    """A logged-in session: (Cookie header value, CSRF token)."""
+    cookie = cookie_of(await login(site))
+    answer = await ask(site, "GET", "/console/session", {"Cookie": cookie})
+    assert answer.status == 200
+    return cookie, answer.json()["csrf"]
+
+
+def assert_console_headers(reply: Response) -> None:
+    assert reply.headers["content-security-policy"] == CSP
+    assert "unsafe-inline" not in CSP
+    assert reply.headers["x-content-type-options"] == "nosniff"
+    assert reply.headers["referrer-policy"] == "no-referrer"
+
+
+# -- login and session -------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_console_without_a_session_is_the_login_form(site):
+    reply = await ask(site, "GET", "/console/")
+    assert reply.status == 200
+    assert reply.headers["content-type"] == "text/html; charset=utf-8"
+    assert b'name="token"' in reply.body and b'type="password"' in reply.body
+    assert b"<script" not in reply.body
+    assert_console_headers(reply)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_token_shows_an_error_and_sets_nothing(site):
+    reply = await login(site, "not-the-token")
+    assert reply.status == 401
+    assert "set-cookie" not in reply.headers
+    assert b"That is not an API token of this gwebhook." in reply.body
+    assert_console_headers(reply)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_right_token_sets_a_strict_cookie_that_is_not_the_token(site):
+    reply = await login(site)
+    assert reply.status == 303
+    assert reply.headers["location"] == "/console/"
+    cookie = reply.headers["set-cookie"]
+    name, value = cookie.split(";", 1)[0].split("=", 1)
+    assert name == "__Host-gwebhook-session"
+    assert TOKEN not in cookie and len(value) >= 40
+    attributes = [a.strip() for a in cookie.split(";")[1:]]
+    assert {"Secure", "HttpOnly", "SameSite=Strict", "Path=/"} <= set(attributes)
+    assert f"Max-Age={SESSION_SECONDS}" in attributes
+    # Two logins, two sessions.
+    assert cookie_of(await login(site)) != cookie.split(";", 1)[0]
+    page = await ask(site, "GET", "/console/", {"Cookie": cookie.split(";", 1)[0]})
+    assert b'src="/console/static/js/app.js"' in page.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_session_reads_the_api_and_logout_ends_it(site):
+    await send(site, {"name": "one"})
+    cookie, csrf = await session(site)
+    page = await ask(site, "GET", "/api/v1/incidents", {"Cookie": cookie})
+    assert page.status == 200
+    assert [i["name"] for i in page.json()["incidents"]] == ["one"]
+    assert_console_headers(page)
+    # Logout needs the CSRF token too.
+    refused = await ask(site, "POST", "/console/logout", {"Cookie": cookie})
+    assert refused.status == 403
+    out = await ask(
+        site, "POST", "/console/logout", {"Cookie": cookie, "X-CSRF-Token": csrf}
+    )
+    assert out.status == 303
+    assert "Max-Age=0" in out.headers["set-cookie"]
+    after = await ask(site, "GET", "/api/v1/incidents", {"Cookie": cookie})
+    assert after.status == 401
+    assert (
+        await ask(site, "GET", "/console/session", {"Cookie": cookie})
+    ).status == 401
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_made_up_session_reads_nothing(site):
+    for cookie in ("__Host-gwebhook-session=" + "A" * 43, "__Host-gwebhook-session="):
+        reply = await ask(site, "GET", "/api/v1/incidents", {"Cookie": cookie})
+        assert reply.status == 401
+
+
+def test_a_session_ends_on_the_server_after_12_hours():
+    now = [1000.0]
+    sessions = Sessions(lambda: now[0])
+    s = sessions.start()
+    assert sessions.get(s.id.encode()) == s
+    now[0] += SESSION_SECONDS - 1
+    assert sessions.get(s.id.encode()) == s
+    now[0] += 1
+    assert sessions.get(s.id.encode()) is None
+    assert len(sessions) == 0
+
+
+def test_sessions_are_bounded_forgetting_the_oldest():
+    sessions = Sessions(lambda: 0.0, max_sessions=3)
+    made = [sessions.start() for _ in range(4)]
+    assert sessions.get(made[0].id.encode()) is None
+    assert all(sessions.get(s.id.encode()) for s in made[1:])
+
+
+# -- CSRF on a POST made with the session --------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_post_with_the_session_needs_its_csrf_token(site):
+    cookie, csrf = await session(site)
+    body = json.dumps({"instance": "default", "map": {"name": "title"}}).encode()
+    for headers in (
+        {"Cookie": cookie},
+        {"Cookie": cookie, "X-CSRF-Token": "wrong"},
+        {"Cookie": cookie, "X-CSRF-Token": csrf, "Origin": "https://evil.example"},
+        {"Cookie": cookie, "X-CSRF-Token": csrf, "Sec-Fetch-Site": "cross-site"},
+    ):
+        reply = await ask(site, "POST", "/api/v1/mapping/preview", headers, body)
+        assert reply.status == 403, headers
+        assert "CSRF" in reply.json()["error"] or "origin" in reply.json()["error"]
+    good = {"Cookie": cookie, "X-CSRF-Token": csrf, "Origin": "https://localhost"}
+    reply = await ask(site, "POST", "/api/v1/mapping/preview", good, body)
+    assert reply.status == 200
+    # A bearer of a token needs no CSRF token: no browser sends it by itself.
+    reply = await ask(site, "POST", "/api/v1/mapping/preview", BEARER, body)
+    assert reply.status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_post_path_refuses_get_and_a_get_path_refuses_post(site):
+    reply = await ask(site, "GET", "/api/v1/mapping/preview", BEARER)
+    assert (reply.status, reply.headers["allow"]) == (405, "POST")
+    reply = await ask(site, "POST", "/api/v1/health", BEARER)
+    assert (reply.status, reply.headers["allow"]) == (405, "GET, HEAD")
+
+
+# -- headers on every console answer ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/console/"),
+        ("GET", "/console/nothing-here"),
+        ("GET", "/console/static/js/app.js"),
+        ("GET", "/console/static/console.css"),
+        ("GET", "/console/session"),
+        ("POST", "/console/"),
+        ("GET", "/console"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_every_console_answer_carries_the_security_headers(site, method, path):
+    reply = await ask(site, method, path)
+    assert_console_headers(reply)
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_api_tokens_the_console_is_404_with_the_headers(tmp_path):
+    site, store = make_site(tmp_path / "gwebhook.sqlite")
+    try:
+        for path in ("/console/", "/console/static/js/app.js", "/console"):
+            reply = await ask(site, "GET", path)
+            assert reply.status == 404
+            assert_console_headers(reply)
+        reply = await ask(site, "POST", "/console/login", body=b"token=x")
+        assert reply.status == 404
+    finally:
+        store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_static_files_have_their_types_and_no_inline_script(site):
+    js = await ask(site, "GET", "/console/static/js/app.js")
+    assert js.headers["content-type"] == "text/javascript; charset=utf-8"
+    index = await login(site)
+    page = await ask(site, "GET", "/console/", {"Cookie": cookie_of(index)})
+    # Every script is a file of the console, none inline; no other origin.
+    assert page.body.count(b"<script") == 1
+    assert b"http://" not in page.body and b"https://" not in page.body
+
+
+# -- the mapping preview -------------------------------------------------------------
+
+
+async def preview_of(site, body: dict[str, Any]) -> Response:
+    return await ask(
+        site, "POST", "/api/v1/mapping/preview", BEARER, json.dumps(body).encode()
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_preview_is_what_ingest_stores(tmp_path, monkeypatch):
+    monkeypatch.setenv("GWEBHOOK_API_TOKENS", TOKEN)
+    config = tmp_path / "gwebhook.toml"
+    config.write_text(
+        '[[instance]]\nname = "wb"\nanonymous = true\nstore_samples = true\n'
+    )
+    samples = [
+        {"title": "a", "kind": "X", "at": 1714557600, "sev": 3},
+        {"title": "b", "kind": "Y", "at": "2024-05-01T12:00:00+02:00"},
+        {"title": 7, "name": "own name"},
+        {"rawJson": {"nested": True}, "occurred": "2024-01-01"},
+    ]
+    site, store = make_site(tmp_path / "gwebhook.sqlite")
+    try:
+        from gwebhook.config import load_config
+        from gwebhook.instances import Instances
+
+        site.instances = Instances(
+            site.instances.default, load_config(str(config), {}).instances, None
+        )
+        for sample in samples:
+            reply = await ask(
+                site,
+                "POST",
+                "/instance/execute/wb",
+                {},
+                json.dumps(sample).encode(),
+            )
+            assert reply.status == 200
+        asked = {
+            "instance": "wb",
+            "map": {"name": "title", "type": "kind", "occurred": "at"},
+            "fields": {"severity": "sev", "broken": "(("},
+        }
+        reply = await preview_of(site, asked)
+        assert reply.status == 200
+        results = reply.json()["results"]
+        assert [r["name"] for r in results] == [
+            "a",
+            "b",
+            None,
+            "Generic webhook triggered incident",
+        ]
+        assert [r["type"] for r in results] == [
+            "X",
+            "Y",
+            "Unclassified",
+            "Unclassified",
+        ]
+        assert results[0]["occurred"] == "2024-05-01T10:00:00Z"
+        assert results[1]["occurred"] == "2024-05-01T10:00:00Z"
+        assert results[2]["occurred"] is None
+        assert results[3]["occurred"] == "2024-01-01T00:00:00Z"
+        assert results[0]["fields"] == {"severity": 3}
+        assert (
+            "map.name must give a string, got a number" in results[2]["errors"]["name"]
+        )
+        # The expression that does not compile is in every result's errors.
+        assert all("fields.broken" in r["errors"] for r in results)
+        assert set(results[0]["errors"]) == {"fields.broken"}
+        # The same, computed by the pure function from the elements as sent.
+        assert (
+            preview(samples, "wb", "Unclassified", asked["map"], asked["fields"])
+            == results
+        )
+        assert row_counts(tmp_path / "gwebhook.sqlite")["incidents"] == 4
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"instance": "nobody"}, 404, "instance: no instance named 'nobody'"),
+        ({}, 400, "instance: give the name of an instance, a string"),
+        ({"instance": "default", "extra": 1}, 400, "'extra': unknown key"),
+        ({"instance": "default", "map": {"severity": "x"}}, 400, "map.severity"),
+        (
+            {"instance": "default", "map": {"name": 3}},
+            400,
+            "map.name: must be a string",
+        ),
+        ({"instance": "default", "fields": []}, 400, "fields: must be an object"),
+        ([], 400, "body: not a JSON object"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_bad_preview_request_is_refused_naming_what(
+    site, body, status, message
+):
+    reply = await preview_of(site, body)
+    assert reply.status == status
+    assert message in reply.json()["error"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_preview_request_that_is_not_json_is_400(site):
+    reply = await ask(site, "POST", "/api/v1/mapping/preview", BEARER, b"{not json")
+    assert reply.status == 400
+    assert reply.json()["error"].startswith("body: not JSON")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_console_post_body_over_its_limit_is_413_unread(site):
+    reply = await ask(site, "POST", "/console/login", {}, b"token=" + b"x" * 9000)
+    assert reply.status == 413
+
+
+# -- the console's API paths against the OpenAPI document ---------------------------
+
+
+class Document:
+    URI = "urn:gwebhook:read-api"
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = document
+        self.registry = Registry().with_resource(
+            self.URI, Resource(contents=document, specification=DRAFT202012)
+        )
+
+    def check(self, path: str, method: str, reply: Response) -> None:
+        responses = self.document["paths"][path][method]["responses"]
+        assert str(reply.status) in responses, (path, reply.status)
+        where = f"paths/{path.replace('/', '~1')}/{method}/responses/{reply.status}"
+        where += "/content/application~1json/schema"
+        validator = Draft202012Validator(
+            {"$ref": f"{self.URI}#/{where}"}, registry=self.registry
+        )
+        validator.validate(reply.json())
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_console_paths_answer_as_the_document_says(site):
+    doc = Document((await ask(site, "GET", "/api/v1/openapi.json", BEARER)).json())
+    for schema in doc.document["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
+    await send(site, [{"name": f"n{i}"} for i in range(5)])
+    recent = await ask(site, "GET", "/api/v1/recent?limit=2", BEARER)
+    doc.check("/api/v1/recent", "get", recent)
+    assert [i["id"] for i in recent.json()["incidents"]] == ["5", "4"]
+    older = recent.json()["older"]
+    rest = await ask(site, "GET", f"/api/v1/recent?limit=10&before={older}", BEARER)
+    doc.check("/api/v1/recent", "get", rest)
+    assert [i["id"] for i in rest.json()["incidents"]] == ["3", "2", "1"]
+    assert rest.json()["older"] is None
+    doc.check(
+        "/api/v1/recent", "get", await ask(site, "GET", "/api/v1/recent?x=1", BEARER)
+    )
+    doc.check(
+        "/api/v1/instances", "get", await ask(site, "GET", "/api/v1/instances", BEARER)
+    )
+    health = await ask(site, "GET", "/api/v1/health", BEARER)
+    doc.check("/api/v1/health", "get", health)
+    assert health.json()["store"] == {"status": "ok", "database": "sqlite"}
+    assert sum(health.json()["incidents_per_minute"]["counts"]) == 5
+    deliveries = await ask(site, "GET", "/api/v1/deliveries", BEARER)
+    doc.check("/api/v1/deliveries", "get", deliveries)
+    bad = await ask(site, "GET", "/api/v1/deliveries?state=gone", BEARER)
+    doc.check("/api/v1/deliveries", "get", bad)
+    assert bad.status == 400
+    body = await ask(site, "GET", "/api/v1/incidents/3/body", BEARER)
+    assert body.status == 200
+    assert body.headers["content-type"] == "application/octet-stream"
+    assert json.loads(body.body) == [{"name": f"n{i}"} for i in range(5)]
+    assert "attachment" in body.headers["content-disposition"]
+    missing = await ask(site, "GET", "/api/v1/incidents/99/body", BEARER)
+    assert missing.status == 404
+    redeliver = await ask(
+        site,
+        "POST",
+        "/api/v1/deliveries/redeliver",
+        BEARER,
+        json.dumps({"forward": "none", "dead": True}).encode(),
+    )
+    doc.check("/api/v1/deliveries/redeliver", "post", redeliver)
+    assert redeliver.status == 404
+    preview_answer = await preview_of(
+        site, {"instance": "default", "map": {"name": "x"}}
+    )
+    doc.check("/api/v1/mapping/preview", "post", preview_answer)
