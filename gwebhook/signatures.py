@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import hmac
 from collections.abc import Callable, Mapping, Sequence
@@ -68,11 +67,54 @@ _SHA256_SIZE = hashlib.sha256().digest_size
 
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
-# A header's values by name: Twisted's ``Headers.getRawHeaders``, or a
-# mapping from lowercase names.
-HeaderSource: TypeAlias = (
-    Callable[[str], Sequence[str | bytes] | None] | Mapping[str, Sequence[str | bytes]]
-)
+# The headers' names as Twisted's getRawHeaders is asked for them.
+_GITHUB_KEY = b"x-hub-signature-256"
+_STRIPE_KEY = b"stripe-signature"
+_SLACK_TIMESTAMP_KEY = b"x-slack-request-timestamp"
+_SLACK_KEY = b"x-slack-signature"
+_STANDARD_ID_KEY = b"webhook-id"
+_STANDARD_TIMESTAMP_KEY = b"webhook-timestamp"
+_STANDARD_KEY = b"webhook-signature"
+
+# A header's values by its lowercase name in bytes.
+_Get: TypeAlias = Callable[[bytes], Sequence[str | bytes] | None]
+# What a request's headers are given as: Twisted's ``Headers.getRawHeaders``
+# (any case), or a mapping from lowercase names.
+HeaderSource: TypeAlias = _Get | Mapping[str, Sequence[str | bytes]]
+
+
+class _Keyed:
+    """
+    HMAC (RFC 2104) under one secret, its two padded keys hashed once:
+    ``digest`` continues copies of those two hashes with a message, which
+    is the message's HMAC.  The one-shot ``hmac.digest`` sets up an OpenSSL MAC
+    context and keys it again on every call, which in the server cost
+    several times the HMAC of a webhook's body itself.
+    """
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, secret: bytes, digest: str) -> None:
+        inner, outer = hashlib.new(digest), hashlib.new(digest)
+        if len(secret) > inner.block_size:
+            secret = hashlib.new(digest, secret).digest()
+        secret = secret.ljust(inner.block_size, b"\0")
+        inner.update(secret.translate(_IPAD))
+        outer.update(secret.translate(_OPAD))
+        self._inner, self._outer = inner, outer
+
+    def digest(self, before: bytes, body: bytes) -> bytes:
+        """The HMAC of ``before + body``."""
+        inner = self._inner.copy()
+        inner.update(before)
+        inner.update(body)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
 
 
 @dataclass(frozen=True)
@@ -93,6 +135,9 @@ class SignatureConfig:
     algorithm: str = "sha256"
     encoding: str = "hex"
     prefix: str = ""
+    # Each secret's HMAC, keyed once (_Keyed).  Derived, so out of equality
+    # and repr.
+    keyed: tuple[_Keyed, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
         # The config file's reader gives the operator the precise message;
@@ -107,6 +152,9 @@ class SignatureConfig:
             raise ValueError("the hmac scheme needs a header")
         if self.algorithm not in ALGORITHMS or self.encoding not in ENCODINGS:
             raise ValueError("unknown hmac algorithm or encoding")
+        digest = self.algorithm if self.scheme == "hmac" else "sha256"
+        keyed = tuple(_Keyed(secret, digest) for secret in self.secrets)
+        object.__setattr__(self, "keyed", keyed)
 
 
 class SignatureRefused(Exception):
@@ -157,13 +205,12 @@ class Expected(NamedTuple):
     """
 
     config: SignatureConfig
-    digest: str  # hashlib's name of the HMAC's hash
     before: bytes
     given: tuple[bytes, ...]
 
     def check(self, body: bytes) -> None:
         """Refuse (SignatureRefused) unless ``body`` is what was signed."""
-        _match(self.config, self.digest, self.before, body, self.given)
+        _match(self.config, self.before, body, self.given)
 
 
 def verify(
@@ -188,31 +235,39 @@ def check_headers(
     the body is then checked against.  Lets a request with no signature be
     refused before its body is read.  Raises SignatureRefused.
     """
-    read = _Headers(headers)
-    if config.scheme == "github":
-        return _github(config, read)
-    if config.scheme == "stripe":
-        return _stripe(config, read, now)
-    if config.scheme == "slack":
-        return _slack(config, read, now)
-    if config.scheme == "standard":
-        return _standard(config, read, now)
-    return _hmac(config, read)
+    # callable() first: an isinstance against the Mapping ABC is slow.
+    # Twisted's getRawHeaders, asked with bytes, answers bytes without
+    # converting every name and value to text and back.
+    get = headers if callable(headers) else _mapping_get(headers)
+    scheme = config.scheme
+    if scheme == "standard":
+        return _standard(config, get, now)
+    if scheme == "github":
+        return _github(config, get)
+    if scheme == "stripe":
+        return _stripe(config, get, now)
+    if scheme == "slack":
+        return _slack(config, get, now)
+    return _hmac(config, get)
 
 
 # -- the schemes ----------------------------------------------------------------
 
 
-def _github(config: SignatureConfig, headers: _Headers) -> Expected:
-    [value] = headers.require(_GITHUB)
+def _github(config: SignatureConfig, get: _Get) -> Expected:
+    value = _one(get, _GITHUB_KEY, _GITHUB)
+    if value is None:
+        raise _missing([_GITHUB])
     given = _hex_after("sha256=", value)
     if given is None:
         raise _malformed(f"{_GITHUB} must be sha256= and 64 hex digits")
-    return Expected(config, "sha256", b"", (given,))
+    return Expected(config, b"", (given,))
 
 
-def _stripe(config: SignatureConfig, headers: _Headers, now: float) -> Expected:
-    [value] = headers.require(_STRIPE)
+def _stripe(config: SignatureConfig, get: _Get, now: float) -> Expected:
+    value = _one(get, _STRIPE_KEY, _STRIPE)
+    if value is None:
+        raise _missing([_STRIPE])
     fix = (
         f"{_STRIPE} must be t=<Unix time> and one or more v1=<64 hex digits>, "
         "separated by commas"
@@ -235,11 +290,20 @@ def _stripe(config: SignatureConfig, headers: _Headers, now: float) -> Expected:
         raise _malformed(fix)
     [timestamp] = timestamps
     _fresh(config, _unix_time(timestamp, fix), now)
-    return Expected(config, "sha256", timestamp.encode() + b".", tuple(signatures))
+    return Expected(config, timestamp.encode() + b".", tuple(signatures))
 
 
-def _slack(config: SignatureConfig, headers: _Headers, now: float) -> Expected:
-    timestamp, value = headers.require(_SLACK_TIMESTAMP, _SLACK)
+def _slack(config: SignatureConfig, get: _Get, now: float) -> Expected:
+    timestamp = _one(get, _SLACK_TIMESTAMP_KEY, _SLACK_TIMESTAMP)
+    value = _one(get, _SLACK_KEY, _SLACK)
+    if timestamp is None or value is None:
+        raise _missing(
+            [
+                n
+                for n, v in ((_SLACK_TIMESTAMP, timestamp), (_SLACK, value))
+                if v is None
+            ]
+        )
     seconds = _unix_time(
         timestamp, f"{_SLACK_TIMESTAMP} must be a Unix time in seconds"
     )
@@ -247,13 +311,25 @@ def _slack(config: SignatureConfig, headers: _Headers, now: float) -> Expected:
     if given is None:
         raise _malformed(f"{_SLACK} must be v0= and 64 hex digits")
     _fresh(config, seconds, now)
-    return Expected(config, "sha256", f"v0:{timestamp}:".encode(), (given,))
+    return Expected(config, f"v0:{timestamp}:".encode(), (given,))
 
 
-def _standard(config: SignatureConfig, headers: _Headers, now: float) -> Expected:
-    message_id, timestamp, value = headers.require(
-        _STANDARD_ID, _STANDARD_TIMESTAMP, _STANDARD
-    )
+def _standard(config: SignatureConfig, get: _Get, now: float) -> Expected:
+    message_id = _one(get, _STANDARD_ID_KEY, _STANDARD_ID)
+    timestamp = _one(get, _STANDARD_TIMESTAMP_KEY, _STANDARD_TIMESTAMP)
+    value = _one(get, _STANDARD_KEY, _STANDARD)
+    if message_id is None or timestamp is None or value is None:
+        raise _missing(
+            [
+                name
+                for name, sent in (
+                    (_STANDARD_ID, message_id),
+                    (_STANDARD_TIMESTAMP, timestamp),
+                    (_STANDARD, value),
+                )
+                if sent is None
+            ]
+        )
     if not message_id.isascii():
         raise _malformed(f"{_STANDARD_ID} must be ASCII")
     seconds = _unix_time(timestamp, _STANDARD_TIMESTAMP_FIX)
@@ -271,14 +347,17 @@ def _standard(config: SignatureConfig, headers: _Headers, now: float) -> Expecte
         signatures.append(given)
     if not signatures:
         raise _malformed(_STANDARD_FIX)
-    _fresh(config, seconds, now)
+    if abs(now - seconds) > config.tolerance:
+        raise _stale(config)
     before = f"{message_id}.{timestamp}.".encode()
-    return Expected(config, "sha256", before, tuple(signatures))
+    return Expected(config, before, tuple(signatures))
 
 
-def _hmac(config: SignatureConfig, headers: _Headers) -> Expected:
+def _hmac(config: SignatureConfig, get: _Get) -> Expected:
     assert config.header is not None  # SignatureConfig refuses hmac without one
-    [value] = headers.require(config.header)
+    value = _one(get, config.header.lower().encode("ascii"), config.header)
+    if value is None:
+        raise _missing([config.header])
     digest = ALGORITHMS[config.algorithm]
     size = digest().digest_size
     name = f"HMAC-{config.algorithm.upper()}"
@@ -297,62 +376,42 @@ def _hmac(config: SignatureConfig, headers: _Headers) -> Expected:
         )
         lead = f"{config.prefix} and " if config.prefix else ""
         raise _malformed(f"{config.header} must be {lead}{what} (an {name})")
-    return Expected(config, config.algorithm, b"", (given,))
+    return Expected(config, b"", (given,))
 
 
 # -- shared rules ---------------------------------------------------------------
 
 
-class _Headers:
-    """One value of each header a scheme needs, or the refusal."""
+def _mapping_get(mapping: Mapping[str, Sequence[str | bytes]]) -> _Get:
+    """A mapping from lowercase names, asked as getRawHeaders is."""
+    return lambda key: mapping.get(key.decode("ascii"))
 
-    def __init__(self, source: HeaderSource) -> None:
-        # callable() first: an isinstance against the Mapping ABC is slow.
-        if not callable(source):
-            mapping = source
-            self._get: Callable[[str], Sequence[str | bytes] | None] = lambda name: (
-                mapping.get(name.lower())
-            )
-        else:
-            # Twisted's getRawHeaders: asked with bytes, it answers bytes
-            # without converting every name and value to text and back.
-            get = source
-            self._get = lambda name: get(_bytes_name(name))  # type: ignore[arg-type]
 
-    def require(self, *names: str) -> list[str]:
-        values: list[str] = []
-        for name in names:
-            value = self._one(name)
-            if value is None:
-                missing = [n for n in names if self._one(n) is None]
-                raise SignatureRefused(
-                    MISSING, f"signature missing: send {_and(missing)}"
-                )
-            values.append(value)
-        return values
-
-    def _one(self, name: str) -> str | None:
-        values = self._get(name)
-        if not values:
-            return None
-        if len(values) == 1:
-            # The usual case, without the lists below.
-            value = values[0]
-            text = value.decode("latin-1") if isinstance(value, bytes) else value
-            text = text.strip(" \t")
-            return text or None
-        texts = [
-            (v.decode("latin-1") if isinstance(v, bytes) else v).strip(" \t")
-            for v in values
-        ]
-        texts = [t for t in texts if t]
-        if not texts:
-            return None
-        if len(texts) > 1:
-            # Which of them was signed?  Guessing would let a second header
-            # ride along with a genuine first one.
-            raise _malformed(f"{name} sent more than once; send it once")
-        return texts[0]
+def _one(get: _Get, key: bytes, name: str) -> str | None:
+    """
+    The one value of header ``name`` (``key``: its lowercase bytes), without
+    surrounding blanks; None if it was not sent or is empty.
+    """
+    values = get(key)
+    if not values:
+        return None
+    if len(values) == 1:
+        # The usual case, without the lists below.
+        value = values[0]
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        return text.strip(" \t") or None
+    texts = [
+        (v.decode("latin-1") if isinstance(v, bytes) else v).strip(" \t")
+        for v in values
+    ]
+    texts = [t for t in texts if t]
+    if not texts:
+        return None
+    if len(texts) > 1:
+        # Which of them was signed?  Guessing would let a second header
+        # ride along with a genuine first one.
+        raise _malformed(f"{name} sent more than once; send it once")
+    return texts[0]
 
 
 def _unix_time(timestamp: str, fix: str) -> int:
@@ -365,19 +424,18 @@ def _unix_time(timestamp: str, fix: str) -> int:
 
 def _fresh(config: SignatureConfig, seconds: int, now: float) -> None:
     if abs(now - seconds) > config.tolerance:
-        raise SignatureRefused(
-            STALE,
-            f"signature stale: its timestamp is more than {config.tolerance} s "
-            "from now",
-        )
+        raise _stale(config)
+
+
+def _stale(config: SignatureConfig) -> SignatureRefused:
+    return SignatureRefused(
+        STALE,
+        f"signature stale: its timestamp is more than {config.tolerance} s from now",
+    )
 
 
 def _match(
-    config: SignatureConfig,
-    digest: str,
-    before: bytes,
-    body: bytes,
-    given: tuple[bytes, ...],
+    config: SignatureConfig, before: bytes, body: bytes, given: tuple[bytes, ...]
 ) -> None:
     """
     Refuse unless one of ``given`` is the HMAC of ``before + body`` under
@@ -385,14 +443,11 @@ def _match(
     signatures sent; each comparison of two digests of one length in
     constant time.
     """
-    # One C call per secret (hmac.digest), over one buffer.
-    signed = before + body if before else body
-    for secret in config.secrets:
-        expected = hmac.digest(secret, signed, digest)
-        if any(
-            hmac.compare_digest(expected, g) for g in given if len(g) == len(expected)
-        ):
-            return
+    for keyed in config.keyed:
+        expected = keyed.digest(before, body)
+        for g in given:
+            if len(g) == len(expected) and hmac.compare_digest(expected, g):
+                return
     raise SignatureRefused(WRONG, "signature wrong")
 
 
@@ -417,16 +472,11 @@ def _base64(value: str, size: int) -> bytes | None:
     return decoded if len(decoded) == size else None
 
 
-@functools.lru_cache(maxsize=64)
-def _bytes_name(name: str) -> bytes:
-    return name.encode("ascii")
-
-
 def _malformed(problem: str) -> SignatureRefused:
     return SignatureRefused(MALFORMED, f"signature malformed: {problem}")
 
 
-def _and(names: list[str]) -> str:
-    if len(names) == 1:
-        return names[0]
-    return f"{', '.join(names[:-1])} and {names[-1]}"
+def _missing(names: list[str]) -> SignatureRefused:
+    *others, last = names
+    listed = f"{', '.join(others)} and {last}" if others else last
+    return SignatureRefused(MISSING, f"signature missing: send {listed}")

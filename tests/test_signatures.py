@@ -588,6 +588,36 @@ def test_hmac_every_algorithm_and_encoding_verifies(algorithm, encoding, prefix)
     )
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    algorithm=st.sampled_from(["sha1", "sha256", "sha512"]),
+    # Within the block of SHA-1 and SHA-256 (64 bytes), SHA-512's (128), or past.
+    secret=st.binary(min_size=1, max_size=64)
+    | st.binary(min_size=65, max_size=128)
+    | st.binary(min_size=129, max_size=300),
+    other=st.binary(min_size=1, max_size=200),
+    body=st.binary(max_size=512),
+)
+def test_hmac_is_the_standard_library_s_for_any_secret_and_body(
+    algorithm, secret, other, body
+):
+    """
+    What verifies is exactly Python's own HMAC, for secrets shorter and
+    longer than the hash's block (hashed first) and any body: the reference
+    value verifies, under any secret of the list, and a different secret's
+    does not.
+    """
+    config = SignatureConfig(
+        "hmac", (other, secret), header="X-Sig", algorithm=algorithm
+    )
+    value = hmac.new(secret, body, algorithm).hexdigest()
+    verify(config, headers(x_sig=value), body, NOW)
+    # (Two secrets may be one key to HMAC: one with zero bytes appended.)
+    if hmac.new(other, body, algorithm).hexdigest() != value:
+        alone = SignatureConfig("hmac", (other,), header="X-Sig", algorithm=algorithm)
+        assert reason(alone, headers(x_sig=value), body) == "wrong"
+
+
 SHOPIFY = SignatureConfig(
     "hmac", (b"old", b"shpss_new"), header="X-Shopify-Hmac-Sha256", encoding="base64"
 )
