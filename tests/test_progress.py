@@ -8,6 +8,7 @@ byte for byte.
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import shutil
 import sqlite3
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 from support.daemon import GWEBHOOK
 
-from gwebhook import retention, schema
+from gwebhook import cli, retention, schema
 from gwebhook.store.postgres_schema import connect_options
 from gwebhook.store.postgres_schema import create_or_upgrade as create_pg_schema
 
@@ -156,6 +157,7 @@ def final_bar(shown: bytes) -> str:
 # export -----------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_export_shows_progress_on_a_terminal_and_writes_the_same_lines(tmp_path):
     store = str(fill_sqlite(tmp_path / "big.sqlite"))
 
@@ -178,6 +180,7 @@ def test_export_shows_progress_on_a_terminal_and_writes_the_same_lines(tmp_path)
     assert lines[-1].startswith(b'{"id": "20000", "name": "alert 20000"')
 
 
+@pytest.mark.process
 def test_export_after_an_id_counts_only_what_it_exports(tmp_path):
     store = str(fill_sqlite(tmp_path / "big.sqlite"))
     status, out, shown = on_terminal("export", "--db", store, "--after", "15000")
@@ -189,12 +192,14 @@ def test_export_after_an_id_counts_only_what_it_exports(tmp_path):
     assert len(out.splitlines()) == 5000
 
 
+@pytest.mark.process
 def test_export_of_an_empty_store_on_a_terminal(tmp_path):
     store = str(fill_sqlite(tmp_path / "empty.sqlite", count=0))
     status, out, shown = on_terminal("export", "--db", store)
     assert (status, out, shown) == (0, b"", b"")  # nothing to do: no bar
 
 
+@pytest.mark.process
 def test_export_error_on_a_terminal_is_one_line(tmp_path):
     """No store: the one-line error, and no bar drawn before it."""
     status, out, shown = on_terminal("export", "--db", str(tmp_path / "none"))
@@ -207,6 +212,7 @@ def test_export_error_on_a_terminal_is_one_line(tmp_path):
 # prune ------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_prune_shows_progress_on_a_terminal_and_says_the_same(tmp_path):
     store = fill_sqlite(tmp_path / "big.sqlite")
     twin = Path(shutil.copy(store, tmp_path / "twin.sqlite"))
@@ -230,6 +236,7 @@ def test_prune_shows_progress_on_a_terminal_and_says_the_same(tmp_path):
     assert counts(store) == counts(twin) == (10_000, 10_000, 200, 2000)
 
 
+@pytest.mark.process
 def test_prune_of_nothing_on_a_terminal(tmp_path):
     store = str(fill_sqlite(tmp_path / "big.sqlite", count=10))
     status, out, shown = on_terminal("prune", "--db", store, "--before", "2000-01-01")
@@ -237,6 +244,7 @@ def test_prune_of_nothing_on_a_terminal(tmp_path):
     assert out.startswith(b"deleted 0 incidents and 0 requests")
 
 
+@pytest.mark.process
 def test_prune_error_on_a_terminal_is_one_line(tmp_path):
     """Not a store: the one-line error, and no bar drawn before it."""
     bad = tmp_path / "notes.txt"
@@ -248,6 +256,7 @@ def test_prune_error_on_a_terminal_is_one_line(tmp_path):
     assert "%" not in text
 
 
+@pytest.mark.process
 def test_prune_on_postgresql_shows_progress_on_a_terminal(pg_database):
     fill_postgres(pg_database)
 
@@ -320,3 +329,56 @@ def test_prune_in_steps_deletes_what_prune_deletes(tmp_path, monkeypatch, step):
         query = f"SELECT * FROM {table} ORDER BY 1"  # noqa: S608
         with closing(sqlite3.connect(store)) as a, closing(sqlite3.connect(twin)) as b:
             assert a.execute(query).fetchall() == b.execute(query).fetchall()
+
+
+# in-process, so that the fast run (and tqdm's lowest version) draws it too ----
+
+
+def main_on_terminal(monkeypatch, *args: str) -> tuple[int, str, bytes]:
+    """``gwebhook ARGS`` in this process, its standard error a pseudo-terminal."""
+    controller, terminal = os.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    out = io.StringIO()
+    with open(terminal, "w", encoding="utf-8", closefd=True) as stderr:
+        monkeypatch.setattr("sys.stdout", out)
+        monkeypatch.setattr("sys.stderr", stderr)
+        status = cli.main(list(args))
+        stderr.flush()
+        monkeypatch.undo()
+    shown = bytearray()
+    os.set_blocking(controller, False)
+    try:
+        while chunk := os.read(controller, 65536):
+            shown.extend(chunk)
+    except (BlockingIOError, OSError):
+        pass
+    finally:
+        os.close(controller)
+    return status, out.getvalue(), bytes(shown)
+
+
+def test_export_and_prune_draw_in_process(tmp_path, monkeypatch):
+    store = str(fill_sqlite(tmp_path / "s.sqlite", count=3000))
+
+    status, out, shown = main_on_terminal(monkeypatch, "export", "--db", store)
+    assert status == 0
+    assert len(out.splitlines()) == 3000
+    bar = final_bar(shown)
+    assert bar.startswith("export: 100%") and "3000/3000" in bar, bar
+
+    status, out, shown = main_on_terminal(
+        monkeypatch, "prune", "--db", store, "--before", CUTOFF
+    )
+    assert status == 0
+    assert out.startswith("deleted 1500 incidents and 1500 requests")
+    bar = final_bar(shown)
+    assert bar.startswith("prune: 100%") and "1500/1500" in bar, bar
+
+
+def test_no_terminal_no_bar_in_process(tmp_path, monkeypatch, capfd):
+    store = str(fill_sqlite(tmp_path / "s.sqlite", count=3000))
+    assert cli.main(["export", "--db", store]) == 0
+    assert cli.main(["prune", "--db", store, "--before", CUTOFF]) == 0
+    out, err = capfd.readouterr()
+    assert err == ""
+    assert len(out.splitlines()) == 3001  # the lines, then the summary
