@@ -88,6 +88,13 @@ def _finite_float(text: str) -> float:
     return number
 
 
+# Made once: json.loads with options builds a new decoder (and its
+# scanner) at every call.
+_decode = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_finite_float
+).decode
+
+
 def _reject_lone_surrogates(document: Any) -> None:
     try:
         json.dumps(document, ensure_ascii=False).encode("utf-8")
@@ -111,9 +118,7 @@ def parse_json(body: bytes) -> Any:
     except UnicodeDecodeError as e:
         raise PayloadError(f"body is not UTF-8 (byte {e.start})") from e
     try:
-        document = json.loads(
-            text, parse_constant=_reject_constant, parse_float=_finite_float
-        )
+        document = _decode(text)
     except RecursionError as e:
         raise PayloadError("body is not JSON: nested too deeply") from e
     except json.JSONDecodeError as e:
