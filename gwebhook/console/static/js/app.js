@@ -56,13 +56,14 @@ async function route() {
 }
 
 async function main() {
-  await startSession();
+  // The first page's reads need no CSRF token: ask for both at once.
+  const session = startSession();
   document.getElementById("logout").addEventListener("click", logout);
   window.addEventListener("hashchange", () => {
     route();
     document.getElementById("view").focus({preventScroll: true});
   });
-  await route();
+  await Promise.all([session, route()]);
 }
 
 main();

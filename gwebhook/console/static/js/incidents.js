@@ -57,6 +57,8 @@ export async function incidentsPage(main, {params, signal, navigate}) {
 async function follow(next, instance, body, live, signal) {
   while (!signal.aborted) {
     try {
+      const asking = setTimeout(() => { live.textContent = "live"; live.className = "pill good"; }, 100);
+      signal.addEventListener("abort", () => clearTimeout(asking), {once: true});
       const page = await api(`/api/v1/incidents${query({after: next, wait: WAIT_SECONDS, limit: 100, instance})}`, {signal});
       next = page.next;
       if (page.incidents.length) {
