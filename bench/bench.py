@@ -800,6 +800,12 @@ class Server:
             raise Failed(f"{self.name}: probe answered {answer.status}: {body[:200]!r}")
         return len(json.loads(body))
 
+    def exited(self) -> str:
+        """How any of the nodes' processes ended, if one did: "" if none."""
+        return ", ".join(
+            f"status {p.returncode}" for p in self.processes if p.poll() is not None
+        )
+
     def stop(self) -> None:
         """End every node (the database, if any, stays until dropped)."""
         for process in self.processes:
@@ -1073,8 +1079,15 @@ def measure(
         run.tls = server.tls
         try:
             result = _measured(server, scenario, options, credentials, run)
+            exited = server.exited()
         finally:
             server.stop()
+        if exited:
+            # Killed or crashed under load (on a shared machine, someone
+            # else's cleanup may end it): the run's numbers mean nothing.
+            run.skipped = f"the server exited during the run ({exited})"
+            print(f"  {label}: {run.skipped}:\n{server.log_tail()}", file=sys.stderr)
+            return run
         run.stored = None if scenario.discard else server.stored()
     finally:
         server.stop()
@@ -1267,9 +1280,16 @@ def rss_growth(server: Gwebhook, credentials: Credentials, load: str = "b") -> d
                 scenario,
                 600,
                 credentials,
-                until=lambda target=target: server.stored() >= target,
+                # Stop early, too, should the server have gone.
+                until=lambda target=target: (
+                    server.process.poll() is not None or server.stored() >= target
+                ),
                 path=server.path(scenario),
             )
+            if server.exited():
+                error = f"gwebhook exited during the run ({server.exited()})"
+                print(f"  rss: {error}:\n{server.log_tail()}", file=sys.stderr)
+                return {"scenario": load, "error": error}
             points[target] = (server.stored(), rss_mb(server.process.pid))
     finally:
         server.stop()
@@ -2414,6 +2434,7 @@ def measurement_lines(
     """
     lines: list[str] = []
     every = every or []
+    failed = {k: v for k, v in rss.items() if "error" in v}
     if runs:
         lines += [
             "",
@@ -2436,6 +2457,9 @@ def measurement_lines(
                 f"hypervisor took up to {busiest:.0f}% CPU (of 200%) during a "
                 "measured run; such runs are slower than on a quiet machine",
             ]
+    rss = {k: v for k, v in rss.items() if "error" not in v}
+    for key, growth in failed.items():
+        lines += ["", f"RSS ({key}): not measured: {growth['error']}"]
     for key, growth in rss.items():
         lines += [
             "",
@@ -2472,18 +2496,18 @@ def store_check_lines(every: list[Run]) -> list[str]:
         slack = 2 * s.connections * s.per_request + 1
         if r.stored is not None and r.stored > r.acknowledged + slack:
             lines.append(
-                f"[CHECK] ({r.scenario}) {r.server}: stored {r.stored} is "
+                f"[CHECK] ({r.scenario}) {r.who}: stored {r.stored} is "
                 f"more than acknowledged {r.acknowledged} + {slack} in flight"
             )
         if r.duplicates:
             # Every request of the load is distinct: none may be a duplicate.
             lines.append(
-                f"[CHECK] ({r.scenario}) {r.server}: {r.duplicates} answer "
+                f"[CHECK] ({r.scenario}) {r.who}: {r.duplicates} answer "
                 "entries marked duplicate, though every request was distinct"
             )
     for r in lost(every):
         lines.append(
-            f"[FAILED] ({r.scenario}) {r.server}: stored {r.stored} < "
+            f"[FAILED] ({r.scenario}) {r.who}: stored {r.stored} < "
             f"acknowledged {r.acknowledged}"
         )
     return lines
