@@ -9,6 +9,7 @@ its own status and a JSON reason, then the connection is closed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
@@ -105,6 +106,9 @@ class WebhookRequest(server.Request):
     # The message of an error answer (see answers.error_answer), for the
     # access line.
     error: str | None = None
+    # The most its body may be, set at the end of its headers: the channel's
+    # limit, or the smaller one the site gives its path (WebhookSite.body_limits).
+    body_limit: int | None = None
 
     def process(self) -> None:
         # Twisted answers a path of "*" itself (in HTML) and Klein answers a
@@ -140,8 +144,11 @@ class WebhookRequest(server.Request):
 
     def handleContentChunk(self, data: bytes) -> None:
         self._bodyBytes += len(data)
-        if self._bodyBytes > self.channel.limits.max_body_bytes:
-            self.channel.refuse(413, self.channel.bodyLimitMessage())
+        limit = self.body_limit
+        if limit is None:
+            limit = self.channel.limits.max_body_bytes
+        if self._bodyBytes > limit:
+            self.channel.refuse(413, self.channel.bodyLimitMessage(limit))
             return
         super().handleContentChunk(data)
 
@@ -176,8 +183,19 @@ class LimitedChannel(http.HTTPChannel):
     admitted = False
     requestStarted: float | None = None
 
-    def bodyLimitMessage(self) -> str:
-        return f"body is over the limit of {self.limits.max_body_bytes} bytes"
+    def bodyLimitMessage(self, limit: int | None = None) -> str:
+        if limit is None or limit == self.limits.max_body_bytes:
+            return f"body is over the limit of {self.limits.max_body_bytes} bytes"
+        return f"body is over the limit of {limit} bytes for this path"
+
+    def bodyLimitFor(self, method: bytes, path: bytes) -> int | None:
+        """
+        The most a body may be on ``path``, a path other than a webhook's;
+        None: it takes no body.  The site says which POSTs take one.
+        """
+        if method != b"POST":
+            return None
+        return self.site.body_limits.get(path)
 
     def refuse(
         self,
@@ -304,6 +322,8 @@ class LimitedChannel(http.HTTPChannel):
         # (no public attribute holds it before requestReceived).
         method, path = self._command, self._path.split(b"?", 1)[0]
         request = self.requests[-1]
+        request.body_limit = self.limits.max_body_bytes
+        path_limit = self.bodyLimitFor(method, path)
         if self.length == 0:
             # Nothing to read: Klein routes it, and the webhook route admits
             # it as below (its refusals keep the connection).
@@ -330,6 +350,13 @@ class LimitedChannel(http.HTTPChannel):
                 return
             request.client_cert = verdict.client_cert
             request.signed = verdict.signature
+        elif path_limit is not None:
+            # One of the few other POSTs that carry a body (a login form, a
+            # preview), within the small limit the site gives its path.
+            limit = request.body_limit = min(path_limit, self.limits.max_body_bytes)
+            if self.length is not None and self.length > limit:
+                self.refuse(413, self.bodyLimitMessage(limit))
+                return
         else:
             # A body where none is taken is not read: 405 on a path that
             # takes other methods, 404 elsewhere.
@@ -441,6 +468,11 @@ class WebhookSite(server.Site):
     noisy = False
     # Whether /api/ is the read API's (there are API tokens).
     serves_api = False
+    # The paths other than webhooks' whose POST may carry a body (the
+    # console's login, the read API's preview...), and the most bytes each
+    # may have (the channel's own limit still holds); any other body is
+    # refused before it is read.  Set by whoever serves those paths.
+    body_limits: Mapping[bytes, int] = {}
 
     draining = False
 

@@ -321,6 +321,122 @@ def test_chunked_body_within_limit_passes(wire):
     assert wire.reply().status == 401
 
 
+# -- the small limits of the other paths that take a body --------------------
+
+LOGIN_LIMIT = 100
+PREVIEW_LIMIT = 300
+
+
+@pytest.fixture
+def console_site(db, monkeypatch):
+    """
+    The console served (an API token), its login and the preview given
+    small limits of their own by the site; the channel's own is 1000.
+    """
+    monkeypatch.setenv("GWEBHOOK_API_TOKENS", "channel-token")
+    site, store = make_site(db, max_header_bytes=MAX_HEADER, max_body_bytes=MAX_BODY)
+    site.store = store
+    site.body_limits = {
+        b"/console/login": LOGIN_LIMIT,
+        b"/api/v1/mapping/preview": PREVIEW_LIMIT,
+        b"/console/logout": 5000,
+    }
+    yield site
+    store.close()
+
+
+@pytest.fixture
+def console_wire(console_site):
+    w = Wire(console_site)
+    yield w
+    w.close()
+
+
+def path_message(limit: int) -> str:
+    return f"body is over the limit of {limit} bytes for this path"
+
+
+def form(path: bytes, *lines: bytes) -> bytes:
+    return head(
+        b"Content-Type: application/x-www-form-urlencoded",
+        *lines,
+        request_line=b"POST " + path + b" HTTP/1.1",
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_over_its_paths_limit_is_413_before_it_is_read(console_wire):
+    """A login form declared over the login's limit: 413 naming it, unread."""
+    console_wire.send(
+        form(b"/console/login", b"Content-Length: %d" % (LOGIN_LIMIT + 1))
+    )
+    await assert_refused(console_wire, 413, path_message(LOGIN_LIMIT))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_over_its_paths_limit_gets_no_100_continue(console_wire):
+    console_wire.send(
+        form(
+            b"/api/v1/mapping/preview",
+            b"Content-Length: %d" % (PREVIEW_LIMIT + 1),
+            b"Expect: 100-continue",
+        )
+    )
+    assert b"100 Continue" not in console_wire.written()
+    await assert_refused(console_wire, 413, path_message(PREVIEW_LIMIT))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_chunked_body_over_its_paths_limit_is_413_as_it_arrives(console_wire):
+    """Chunked, the path's limit holds too: refused once the bytes pass it."""
+    console_wire.send(form(b"/console/login", b"Transfer-Encoding: chunked"))
+    console_wire.send(b"50\r\n" + b"token=" + b"x" * 74 + b"\r\n")
+    assert console_wire.written() == b""
+    console_wire.send(b"50\r\n" + b"x" * 80 + b"\r\n")
+    await assert_refused(console_wire, 413, path_message(LOGIN_LIMIT))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_chunked_body_over_its_paths_limit_in_one_write_is_413(console_wire):
+    body = chunked(b"token=", b"x" * 60, b"x" * 60)
+    console_wire.send(form(b"/console/login", b"Transfer-Encoding: chunked") + body)
+    await assert_refused(console_wire, 413, path_message(LOGIN_LIMIT))
+
+
+def test_a_body_within_its_paths_limit_reaches_the_route(console_wire):
+    """A wrong token in a form at exactly the limit: the login page says so."""
+    body = b"token=" + b"x" * (LOGIN_LIMIT - 6)
+    console_wire.send(form(b"/console/login", b"Content-Length: %d" % len(body)) + body)
+    reply = console_wire.reply()
+    assert reply.status == 401
+    assert b"not an API token" in reply.body
+
+
+def test_a_chunked_body_within_its_paths_limit_reaches_the_route(console_wire):
+    body = chunked(b"token=", b"x" * 40, b"x" * 40)
+    console_wire.send(form(b"/console/login", b"Transfer-Encoding: chunked") + body)
+    assert console_wire.reply().status == 401
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_paths_limit_above_the_channels_is_held_to_the_channels(
+    console_wire,
+):
+    """--max-body-bytes bounds every body: a path given more gets no more."""
+    console_wire.send(form(b"/console/logout", b"Content-Length: %d" % (MAX_BODY + 1)))
+    await assert_refused(console_wire, 413, BODY_MESSAGE)
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_a_post_to_such_a_path_takes_a_body(console_wire):
+    """GET with a body on the login path: refused unread, as on any other path."""
+    console_wire.send(
+        head(b"Content-Length: 5", request_line=b"GET /console/login HTTP/1.1")
+        + b"token"
+    )
+    await assert_refused(console_wire, 404, NOT_FOUND_MESSAGE)
+
+
 # -- bodies are JSON whatever the Content-Type -------------------------------
 
 
