@@ -24,6 +24,14 @@ from gwebhook.readback import whole
 LEASE_SECONDS = 30.0
 STATES = ("pending", "delivered", "dead")
 
+# A batch's rows are looked for from its first incident on ("incident_id >=
+# batch" below): every incident of a batch has an id at least the batch's
+# (its first), so the bound changes nothing found, but keeps the search to
+# the batch and what came after it.  Without it SQLite searched the primary
+# key by forward alone, through every incident the forward ever delivered
+# (the table keeps them): each batch slower the longer the daemon had
+# forwarded (4 such searches per batch, 0.7 ms each at 12,000 delivered).
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -89,10 +97,13 @@ def take(
         )
     else:
         return Taken(None, pending, False)
+    # The pending batch, searched for from the oldest pending incident on
+    # (found in the index of pending ones), for the reason above.
     [first] = cursor.execute(
         "SELECT min(batch) FROM deliveries WHERE forward = ? AND state = 'pending'"
-        " AND batch IS NOT NULL",
-        (forward,),
+        " AND batch IS NOT NULL AND incident_id >= (SELECT min(incident_id)"
+        " FROM deliveries WHERE forward = ? AND state = 'pending')",
+        (forward, forward),
     ).fetchone()
     if first is None:
         ids = [
@@ -117,15 +128,16 @@ def take(
         ids = [
             i
             for (i,) in cursor.execute(
-                "SELECT incident_id FROM deliveries WHERE forward = ? AND batch = ?"
-                " AND state = 'pending' ORDER BY incident_id",
-                (forward, first),
+                "SELECT incident_id FROM deliveries"
+                " WHERE forward = ? AND batch = ? AND state = 'pending'"
+                " AND incident_id >= ? ORDER BY incident_id",
+                (forward, first, first),
             )
         ]
     attempts, next_attempt, queued = cursor.execute(
         "SELECT max(attempts), max(next_attempt), min(queued) FROM deliveries"
-        " WHERE forward = ? AND batch = ? AND state = 'pending'",
-        (forward, first),
+        " WHERE forward = ? AND batch = ? AND state = 'pending' AND incident_id >= ?",
+        (forward, first, first),
     ).fetchone()
     return Taken(
         Batch(int(first), tuple(ids), attempts, next_attempt, queued), pending, True
@@ -143,8 +155,9 @@ def delivered(cursor, forward: str, first: int) -> int:
     """The batch was delivered; how many incidents."""
     cursor.execute(
         "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1,"
-        " last_error = NULL WHERE forward = ? AND batch = ? AND state = 'pending'",
-        (forward, first),
+        " last_error = NULL"
+        " WHERE forward = ? AND batch = ? AND state = 'pending' AND incident_id >= ?",
+        (forward, first, first),
     )
     return cursor.rowcount
 
@@ -153,8 +166,9 @@ def retry(cursor, forward: str, first: int, error: str, next_attempt: float) -> 
     """The batch failed; it is tried again, the same, at ``next_attempt``."""
     cursor.execute(
         "UPDATE deliveries SET attempts = attempts + 1, last_error = ?,"
-        " next_attempt = ? WHERE forward = ? AND batch = ? AND state = 'pending'",
-        (error, next_attempt, forward, first),
+        " next_attempt = ?"
+        " WHERE forward = ? AND batch = ? AND state = 'pending' AND incident_id >= ?",
+        (error, next_attempt, forward, first, first),
     )
 
 
@@ -162,8 +176,9 @@ def dead(cursor, forward: str, first: int, error: str, attempted: bool) -> int:
     """The batch is given up: kept, with why, until redelivered by hand."""
     cursor.execute(
         "UPDATE deliveries SET state = 'dead', attempts = attempts + ?,"
-        " last_error = ? WHERE forward = ? AND batch = ? AND state = 'pending'",
-        (int(attempted), error, forward, first),
+        " last_error = ?"
+        " WHERE forward = ? AND batch = ? AND state = 'pending' AND incident_id >= ?",
+        (int(attempted), error, forward, first, first),
     )
     return cursor.rowcount
 
