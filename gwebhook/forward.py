@@ -85,6 +85,15 @@ def body(kind: str, batch: int, items: Sequence[tuple[dict, Any]]) -> bytes:
     return json.dumps(document, ensure_ascii=False).encode("utf-8")
 
 
+def joined(batch: int, elements: Sequence[str]) -> bytes:
+    """
+    ``body`` of elements already JSON text (``deliveries.xsoar_elements``):
+    the one with ``batch = 1``, else an array.
+    """
+    text = elements[0] if batch == 1 else "[" + ",".join(elements) + "]"
+    return text.encode("utf-8")
+
+
 def webhook_id(forward: str, first: int) -> str:
     """The id of a batch's request, the same on every retry."""
     return f"{forward}-{first}"
@@ -327,12 +336,21 @@ class Forwarder(service.Service):
                 batch, f"not delivered within max_age ({config.max_age} s)", False
             )
             return 0.0
-        items = await self.store.read(queue.items, batch.ids, config.format == "raw")
-        if not items:
+        if config.format == "xsoar":
+            # The details as stored are what xsoar sends: no parse, no dump.
+            found = await self.store.read(queue.xsoar_elements, batch.ids)
+        else:
+            found = await self.store.read(
+                queue.items, batch.ids, config.format == "raw"
+            )
+        if not found:
             # Its incidents were deleted (retention): nothing to send.
             await self._give_up(batch, "its incidents were deleted", False)
             return 0.0
-        data = body(config.format, config.batch, items)
+        if config.format == "xsoar":
+            data = joined(config.batch, found)
+        else:
+            data = body(config.format, config.batch, found)
         message_id = webhook_id(config.name, batch.first)
         outgoing = sender.Outgoing(
             url=config.url,

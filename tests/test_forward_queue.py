@@ -3,18 +3,21 @@ The forwarding queue's SQL (``gwebhook.store.deliveries``) on a real SQLite
 store, without a daemon: batches formed in id order and fixed, marked
 delivered, retried and given up, redelivered; and a batch's work that does
 not grow with what the forward delivered before (the table keeps every
-delivered incident).
+delivered incident); the ``xsoar`` elements written from the stored text.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from collections.abc import Callable, Iterator
 
 import pytest
 import pytest_twisted
 
+from gwebhook import forward
+from gwebhook.model import IncidentDraft, ReceivedRequest
 from gwebhook.schema import configure, create_or_upgrade
 from gwebhook.store import IncidentStore, SQLiteStore
 from gwebhook.store import deliveries as queue
@@ -188,3 +191,48 @@ def test_a_batch_costs_the_same_after_many_delivered_ones(tmp_path):
         )
         history_steps = cycle(history, 20_001)
     assert history_steps < 2 * fresh_steps, (history_steps, fresh_steps)
+
+
+@pytest_twisted.ensureDeferred
+async def test_xsoar_elements_are_the_xsoar_body_of_what_was_stored(store):
+    """
+    The xsoar elements, written from the details' stored JSON text, are the
+    elements ``element_body`` makes of the incidents read back whole: any
+    text, numbers past 64 bits, nesting; never the request's headers.  The
+    body of a batch is an array of them, of ``batch = 1`` the one object.
+    """
+    store.forward_routes = ((FORWARD, None),)
+    request = ReceivedRequest(
+        "2026-01-01T00:00:00Z",
+        "127.0.0.1",
+        "POST",
+        "/",
+        {"content-type": "application/json", "x-token": "secret-of-the-sender"},
+        b"[]",
+        "default",
+        None,
+    )
+    details = {
+        "text": 'quotes " and \\ and a line\nbreak, \u2028, é, 漢字, 🙂',
+        "numbers": [0, -1, 2.5, 1e-07, 2**70, -(2**65)],
+        "nested": {"a": [None, True, False, {"b": {}}, []]},
+    }
+    drafts = [
+        IncidentDraft(
+            'é "name" 漢字', "Type\u2028", "2026-01-01T00:00:00Z", details, {}
+        ),
+        IncidentDraft("plain", "Unclassified", "2026-01-02T00:00:00Z", {}, {"f": 1}),
+    ]
+    committed = await store.add(request, drafts)
+    ids = tuple(int(s.id) for s in committed.incidents)
+    texts = await store.read(queue.xsoar_elements, ids)
+    items = await store.read(queue.items, ids)
+    expected = [forward.element_body("xsoar", i, raw) for i, raw in items]
+    assert [json.loads(t) for t in texts] == expected
+    assert expected[0]["rawJson"] == details
+    assert all("secret-of-the-sender" not in t for t in texts)
+    assert json.loads(forward.joined(100, texts)) == expected
+    assert json.loads(forward.joined(1, texts[:1])) == expected[0]
+    assert json.loads(forward.joined(1, texts[:1])) == json.loads(
+        forward.body("xsoar", 1, items[:1])
+    )

@@ -256,6 +256,27 @@ def items(
     return found
 
 
+_XSOAR_ITEMS = "SELECT name, type, occurred, details FROM incidents WHERE id IN "
+
+
+def xsoar_elements(db, ids: tuple[int, ...]) -> list[str]:
+    """
+    The batch's incidents in id order as the ``xsoar`` format sends each
+    (``forward.element_body``), as JSON text: ``name``, ``type``,
+    ``occurred`` and the details as ``rawJson``, the details the JSON text
+    the store holds (which never has the request's headers), neither parsed
+    nor written again, nor the request read.
+    """
+    rows = db.execute(_XSOAR_ITEMS + _in(len(ids)) + " ORDER BY id", ids)
+    dumps = json.dumps
+    return [
+        f'{{"name":{dumps(name, ensure_ascii=False)},'
+        f'"type":{dumps(kind, ensure_ascii=False)},'
+        f'"occurred":{dumps(occurred, ensure_ascii=False)},"rawJson":{details}}}'
+        for name, kind, occurred, details in rows
+    ]
+
+
 def _element(
     headers_json: str,
     position: int,
