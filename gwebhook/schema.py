@@ -107,6 +107,19 @@ MIGRATIONS: list[str] = [
         expires REAL NOT NULL
     );
     """,
+    # 6: the console's sessions, shared by every process of the daemon.
+    # ``id_hash`` is the SHA-256 (hex) of the session's id: the id itself,
+    # which the browser holds, is never stored.  Times are seconds since the
+    # epoch; a session past ``expires`` is worth nothing and is deleted.
+    """
+    CREATE TABLE console_sessions (
+        id_hash TEXT PRIMARY KEY,
+        csrf TEXT NOT NULL,
+        created REAL NOT NULL,
+        expires REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX console_sessions_by_expiry ON console_sessions (expires);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -24,7 +24,7 @@ from support.store import row_counts
 
 from gwebhook.console.guard import CONTENT_SECURITY_POLICY
 from gwebhook.console.preview import preview
-from gwebhook.console.sessions import SESSION_SECONDS, Sessions
+from gwebhook.console.sessions import SESSION_SECONDS
 
 TOKEN = "console-token-1"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -160,25 +160,6 @@ async def test_a_made_up_session_reads_nothing(site):
     for cookie in ("__Host-gwebhook-session=" + "A" * 43, "__Host-gwebhook-session="):
         reply = await ask(site, "GET", "/api/v1/incidents", {"Cookie": cookie})
         assert reply.status == 401
-
-
-def test_a_session_ends_on_the_server_after_12_hours():
-    now = [1000.0]
-    sessions = Sessions(lambda: now[0])
-    s = sessions.start()
-    assert sessions.get(s.id.encode()) == s
-    now[0] += SESSION_SECONDS - 1
-    assert sessions.get(s.id.encode()) == s
-    now[0] += 1
-    assert sessions.get(s.id.encode()) is None
-    assert len(sessions) == 0
-
-
-def test_sessions_are_bounded_forgetting_the_oldest():
-    sessions = Sessions(lambda: 0.0, max_sessions=3)
-    made = [sessions.start() for _ in range(4)]
-    assert sessions.get(made[0].id.encode()) is None
-    assert all(sessions.get(s.id.encode()) for s in made[1:])
 
 
 # -- CSRF on a POST made with the session --------------------------------------------

@@ -147,9 +147,9 @@ def test_a_version_2_store_is_upgraded_without_losing_anything(v2_store):
     sequences = read(v2_store, "SELECT name, seq FROM sqlite_sequence ORDER BY name")
     assert len(incidents) == 23 and len(samples) == 19
 
-    assert schema.create_or_upgrade(str(v2_store)) == schema.SCHEMA_VERSION == 5
+    assert schema.create_or_upgrade(str(v2_store)) == schema.SCHEMA_VERSION == 6
 
-    assert read(v2_store, "PRAGMA user_version") == [(5,)]
+    assert read(v2_store, "PRAGMA user_version") == [(6,)]
     assert read(v2_store, V2_INCIDENTS, EVERY_ID) == (incidents)
     assert read(v2_store, V2_REQUESTS) == requests
     assert read(v2_store, "SELECT incident_id FROM samples ORDER BY incident_id") == (
@@ -166,13 +166,14 @@ def test_a_version_2_store_is_upgraded_without_losing_anything(v2_store):
     ) == [("default", None, None)]
     assert read(v2_store, "SELECT count(*) FROM dedup_keys") == [(0,)]
     assert read(v2_store, "SELECT count(*) FROM dedup_requests") == [(0,)]
+    assert read(v2_store, "SELECT count(*) FROM console_sessions") == [(0,)]
     assert read(v2_store, "PRAGMA integrity_check") == [("ok",)]
     assert read(v2_store, "PRAGMA index_info(incidents_by_instance)") == [
         (0, columns(v2_store, "incidents").index("instance"), "instance"),
         (1, 0, "id"),
     ]
     # Once is enough: opening the upgraded store again changes nothing.
-    assert schema.create_or_upgrade(str(v2_store)) == 5
+    assert schema.create_or_upgrade(str(v2_store)) == 6
     assert columns(v2_store, "incidents")[-2:] == ["instance", "fields"]
     assert columns(v2_store, "requests")[-3:] == [
         "instance",
@@ -202,7 +203,7 @@ def test_processes_upgrading_one_store_at_once_all_succeed(v2_store):
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert results == [5] * openers
+    assert results == [6] * openers
     assert columns(v2_store, "incidents").count("instance") == 1
 
 
@@ -250,3 +251,74 @@ def test_the_daemon_serves_and_stores_on_an_upgraded_store(daemon, v2_store):
     assert "client_cert" not in shown["request"]
     kept = json.loads(cli("--db", str(v2_store), "samples", "--instance", "default"))
     assert [int(sample["id"]) for sample in kept] == samples
+
+
+WHOLE_TABLES = (
+    "SELECT * FROM requests",
+    "SELECT * FROM incidents",
+    "SELECT * FROM deliveries",
+    "SELECT * FROM forward_leases",
+)
+
+
+def write_v5_store(path: Path) -> None:
+    """
+    A version 5 store (forwarding, before the console's sessions): the
+    migrations are appended, never edited, so the first five are what that
+    gwebhook ran.  One request, its incident, a delivery and a lease.
+    """
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA journal_mode = WAL")
+        for migration in schema.MIGRATIONS[:5]:
+            db.executescript(migration)
+        db.execute("PRAGMA user_version = 5")
+        db.execute(
+            "INSERT INTO requests (id, received, client, method, path, headers,"
+            " body) VALUES (1, '2026-01-01T00:00:00Z', '10.0.0.1', 'POST', '/',"
+            " '{}', x'7b7d')"
+        )
+        db.execute(
+            "INSERT INTO incidents (id, request_id, position, name, type, occurred,"
+            " created, details) VALUES (1, 1, 0, 'n', 't', '2026-01-01T00:00:00Z',"
+            " '2026-01-01T00:00:00Z', '{}')"
+        )
+        db.execute(
+            "INSERT INTO deliveries (forward, incident_id, queued) VALUES ('f', 1, 1.5)"
+        )
+        db.execute(
+            "INSERT INTO forward_leases (forward, holder, expires) VALUES ('f', 'n', 9)"
+        )
+
+
+def test_a_version_5_store_gains_the_console_sessions_and_keeps_the_rest(tmp_path):
+    """
+    Version 6 adds the console's sessions (by the SHA-256 of their id, with
+    an index on when they end) and changes nothing else.
+    """
+    path = tmp_path / "v5.sqlite"
+    write_v5_store(path)
+    before = {query: read(path, query) for query in WHOLE_TABLES}
+
+    assert schema.create_or_upgrade(str(path)) == 6
+
+    assert read(path, "PRAGMA user_version") == [(6,)]
+    for query, rows in before.items():
+        assert read(path, query) == rows, query
+    assert columns(path, "console_sessions") == [
+        "id_hash",
+        "csrf",
+        "created",
+        "expires",
+    ]
+    assert read(path, "SELECT count(*) FROM console_sessions") == [(0,)]
+    assert read(path, "PRAGMA index_info(console_sessions_by_expiry)") == [
+        (0, 3, "expires")
+    ]
+    # The hash is the key: a second row for one session cannot be written.
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        row = ("ab" * 32, "csrf", 1.0, 2.0)
+        db.execute("INSERT INTO console_sessions VALUES (?, ?, ?, ?)", row)
+        with pytest.raises(sqlite3.IntegrityError):
+            db.execute("INSERT INTO console_sessions VALUES (?, ?, ?, ?)", row)
+    assert read(path, "PRAGMA integrity_check") == [("ok",)]
+    assert schema.create_or_upgrade(str(path)) == 6

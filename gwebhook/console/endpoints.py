@@ -75,6 +75,9 @@ class ConsoleEndpoints:
         self.store = store
         self.clock = clock
         self.sessions = sessions
+        if sessions.store is None:
+            # The daemon makes its sessions before it has these endpoints.
+            sessions.store = store
         self.metrics = metrics
         self.forwards = forwards
         self.database = database
@@ -219,6 +222,12 @@ class ConsoleEndpoints:
                 )
             except StoreUnavailable:
                 status = "unavailable"
+        sessions = 0
+        if status == "ok":
+            try:
+                sessions = await self.sessions.live()
+            except StoreUnavailable:
+                status = "unavailable"
         failures = []
         for metric in self.metrics.auth_failures.collect():
             for sample in metric.samples:
@@ -238,7 +247,7 @@ class ConsoleEndpoints:
                 "incidents_per_minute": {"since": since, "counts": series},
                 "auth_failures": failures,
                 "api_auth_failures": self.sessions.refused,
-                "sessions": len(self.sessions),
+                "sessions": sessions,
             },
         )
 

@@ -12,10 +12,14 @@ import html
 from importlib import resources
 from urllib.parse import parse_qs
 
+from twisted.internet.defer import ensureDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from gwebhook.addresses import display_host
-from gwebhook.answers import error_answer, json_answer
+from gwebhook.answers import RETRY_AFTER_SECONDS, error_answer, json_answer
 from gwebhook.console.guard import cross_site_refusal, foreign_origin, secure_headers
 from gwebhook.console.sessions import (
     CLEAR_COOKIE,
@@ -23,8 +27,11 @@ from gwebhook.console.sessions import (
     session_cookie,
     set_cookie_header,
 )
+from gwebhook.store import StoreUnavailable
 from gwebhook.throttle import AuthThrottle
 from gwebhook.timestamps import from_epoch
+
+log = Logger()
 
 PREFIX = b"/console/"
 _TYPES = {
@@ -72,7 +79,7 @@ class Console(Resource):
         self.throttle = throttle
         self.files = load_static()
 
-    def render(self, request) -> bytes:
+    def render(self, request) -> bytes | int:
         request.route = "console"
         secure_headers(request)
         request.setHeader(b"Cache-Control", b"no-store")
@@ -86,28 +93,19 @@ class Console(Resource):
         if path == PREFIX:
             if not self._allow(request, b"GET, HEAD"):
                 return _method_not_allowed(request, b"GET, HEAD")
-            if self.sessions.get(session_cookie(request)) is None:
-                return self._page(request, 200, "login.html")
-            return self._page(request, 200, "index.html")
+            return self._later(request, self._front(request))
         if path == b"/console/login":
             if method != b"POST":
                 return _method_not_allowed(request, b"POST")
-            return self._login(request)
+            return self._later(request, self._login(request))
         if path == b"/console/logout":
             if method != b"POST":
                 return _method_not_allowed(request, b"POST")
-            return self._logout(request)
+            return self._later(request, self._logout(request))
         if path == b"/console/session":
             if not self._allow(request, b"GET, HEAD"):
                 return _method_not_allowed(request, b"GET, HEAD")
-            session = self.sessions.get(session_cookie(request))
-            if session is None:
-                return error_answer(request, 401, "no session; log in at /console/")
-            return json_answer(
-                request,
-                200,
-                {"csrf": session.csrf, "expires": from_epoch(session.expires)},
-            )
+            return self._later(request, self._session(request))
         found = self.files.get(path)
         if found is not None:
             if not self._allow(request, b"GET, HEAD"):
@@ -135,7 +133,32 @@ class Console(Resource):
         request.setHeader(b"Content-Length", b"%d" % len(content))
         return content
 
-    def _login(self, request) -> bytes:
+    def _later(self, request, answer) -> int:
+        """Answer with what the coroutine ``answer`` gives, once it has it."""
+        gone: list[Failure] = []
+        request.notifyFinish().addErrback(gone.append)
+        done = ensureDeferred(answer)
+        done.addCallbacks(
+            _write, _failed, callbackArgs=(request, gone), errbackArgs=(request, gone)
+        )
+        return NOT_DONE_YET
+
+    async def _front(self, request) -> bytes:
+        if await self.sessions.find(session_cookie(request)) is None:
+            return self._page(request, 200, "login.html")
+        return self._page(request, 200, "index.html")
+
+    async def _session(self, request) -> bytes:
+        session = await self.sessions.find(session_cookie(request))
+        if session is None:
+            return error_answer(request, 401, "no session; log in at /console/")
+        return json_answer(
+            request,
+            200,
+            {"csrf": session.csrf, "expires": from_epoch(session.expires)},
+        )
+
+    async def _login(self, request) -> bytes:
         client = display_host(request.getClientAddress().host or "")
         if foreign_origin(request):
             return self._page(
@@ -161,14 +184,14 @@ class Console(Resource):
             return self._page(
                 request, 401, "login.html", "That is not an API token of this gwebhook."
             )
-        session = self.sessions.start()
+        session = await self.sessions.start()
         request.setHeader(
             b"Set-Cookie", set_cookie_header(session, self.sessions.lifetime)
         )
         return _see_other(request)
 
-    def _logout(self, request) -> bytes:
-        session = self.sessions.get(session_cookie(request))
+    async def _logout(self, request) -> bytes:
+        session = await self.sessions.find(session_cookie(request))
         if session is not None:
             # The CSRF token comes as the header (fetch) or a form field.
             if request.getHeader(b"x-csrf-token") is None:
@@ -178,7 +201,7 @@ class Console(Resource):
             refusal = cross_site_refusal(request, session)
             if refusal is not None:
                 return error_answer(request, 403, refusal)
-            self.sessions.end(session)
+            await self.sessions.end(session)
         request.setHeader(b"Set-Cookie", CLEAR_COOKIE)
         return _see_other(request)
 
@@ -189,6 +212,25 @@ def _known(given: bytes, tokens: tuple[bytes, ...]) -> bool:
     for token in tokens:
         found |= hmac.compare_digest(token, given)
     return found and bool(given)
+
+
+def _write(body: bytes, request, gone: list[Failure]) -> None:
+    if gone:
+        return
+    request.write(body)
+    request.finish()
+
+
+def _failed(failure: Failure, request, gone: list[Failure]) -> None:
+    if gone:
+        return
+    if failure.check(StoreUnavailable):
+        request.setHeader(b"Retry-After", str(RETRY_AFTER_SECONDS).encode("ascii"))
+        body = error_answer(request, 503, "incident store unavailable; retry later")
+    else:
+        log.failure("console error on {path}", failure, path=request.path)
+        body = error_answer(request, 500, "internal error")
+    _write(body, request, gone)
 
 
 def _see_other(request) -> bytes:

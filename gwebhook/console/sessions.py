@@ -1,23 +1,29 @@
 """
 The console's sessions (docs/reference.md 11): who logged in with an API
 token, by a random id the browser holds in a cookie, never the token.  Kept
-in this process's memory, each for at most SESSION_SECONDS from its login;
-pure and clocked, so the tests drive the time.
+in the store (``gwebhook.store.sessions``), by the SHA-256 of the id, so
+that every process of the daemon and every node of a PostgreSQL database
+knows them, a logout anywhere ends them everywhere and a restart keeps
+them; each ends SESSION_SECONDS after its login.  Every lookup asks the
+store (through its readers' thread): nothing here remembers a session.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gwebhook.store import StoreUnavailable
+from gwebhook.store import sessions as rows
+
 # A session ends on the server this long after its login, whatever it did.
 SESSION_SECONDS = 12 * 3600
-# Logins beyond this many live sessions forget the oldest first: memory is
-# bounded whatever a holder of a token does.
-MAX_SESSIONS = 10_000
 COOKIE_NAME = b"__Host-gwebhook-session"
+# An id is 43 URL-safe characters (256 bits); anything much longer is no id.
+_MAX_COOKIE = 128
 
 
 @dataclass(frozen=True)
@@ -35,66 +41,104 @@ class Session:
         return hmac.compare_digest(self.csrf.encode("ascii"), given)
 
 
+def id_hash(session_id: str) -> str:
+    """What the store keeps of a session's id: its SHA-256, in hex."""
+    return hashlib.sha256(session_id.encode("ascii")).hexdigest()
+
+
 class Sessions:
-    """The live sessions, by id; and how many wrong API tokens were tried."""
+    """
+    The sessions, in ``store`` (an IncidentStore; set by the console's
+    endpoints when not given); and how many wrong API tokens this process
+    was given.
+    """
 
     def __init__(
         self,
         now: Callable[[], float],
         lifetime: float = SESSION_SECONDS,
-        max_sessions: int = MAX_SESSIONS,
+        store=None,
     ) -> None:
         self.now = now
         self.lifetime = lifetime
-        self.max_sessions = max_sessions
-        self._live: dict[str, Session] = {}
+        self.store = store
         # Wrong tokens, at the console's login and on /api/ (the health page).
         self.refused = 0
+        # Sessions this process made or found, for the read API's own
+        # synchronous check (``get``) until it asks ``find``.
+        self._known: dict[str, Session] = {}
 
-    def start(self) -> Session:
+    async def start(self) -> Session:
         """A new session: 256 random bits for its id and for its CSRF token."""
-        self._forget_expired()
+        created = self.now()
         session = Session(
             secrets.token_urlsafe(32),
             secrets.token_urlsafe(32),
-            self.now() + self.lifetime,
+            created + self.lifetime,
         )
-        self._live[session.id] = session
-        if len(self._live) > self.max_sessions:
-            # Dicts keep insertion order: the first is the oldest login.
-            del self._live[next(iter(self._live))]
+        await self._write(
+            rows.insert, id_hash(session.id), session.csrf, created, session.expires
+        )
+        self._remember(session)
         return session
 
-    def get(self, cookie: bytes | None) -> Session | None:
+    async def find(self, cookie: bytes | None) -> Session | None:
         """The live session a cookie's value names, or None."""
-        if not cookie:
+        if not cookie or len(cookie) > _MAX_COOKIE:
             return None
         try:
             key = cookie.decode("ascii")
         except UnicodeDecodeError:
             return None
-        session = self._live.get(key)
-        if session is None:
+        hashed = id_hash(key)
+        found = await self.store.read(rows.find, hashed)
+        if found is None:
+            self._known.pop(key, None)
             return None
-        if session.expires <= self.now():
-            del self._live[key]
+        csrf, _, expires = found
+        if expires <= self.now():
+            self._known.pop(key, None)
+            await self._write(rows.delete, hashed)
+            return None
+        session = Session(key, csrf, expires)
+        self._remember(session)
+        return session
+
+    async def end(self, session: Session) -> None:
+        """Log out: the id is worth nothing from now on, in every process."""
+        self._known.pop(session.id, None)
+        await self._write(rows.delete, id_hash(session.id))
+
+    async def live(self) -> int:
+        """How many sessions are live now (every process's)."""
+        return await self.store.read(rows.live, self.now())
+
+    def get(self, cookie: bytes | None) -> Session | None:
+        """
+        Transitional, for the read API's synchronous check: a session this
+        process made or found and has not seen end, while it lives.  A
+        session made by another process is known here once this process
+        has looked it up with ``find`` (the console's own pages do).
+        """
+        if not cookie:
+            return None
+        session = self._known.get(cookie.decode("ascii", "replace"))
+        if session is None or session.expires <= self.now():
             return None
         return session
 
-    def end(self, session: Session) -> None:
-        """Log out: the id is worth nothing from now on."""
-        self._live.pop(session.id, None)
+    async def _write(self, work, *args):
+        """``store.write``, a database error said as StoreUnavailable (a 503)."""
+        try:
+            return await self.store.write(work, *args)
+        except self.store.pool.dbapi.Error as e:
+            raise StoreUnavailable(str(e)) from e
 
-    def _forget_expired(self) -> None:
-        now = self.now()
-        # Oldest first: stop at the first that still lives.
-        for key, session in list(self._live.items()):
-            if session.expires > now:
-                break
-            del self._live[key]
-
-    def __len__(self) -> int:
-        return len(self._live)
+    def _remember(self, session: Session) -> None:
+        self._known[session.id] = session
+        if len(self._known) > 10_000:
+            # Dicts keep insertion order: forget the oldest first.
+            del self._known[next(iter(self._known))]
 
 
 def session_cookie(request) -> bytes | None:

@@ -113,6 +113,16 @@ MIGRATIONS: list[str] = [
         expires double precision NOT NULL
     );
     """,
+    # 3: the console's sessions, shared by every node (SQLite's version 6).
+    """
+    CREATE TABLE console_sessions (
+        id_hash text PRIMARY KEY,
+        csrf text NOT NULL,
+        created double precision NOT NULL,
+        expires double precision NOT NULL
+    );
+    CREATE INDEX console_sessions_by_expiry ON console_sessions (expires);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

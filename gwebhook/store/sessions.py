@@ -1,0 +1,51 @@
+"""
+The console's sessions in the store (docs/reference.md 11), so that every
+process of the daemon, and every node sharing a PostgreSQL database, knows
+a session made by any other, and a logout anywhere ends it everywhere.  A
+row holds the SHA-256 of the session's id, never the id.  Each function
+runs through the store's public ``read`` (``db``) or ``write`` (``cursor``),
+with the store's ``?`` SQL.
+"""
+
+from __future__ import annotations
+
+_INSERT = (
+    "INSERT INTO console_sessions (id_hash, csrf, created, expires) VALUES (?, ?, ?, ?)"
+)
+_FIND = "SELECT csrf, created, expires FROM console_sessions WHERE id_hash = ?"
+_DELETE = "DELETE FROM console_sessions WHERE id_hash = ?"
+_FORGET = "DELETE FROM console_sessions WHERE expires <= ?"
+_COUNT = "SELECT count(*) FROM console_sessions WHERE expires > ?"
+
+
+def insert(cursor, id_hash: str, csrf: str, created: float, expires: float) -> int:
+    """
+    Write a new session, and delete those that ended by ``created`` (so
+    that logins keep the table small even without retention); how many went.
+    """
+    forgotten = forget_expired(cursor, created)
+    cursor.execute(_INSERT, (id_hash, csrf, created, expires))
+    return forgotten
+
+
+def find(db, id_hash: str) -> tuple[str, float, float] | None:
+    """The session's (csrf, created, expires), or None; expired ones too."""
+    row = db.execute(_FIND, (id_hash,)).fetchone()
+    return None if row is None else (row[0], float(row[1]), float(row[2]))
+
+
+def delete(cursor, id_hash: str) -> int:
+    """End one session (a logout, or found expired); 1 if it was there."""
+    cursor.execute(_DELETE, (id_hash,))
+    return cursor.rowcount
+
+
+def forget_expired(cursor, now: float) -> int:
+    """Delete every session that ended by ``now``; how many went."""
+    cursor.execute(_FORGET, (now,))
+    return cursor.rowcount
+
+
+def live(db, now: float) -> int:
+    """How many sessions are live at ``now``."""
+    return int(db.execute(_COUNT, (now,)).fetchone()[0])

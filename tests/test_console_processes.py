@@ -1,0 +1,127 @@
+"""
+The console's sessions across real processes: ``twistd gwebhook --workers
+2`` on one SQLite store (the kernel spreads new connections over both
+processes), a daemon restarted, and two nodes on one PostgreSQL database.
+A session made by any process is accepted by every one, a logout on one
+is refused by all, and a restart keeps it (it is in the store) until it
+ends.  Every request here is on a new connection.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+from support.credentials import AUTH
+from support.daemon import Daemon, wait_for_log
+from support.nodes import start_nodes
+from support.postgres import psql_rows
+from support.wait import wait_for
+
+TOKEN = "console-processes-token"
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+ROUNDS = 40
+
+
+def login(d: Daemon) -> tuple[str, str]:
+    """Log in on ``d``: (the Cookie header's value, the CSRF token)."""
+    reply = d.request("POST", "/console/login", b"token=" + TOKEN.encode(), FORM)
+    assert reply.status == 303, reply
+    cookie = reply.headers["set-cookie"].split(";", 1)[0]
+    session = d.request("GET", "/console/session", None, {"Cookie": cookie})
+    assert session.status == 200, session
+    return cookie, session.json()["csrf"]
+
+
+def logout(d: Daemon, cookie: str, csrf: str) -> None:
+    reply = d.request(
+        "POST", "/console/logout", None, {"Cookie": cookie, "X-CSRF-Token": csrf}
+    )
+    assert reply.status == 303, reply
+    assert "Max-Age=0" in reply.headers["set-cookie"]
+
+
+def statuses(d: Daemon, cookie: str, rounds: int = ROUNDS) -> set[int]:
+    """What ``/console/session`` answers ``cookie``, over ``rounds`` connections."""
+    return {
+        d.request("GET", "/console/session", None, {"Cookie": cookie}).status
+        for _ in range(rounds)
+    }
+
+
+def session_lines(d: Daemon, status: int) -> tuple[int, int]:
+    """How many GET /console/session ``status`` lines (main, worker) logged."""
+    lines = [
+        line
+        for line in d.log.read_text().splitlines()
+        if f"GET /console/session {status}" in line
+    ]
+    worker = sum("worker 1:" in line for line in lines)
+    return len(lines) - worker, worker
+
+
+def test_a_session_is_every_processes_and_a_logout_on_one_ends_it_on_all(
+    daemon, tmp_path
+):
+    (tmp_path / "tokens").write_text(TOKEN + "\n")
+    d = daemon(*AUTH, "--workers", "2", "--api-token-file", "tokens")
+    wait_for_log(d, "worker 1: gwebhook ready")
+    cookie, csrf = login(d)
+    assert statuses(d, cookie) == {200}
+    # Both processes answered it (the worker's lines carry its name).
+    wait_for(
+        lambda: all(session_lines(d, 200)),
+        what="both processes accepting the session",
+    )
+    logout(d, cookie, csrf)
+    assert statuses(d, cookie) == {401}
+    wait_for(
+        lambda: all(session_lines(d, 401)),
+        what="both processes refusing the ended session",
+    )
+    page = d.request("GET", "/console/", None, {"Cookie": cookie})
+    assert b'name="token"' in page.body
+
+
+def test_a_session_outlives_a_restart_until_it_ends(daemon, tmp_path):
+    (tmp_path / "tokens").write_text(TOKEN + "\n")
+    d = daemon(*AUTH, "--api-token-file", "tokens")
+    cookie, _ = login(d)
+    d.stop()
+    d.start()
+    assert statuses(d, cookie, 3) == {200}
+    with sqlite3.connect(d.db) as db:
+        [(created, expires)] = db.execute(
+            "SELECT created, expires FROM console_sessions"
+        ).fetchall()
+        assert expires - created == 12 * 3600
+        # Its 12 hours are over (as if the clock had moved on).
+        db.execute("UPDATE console_sessions SET expires = ?", (time.time() - 1,))
+    assert statuses(d, cookie, 3) == {401}
+    with sqlite3.connect(d.db) as db:
+        assert db.execute("SELECT count(*) FROM console_sessions").fetchone() == (0,)
+
+
+@pytest.fixture
+def started():
+    nodes: list[Daemon] = []
+    yield nodes
+    for d in nodes:
+        d.kill()
+
+
+def test_a_session_is_every_nodes_on_postgresql(pg_database, pki, tmp_path, started):
+    tokens = tmp_path / "api.tokens"
+    tokens.write_text(TOKEN + "\n")
+    a, b = start_nodes(
+        2, pg_database, [*AUTH, "--api-token-file", str(tokens)], tmp_path, pki, started
+    )
+    cookie, csrf = login(a)
+    assert statuses(b, cookie, 5) == {200}
+    [(stored,)] = psql_rows(pg_database, "SELECT id_hash FROM console_sessions")
+    assert cookie.split("=", 1)[1] not in stored
+    logout(b, cookie, csrf)
+    assert statuses(a, cookie, 5) == {401}
+    assert psql_rows(pg_database, "SELECT count(*) FROM console_sessions") == [(0,)]
+    wait_for_log(a, "GET /console/session 401")

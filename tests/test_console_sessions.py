@@ -1,0 +1,127 @@
+"""
+The console's sessions in the store, on a real SQLite file and a real
+PostgreSQL database: two ``Sessions`` over two stores opened on one
+database stand for two processes (or two nodes), each with its own clock.
+A session made by one is known to the other, a logout on one ends it for
+both, and the store keeps only the SHA-256 of its id.  The same through
+real twistd processes is in test_console_processes.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from support import postgres
+from support.store import read_only
+
+from gwebhook.console.sessions import SESSION_SECONDS, Sessions, id_hash
+from gwebhook.store import IncidentStore, SQLiteStore
+from gwebhook.store.postgres import PostgresStore
+
+START = 1_800_000_000.0
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def target(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "store.sqlite")
+    return request.getfixturevalue("pg_database")
+
+
+def open_store(target: str) -> IncidentStore:
+    if target.startswith("postgresql:"):
+        return PostgresStore(target)
+    return SQLiteStore(target)
+
+
+@pytest.fixture
+def two(target):
+    """Two processes' sessions over one database, their clocks at START."""
+    clocks = [[START], [START]]
+    stores = [open_store(target), open_store(target)]
+    yield (
+        [
+            Sessions(lambda c=c: c[0], store=s)
+            for c, s in zip(clocks, stores, strict=True)
+        ],
+        clocks,
+    )
+    for s in stores:
+        s.close()
+
+
+def rows(target: str, sql: str) -> list[tuple]:
+    if target.startswith("postgresql:"):
+        return postgres.psql_rows(target, sql)
+    with contextlib.closing(read_only(Path(target))) as db:
+        return [tuple(r) for r in db.execute(sql)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_made_by_one_process_is_known_to_the_other(two, target):
+    (a, b), _ = two
+    made = await a.start()
+    found = await b.find(made.id.encode())
+    assert found == made
+    assert made.expires == START + SESSION_SECONDS
+    # Only the hash of the id is stored; the CSRF token is the server's own.
+    assert rows(
+        target, "SELECT id_hash, csrf, created, expires FROM console_sessions"
+    ) == [
+        (hashlib.sha256(made.id.encode()).hexdigest(), made.csrf, START, made.expires)
+    ]
+    assert id_hash(made.id) != made.id
+    assert await a.live() == await b.live() == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_logout_on_one_process_ends_the_session_for_both(two, target):
+    (a, b), _ = two
+    made = await a.start()
+    other = await a.start()
+    assert await b.find(made.id.encode()) == made
+    await b.end(made)
+    assert await a.find(made.id.encode()) is None
+    assert await b.find(made.id.encode()) is None
+    # Made and found here before, ended elsewhere: the read API's check too.
+    assert a.get(made.id.encode()) is None
+    assert await a.find(other.id.encode()) == other
+    assert rows(target, "SELECT count(*) FROM console_sessions") == [(1,)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_ends_after_12_hours_and_its_row_goes(two, target):
+    (a, b), clocks = two
+    made = await a.start()
+    clocks[1][0] = START + SESSION_SECONDS - 1
+    assert await b.find(made.id.encode()) == made
+    clocks[1][0] = START + SESSION_SECONDS
+    assert await b.find(made.id.encode()) is None
+    assert rows(target, "SELECT count(*) FROM console_sessions") == [(0,)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_login_deletes_the_sessions_that_ended(two, target):
+    (a, b), clocks = two
+    old = [await a.start() for _ in range(3)]
+    clocks[1][0] = START + SESSION_SECONDS + 1
+    new = await b.start()
+    assert rows(target, "SELECT count(*) FROM console_sessions") == [(1,)]
+    assert await b.find(new.id.encode()) == new
+    assert all([await b.find(s.id.encode()) is None for s in old])
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [None, b"", b"A" * 43, b"x" * 5000, "é".encode(), b"\xff\xfe"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_made_up_cookie_is_no_session(two, cookie):
+    (a, _), _ = two
+    await a.start()
+    assert await a.find(cookie) is None
+    assert a.get(cookie) is None
