@@ -90,6 +90,10 @@ class Scenario:
     # The body of every request: a file of bench/payloads (what senders
     # send), instead of post.lua's small incident (or batch of them).
     payload: str | None = None
+    # gwebhook only: a [[forward]] of every incident (bench/instances/
+    # forward.toml, appended to the config's) to a second gwebhook that the
+    # bench starts on core 1 (forward-receiver.toml).
+    forward: bool = False
 
     @property
     def per_request(self) -> int:
@@ -189,6 +193,16 @@ SCENARIOS = {
             32,
             config="signed-dedup",
             vary=True,
+        ),
+        # b-plain's instance, and a forward of every incident (xsoar, 100 a
+        # request, TLS) to a receiving gwebhook on core 1.
+        Scenario(
+            "b-forward",
+            "as b-plain, every incident forwarded (xsoar, batch 100) to a gwebhook",
+            32,
+            config="plain",
+            vary=True,
+            forward=True,
         ),
         # gwebhook on PostgreSQL (a fresh database per run, --pg), against
         # b and d on SQLite: one node, then two nodes on one database.
@@ -311,6 +325,7 @@ COMPARISONS: dict[str, tuple[str, float | None]] = {
     "b-signed": ("b-plain", 0.95),
     "b-dedup": ("b-plain", 0.90),
     "b-signed-dedup": ("b-plain", None),
+    "b-forward": ("b-plain", 0.85),
     "b-pg": ("b", 0.70),
     "d-pg": ("d", 0.70),
     "b-pg2": ("b-pg", None),
@@ -369,6 +384,10 @@ class Run:
     db_commits: int = 0
     # Read-API scenarios: what bench/waiters.py saw during the measured run.
     waiters: dict = field(default_factory=dict)
+    # Forwarding scenarios: the forward's queue and its receiver (see
+    # Gwebhook.forward_state): backlog at the end of the measured run, the
+    # deliveries by state and the receiver's incidents once both stopped.
+    forward: dict = field(default_factory=dict)
 
     @property
     def who(self) -> str:
@@ -707,6 +726,11 @@ class Server:
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes]
 
+    @property
+    def helper_pids(self) -> list[int]:
+        """Processes the bench started for the server (a receiver): not its CPU."""
+        return []
+
     def command(
         self, scenario: Scenario, node: int
     ) -> tuple[list[str], dict[str, str]]:
@@ -837,6 +861,139 @@ class Server:
 class Gwebhook(Server):
     name = "gwebhook"
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # The forwarding scenarios' receiver: a second gwebhook on core 1.
+        self.receiver: subprocess.Popen | None = None
+        self.receiver_db: Path | None = None
+        self.receiver_log: Path | None = None
+        self.forward_config: Path | None = None
+
+    @property
+    def helper_pids(self) -> list[int]:
+        return [self.receiver.pid] if self.receiver else []
+
+    def start(self, scenario: Scenario, label: str) -> None:
+        if scenario.forward:
+            self._start_receiver(label)
+        super().start(scenario, label)
+
+    def _start_receiver(self, label: str) -> None:
+        """
+        The receiving gwebhook of forward-receiver.toml, on a port of its
+        own with a store of its own, on core 1 (wrk's); and the forwarding
+        config, plain.toml with forward.toml's [[forward]] of every incident
+        to it.
+        """
+        label = f"{label}-{next(_serial)}"
+        port = free_port()
+        self.receiver_db = self.work / f"{label}-receiver.sqlite"
+        self.receiver_log = self.work / f"{label}-receiver.log"
+        argv = [
+            "taskset",
+            "-c",
+            LOAD_CPU,
+            str(VENV_BIN / "twistd"),
+            "-n",
+            "--pidfile=",
+            "--logger",
+            "gwebhook.logs.text_observer",
+            "gwebhook",
+            "--port",
+            str(port),
+            "--interface",
+            "127.0.0.1",
+            "--cert",
+            str(self.cert),
+            "--key",
+            str(self.key),
+            "--config",
+            str(CONFIGS / "forward-receiver.toml"),
+            "--db",
+            str(self.receiver_db),
+            "--shutdown-timeout",
+            "10",
+        ]
+        with open(self.receiver_log, "wb") as log:
+            self.receiver = spawn(
+                argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.work
+            )
+        self.log = self.receiver_log  # what _wait_ready tells of a failure
+        self._wait_ready(self.receiver, port)
+        text = (CONFIGS / "plain.toml").read_text() + "\n"
+        text += (CONFIGS / "forward.toml").read_text()
+        text = text.replace("@RECEIVER_PORT@", str(port))
+        text = text.replace("@CA_FILE@", str(self.cert))
+        self.forward_config = self.work / f"{label}-forward.toml"
+        self.forward_config.write_text(text)
+
+    def stop(self) -> None:
+        """The server, then its receiver (which may take a last batch meanwhile)."""
+        super().stop()
+        if self.receiver:
+            end(self.receiver, grace=15.0)
+            self.receiver = None
+
+    def deliveries(self) -> dict:
+        """
+        The forward's queue, read from the server's store (read-only, also
+        while it runs): deliveries by state, the batches delivered and their
+        sizes, the most attempts a delivery took.
+        """
+        connection = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        try:
+            states = dict(
+                connection.execute(
+                    "SELECT state, count(*) FROM deliveries GROUP BY state"
+                )
+            )
+            sizes = [
+                n
+                for (n,) in connection.execute(
+                    "SELECT count(*) FROM deliveries WHERE state = 'delivered' "
+                    "GROUP BY batch"
+                )
+            ]
+            attempts = connection.execute(
+                "SELECT coalesce(max(attempts), 0) FROM deliveries"
+            ).fetchone()[0]
+        finally:
+            connection.close()
+        return {
+            "pending": states.get("pending", 0),
+            "delivered": states.get("delivered", 0),
+            "dead": states.get("dead", 0),
+            "queued": sum(states.values()),
+            "batches": len(sizes),
+            "median_batch": statistics.median(sizes) if sizes else 0,
+            "most_attempts": attempts,
+        }
+
+    def drain(self, timeout: float = 60.0) -> dict:
+        """
+        After the measured run: the forward's backlog then, and how long it
+        took to deliver it (None: not within ``timeout``, or the server
+        exited), so that the receiver can be checked against every incident.
+        """
+        started = time.monotonic()
+        backlog = self.deliveries()["pending"]
+        pending = backlog
+        while pending and not self.exited():
+            if time.monotonic() - started > timeout:
+                break
+            time.sleep(0.2)
+            pending = self.deliveries()["pending"]
+        seconds = time.monotonic() - started
+        return {"backlog": backlog, "drained_s": None if pending else seconds}
+
+    def received(self) -> int:
+        """The incidents in the receiver's store (once it has stopped)."""
+        connection = sqlite3.connect(f"file:{self.receiver_db}?mode=ro", uri=True)
+        try:
+            return connection.execute("SELECT count(*) FROM incidents").fetchone()[0]
+        finally:
+            connection.close()
+
     def path(self, scenario: Scenario) -> str:
         if scenario.config:
             return INSTANCE_PATH
@@ -895,7 +1052,10 @@ class Gwebhook(Server):
             argv += shlex.split(
                 self.options.gwebhook_workers_args.format(workers=scenario.workers)
             )
-        if scenario.config:
+        if scenario.forward:
+            # The config's instance and the forward (made by _start_receiver).
+            argv += ["--config", str(self.forward_config)]
+        elif scenario.config:
             argv += ["--config", str(CONFIGS / f"{scenario.config}.toml")]
         # Last, so that they can add to everything above (--config, say).
         argv += shlex.split(self.options.gwebhook_args)
@@ -1079,6 +1239,10 @@ def measure(
         run.tls = server.tls
         try:
             result = _measured(server, scenario, options, credentials, run)
+            if scenario.forward:
+                # Outside the measured run: the rest of the queue delivered,
+                # so that the receiver can be held against every incident.
+                run.forward.update(server.drain())
             exited = server.exited()
         finally:
             server.stop()
@@ -1089,6 +1253,11 @@ def measure(
             print(f"  {label}: {run.skipped}:\n{server.log_tail()}", file=sys.stderr)
             return run
         run.stored = None if scenario.discard else server.stored()
+        if scenario.forward:
+            # Both stopped: what the server queued and delivered, and what
+            # the receiver holds.
+            run.forward.update(server.deliveries())
+            run.forward["received"] = server.received()
     finally:
         server.stop()
         server.drop()
@@ -1123,9 +1292,12 @@ def _measured(
         db_pids = {*mine, *pg_server}
         if waiters:
             waiters.mark()
+        helpers = server.helper_pids
+        helpers_before = sum(cpu_seconds(p) for p in helpers)
         others, load, steal = user_processes(), children_cpu(), stolen()
         result = wrk(ports, scenario, options.seconds, credentials, path=path)
         after = user_processes()
+        helpers_cpu = sum(cpu_seconds(p) for p in helpers) - helpers_before
         steal = stolen() - steal
         cpu = sum(cpu_seconds(p) for p in pids) - before
         main_cpu = sum(main_thread_cpu(p) for p in pids) - main_before
@@ -1140,8 +1312,13 @@ def _measured(
         else:
             db_cpu = 0.0
         ours = {os.getpid(), *wrk_pids, *db_pids}
-        for p in pids:
+        for p in [*pids, *helpers]:
             ours.update(descendants(p))
+        if helpers:
+            # The receiver's CPU, on core 1 beside wrk (not the server's).
+            run.forward["receiver_cpu_percent"] = (
+                100 * helpers_cpu / (result["duration_us"] / 1e6)
+            )
         if waiters:
             ours.add(waiters.process.pid)
             run.waiters = waiters.status()
@@ -1923,6 +2100,15 @@ REALISTIC_RATIOS = [
 ]
 
 
+# What a feature of an instance may cost, gwebhook against itself without it
+# in the same round (the goals are COMPARISONS'): the scenario, what it is.
+FEATURE_TARGETS = [
+    ("b-forward", "forwarding on / off"),
+    ("b-signed", "signatures"),
+    ("b-dedup", "dedup"),
+]
+
+
 @dataclass
 class Judged:
     """One target of the real-payload summary, from the rounds that judge it."""
@@ -2017,6 +2203,28 @@ def realistic_targets(
                 fmt="{:.3f}",
             )
         )
+    pairs_of = instance_ratios(every)
+    for key, what in FEATURE_TARGETS:
+        pairs = pairs_of.get(key)
+        if not pairs:
+            continue
+        base_key, least = COMPARISONS[key]
+        judged.append(
+            Judged(
+                f"{what} ({key} / {base_key}), gwebhook req/s",
+                least,
+                [r.requests_per_s / base.requests_per_s for _, r, base in pairs],
+                fmt="{:.3f}",
+            )
+        )
+        judged.append(
+            Judged(
+                f"  the same from CPU per request ({base_key}'s over {key}'s)",
+                least,
+                [cpu_bound_ratio(r, base) for _, r, base in pairs],
+                fmt="{:.3f}",
+            )
+        )
     two = gwebhook_rounds(every, "f-alert")
     rounds = [n for n in two if n in on]
     if rounds:
@@ -2060,12 +2268,18 @@ def realistic_lines(
 ) -> list[str]:
     """The real-payload targets as a table RESULTS.md can take."""
     judged = realistic_targets(runs, every, rss)
-    if not any(SCENARIOS[r.scenario].payload for r in every) and "rss-alert" not in rss:
+    features = {key for key, _ in FEATURE_TARGETS}
+    if (
+        not any(SCENARIOS[r.scenario].payload for r in every)
+        and "rss-alert" not in rss
+        and not features & set(instance_ratios(every))
+    ):
         return []
     rounds = len({r.round for r in every}) or 1
     return [
         "",
-        f"real-payload targets: each judged on the median of its {rounds} "
+        f"real-payload and feature-cost targets: each judged on the median "
+        f"of its {rounds} "
         "round(s); a ratio to the reference is to the strongest of its "
         "variants in the same round (which, round by round: 'against'); 'best' is "
         "each side's "
@@ -2115,8 +2329,9 @@ def parse_arguments(
         "(--pg), against b and d round by round; b-pg2, d-pg2: two nodes on "
         "one database, against b-pg and d-pg; b-api, b-api-waiting, "
         "b-api-following: gwebhook only, the read API on, without and with "
-        "1,000 long polls; b-alert, c-alert, d-alert, e-alert, f-alert, "
-        "g-alert, b-github, b-wallarm: as the letter's scenario with a "
+        "1,000 long polls; b-forward: gwebhook only, b-plain with a forward "
+        "of every incident to a second gwebhook, against b-plain; b-alert, "
+        "c-alert, d-alert, e-alert, f-alert, g-alert, b-github, b-wallarm: as the letter's scenario with a "
         "payload of bench/payloads; rss-alert: rss with b-alert's load)",
     )
     parser.add_argument(
@@ -2513,6 +2728,75 @@ def store_check_lines(every: list[Run]) -> list[str]:
     return lines
 
 
+def forward_lost(every: list[Run]) -> list[Run]:
+    """The forwarding runs whose receiver lacks an incident delivered to it."""
+    return [
+        r for r in every if r.forward and r.forward["received"] < r.forward["delivered"]
+    ]
+
+
+def forward_lines(every: list[Run]) -> list[str]:
+    """
+    For every forwarding run: what the receiver holds against what the
+    server stored, queued and delivered (both stopped, after the queue was
+    given up to 60 s to drain), and a verdict.
+    """
+    lines = []
+    for r in every:
+        f = r.forward
+        if not f or "received" not in f:
+            continue
+        if not lines:
+            lines.append("")
+        where = f"({r.scenario}) round {r.round}"
+        drained = (
+            f"delivered {f['drained_s']:.1f} s later"
+            if f.get("drained_s") is not None
+            else "NOT delivered within 60 s"
+        )
+        lines.append(
+            f"forward {where}: the receiver holds {f['received']:,} incidents of "
+            f"the {r.stored:,} stored (acknowledged {r.acknowledged:,}); "
+            f"deliveries: {f['delivered']:,} delivered, {f['pending']:,} pending, "
+            f"{f['dead']:,} dead; backlog at the end of the measured run "
+            f"{f['backlog']:,}, {drained}; {f['batches']:,} batches "
+            f"(median {f['median_batch']:g} incidents), at most "
+            f"{f['most_attempts']} attempt(s) each; the receiver used "
+            f"{f.get('receiver_cpu_percent', 0):.0f}% CPU (core 1, beside wrk)"
+        )
+        problems = []
+        if f["queued"] != r.stored:
+            problems.append(f"{f['queued']:,} queued for {r.stored:,} stored")
+        if f["dead"]:
+            problems.append(f"{f['dead']:,} given up")
+        if f["pending"]:
+            problems.append(f"{f['pending']:,} still pending when stopped")
+        if f["received"] > r.stored:
+            problems.append(f"the receiver holds {f['received']:,} > stored")
+        # A batch may reach the receiver as the server stops, before the
+        # server marks it delivered: at most one batch more than delivered.
+        if f["received"] > f["delivered"] + 100:
+            problems.append(
+                f"the receiver holds {f['received'] - f['delivered']:,} more "
+                "than delivered"
+            )
+        if f["received"] < f["delivered"]:
+            lines.append(
+                f"[FAILED] forward {where}: the receiver holds {f['received']:,} "
+                f"< delivered {f['delivered']:,}"
+            )
+        elif problems:
+            lines.append(f"[CHECK] forward {where}: " + "; ".join(problems))
+        else:
+            # No problem: every incident stored was queued and delivered, and
+            # the receiver holds as many as were delivered.
+            lines.append(
+                f"[ok] forward {where}: every incident stored was delivered, and "
+                "the receiver holds each once"
+            )
+    return lines
+
+
 def profile_lines(prof: dict | None, scenario: str) -> list[str]:
     """Each profiled thread's busiest functions and packages, as tables."""
     lines: list[str] = []
@@ -2555,6 +2839,7 @@ def report(
         *header_lines(circumstances, argv, options, keys, results.runs),
         *measurement_lines(results.runs, results.rss, results.every),
         *store_check_lines(results.every),
+        *forward_lines(results.every),
         *profile_lines(results.profile, options.profile_scenario),
     ]
     text = "\n".join(lines)
@@ -2618,7 +2903,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(["rm", "-rf", str(work)], check=False)
 
     report(circumstances, argv, options, keys, results)
-    return 2 if lost(results.every) else 0
+    return 2 if lost(results.every) or forward_lost(results.every) else 0
 
 
 if __name__ == "__main__":
