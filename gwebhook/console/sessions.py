@@ -64,8 +64,8 @@ class Sessions:
         self.store = store
         # Wrong tokens, at the console's login and on /api/ (the health page).
         self.refused = 0
-        # Sessions this process made or found, for the read API's own
-        # synchronous check (``get``) until it asks ``find``.
+        # Sessions this process made, for the read API's own synchronous
+        # check (``get``) until it asks ``find``.
         self._known: dict[str, Session] = {}
 
     async def start(self) -> Session:
@@ -100,9 +100,7 @@ class Sessions:
             self._known.pop(key, None)
             await self._write(rows.delete, hashed)
             return None
-        session = Session(key, csrf, expires)
-        self._remember(session)
-        return session
+        return Session(key, csrf, expires)
 
     async def end(self, session: Session) -> None:
         """Log out: the id is worth nothing from now on, in every process."""
@@ -116,9 +114,8 @@ class Sessions:
     def get(self, cookie: bytes | None) -> Session | None:
         """
         Transitional, for the read API's synchronous check: a session this
-        process made or found and has not seen end, while it lives.  A
-        session made by another process is known here once this process
-        has looked it up with ``find`` (the console's own pages do).
+        process made and has not seen end, while it lives (the sessions of
+        other processes are known to ``find``, not here).
         """
         if not cookie:
             return None
