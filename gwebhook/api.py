@@ -33,7 +33,7 @@ from gwebhook import readback
 from gwebhook.addresses import display_host
 from gwebhook.answers import RETRY_AFTER_SECONDS, error_answer, json_answer
 from gwebhook.console.guard import cross_site_refusal, secure_headers
-from gwebhook.console.sessions import Sessions, session_cookie
+from gwebhook.console.sessions import Session, Sessions, session_cookie
 from gwebhook.openapi import DOCUMENT
 from gwebhook.store import IncidentStore, StoreUnavailable
 from gwebhook.throttle import AuthThrottle
@@ -379,10 +379,29 @@ class ReadAPI(Resource):
             return error_answer(
                 request, 429, f"too many failed authentications; retry in {wait} s"
             )
-        session = None
         authorization = request.getHeader(b"authorization")
+        cookie = None
         if authorization is None and self.sessions is not None:
-            session = self.sessions.get(session_cookie(request))
+            cookie = session_cookie(request)
+        if cookie and self.sessions is not None:
+            # The session is in the store: answer once it is looked up.
+            gone: list[Failure] = []
+            request.notifyFinish().addErrback(gone.append)
+            looked_up = ensureDeferred(self.sessions.find(cookie))
+            looked_up.addCallback(self._authorized, request, authorization, client)
+            looked_up.addCallbacks(
+                _write_unless_later,
+                self._failed,
+                callbackArgs=(request, gone),
+                errbackArgs=(request, gone),
+            )
+            return NOT_DONE_YET
+        return self._authorized(None, request, authorization, client)
+
+    def _authorized(
+        self, session: Session | None, request, authorization: bytes | None, client: str
+    ) -> bytes | int:
+        """The rest of ``render``, once the session (None: none) is known."""
         if session is None and not token_matches(authorization, self.tokens):
             # A stale session cookie (the daemon restarted, the session
             # ended) is no guess at a token: not counted.
@@ -520,6 +539,12 @@ def _page_and_newest(
     """A page, and the newest id committed when it was read (what it has seen)."""
     newest = readback.newest_id(db)
     return readback.incidents_page(db, after, limit, instance), newest
+
+
+def _write_unless_later(body: bytes | int, request, gone: list[Failure]) -> None:
+    """Write an answer made at once; one that comes later writes itself."""
+    if isinstance(body, bytes):
+        _write(body, request, gone)
 
 
 def _write(body: bytes, request, gone: list[Failure]) -> None:

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from gwebhook import schema
 from gwebhook.progress import Progress, Silent
+from gwebhook.store import sessions
 from gwebhook.timestamps import from_epoch, parse_occurred
 from gwebhook.writerlock import WriterLock
 
@@ -177,7 +178,10 @@ def forget_expired(db, now: float) -> int:
     cursor.execute(_FORGET_KEYS, (now,))
     keys = cursor.rowcount
     cursor.execute(_FORGET_REPLAYS, (now,))
-    return keys + cursor.rowcount
+    keys += cursor.rowcount
+    # The console's ended sessions go too (not counted: they are no keys).
+    sessions.forget_expired(cursor, now)
+    return keys
 
 
 # gwebhook prune -------------------------------------------------------------

@@ -29,7 +29,7 @@ from gwebhook.channel import (
     WebhookSite,
 )
 from gwebhook.config import Config, ConfigError, load_config
-from gwebhook.console.channel import ConsoleChannel
+from gwebhook.console.bodies import BODY_LIMITS
 from gwebhook.console.endpoints import ConsoleEndpoints
 from gwebhook.console.resource import Console
 from gwebhook.console.sessions import Sessions
@@ -615,7 +615,7 @@ def makeService(config: Options, reactor=None) -> WebhookService:
     api = console = None
     if config["api-tokens"]:
         polls = LongPolls(store, reactor)
-        sessions = Sessions(reactor.seconds)
+        sessions = Sessions(reactor.seconds, store=store)
         console_paths = ConsoleEndpoints(
             store,
             reactor,
@@ -645,9 +645,9 @@ def makeService(config: Options, reactor=None) -> WebhookService:
     )
     site.serves_api = api is not None
     if console is not None:
-        # The console's POSTs carry a body, which the webhook channel reads
-        # only on webhook paths.
-        site.protocol = ConsoleChannel
+        # The console's and its API's POSTs that carry a body, each within a
+        # small limit (the channel reads other bodies on webhook paths only).
+        site.body_limits = BODY_LIMITS
     workers = None
     if config["workers"] > 1:
         workers = WorkerPool(

@@ -43,22 +43,33 @@ def logout(d: Daemon, cookie: str, csrf: str) -> None:
 
 
 def statuses(d: Daemon, cookie: str, rounds: int = ROUNDS) -> set[int]:
-    """What ``/console/session`` answers ``cookie``, over ``rounds`` connections."""
+    """
+    What the console's ``/console/session`` and the read API's
+    ``/api/v1/incidents`` answer ``cookie``, over ``rounds`` connections each.
+    """
     return {
-        d.request("GET", "/console/session", None, {"Cookie": cookie}).status
+        d.request("GET", path, None, {"Cookie": cookie}).status
         for _ in range(rounds)
+        for path in ("/console/session", "/api/v1/incidents?limit=1")
     }
 
 
-def session_lines(d: Daemon, status: int) -> tuple[int, int]:
-    """How many GET /console/session ``status`` lines (main, worker) logged."""
-    lines = [
-        line
-        for line in d.log.read_text().splitlines()
-        if f"GET /console/session {status}" in line
-    ]
-    worker = sum("worker 1:" in line for line in lines)
-    return len(lines) - worker, worker
+def session_lines(d: Daemon, status: int) -> tuple[int, ...]:
+    """
+    How many GET /console/session and GET /api/v1/incidents lines with
+    ``status`` each process logged: (console main, console worker, API main,
+    API worker).
+    """
+    counts = []
+    for path in ("/console/session", "/api/v1/incidents"):
+        lines = [
+            line
+            for line in d.log.read_text().splitlines()
+            if f"GET {path} {status}" in line
+        ]
+        worker = sum("worker 1:" in line for line in lines)
+        counts += [len(lines) - worker, worker]
+    return tuple(counts)
 
 
 def test_a_session_is_every_processes_and_a_logout_on_one_ends_it_on_all(

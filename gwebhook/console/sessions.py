@@ -64,9 +64,6 @@ class Sessions:
         self.store = store
         # Wrong tokens, at the console's login and on /api/ (the health page).
         self.refused = 0
-        # Sessions this process made, for the read API's own synchronous
-        # check (``get``) until it asks ``find``.
-        self._known: dict[str, Session] = {}
 
     async def start(self) -> Session:
         """A new session: 256 random bits for its id and for its CSRF token."""
@@ -79,7 +76,6 @@ class Sessions:
         await self._write(
             rows.insert, id_hash(session.id), session.csrf, created, session.expires
         )
-        self._remember(session)
         return session
 
     async def find(self, cookie: bytes | None) -> Session | None:
@@ -93,36 +89,21 @@ class Sessions:
         hashed = id_hash(key)
         found = await self.store.read(rows.find, hashed)
         if found is None:
-            self._known.pop(key, None)
             return None
         csrf, _, expires = found
         if expires <= self.now():
-            self._known.pop(key, None)
             await self._write(rows.delete, hashed)
             return None
-        return Session(key, csrf, expires)
+        session = Session(key, csrf, expires)
+        return session
 
     async def end(self, session: Session) -> None:
         """Log out: the id is worth nothing from now on, in every process."""
-        self._known.pop(session.id, None)
         await self._write(rows.delete, id_hash(session.id))
 
     async def live(self) -> int:
         """How many sessions are live now (every process's)."""
         return await self.store.read(rows.live, self.now())
-
-    def get(self, cookie: bytes | None) -> Session | None:
-        """
-        Transitional, for the read API's synchronous check: a session this
-        process made and has not seen end, while it lives (the sessions of
-        other processes are known to ``find``, not here).
-        """
-        if not cookie:
-            return None
-        session = self._known.get(cookie.decode("ascii", "replace"))
-        if session is None or session.expires <= self.now():
-            return None
-        return session
 
     async def _write(self, work, *args):
         """``store.write``, a database error said as StoreUnavailable (a 503)."""
@@ -130,12 +111,6 @@ class Sessions:
             return await self.store.write(work, *args)
         except self.store.pool.dbapi.Error as e:
             raise StoreUnavailable(str(e)) from e
-
-    def _remember(self, session: Session) -> None:
-        self._known[session.id] = session
-        if len(self._known) > 10_000:
-            # Dicts keep insertion order: forget the oldest first.
-            del self._known[next(iter(self._known))]
 
 
 def session_cookie(request) -> bytes | None:
