@@ -13,6 +13,21 @@ from json.encoder import encode_basestring_ascii as _quote
 from gwebhook.model import StoredIncident
 
 RETRY_AFTER_SECONDS = 5
+# What every answer a browser may read carries (docs/reference.md 11.4): the
+# console's and the read API's, and the channel's refusals, which are written
+# before anyone knows whose path it was.
+CONTENT_SECURITY_POLICY = (
+    b"default-src 'self'; script-src 'self'; object-src 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = (
+    (b"Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    (b"X-Content-Type-Options", b"nosniff"),
+    (b"Referrer-Policy", b"no-referrer"),
+    (b"X-Frame-Options", b"DENY"),
+    (b"Cross-Origin-Opener-Policy", b"same-origin"),
+    (b"Cross-Origin-Resource-Policy", b"same-origin"),
+)
+_SECURITY_LINES = b"".join(b"%s: %s\r\n" % pair for pair in SECURITY_HEADERS)
 # One incident as json.dumps writes StoredIncident.summary(), fields quoted.
 _INCIDENT = '{"id": %s, "name": %s, "type": %s, "occurred": %s, "created": %s}'
 _DUPLICATE = _INCIDENT[:-1] + ', "duplicate": true}'
@@ -42,8 +57,15 @@ def raw_response(
         extra += b"Allow: %s\r\n" % allow.encode("ascii")
     head = (
         b"HTTP/1.1 %d %s\r\nServer: gwebhook\r\nContent-Type: application/json\r\n"
-        b"%sX-Request-Id: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-        % (status, reason_phrase(status), extra, request_id.encode("ascii"), len(body))
+        b"%s%sX-Request-Id: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        % (
+            status,
+            reason_phrase(status),
+            _SECURITY_LINES,
+            extra,
+            request_id.encode("ascii"),
+            len(body),
+        )
     )
     return head + body
 

@@ -9,6 +9,7 @@ document.  The pages in a real browser are in test_console_browser.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -20,9 +21,9 @@ from referencing.jsonschema import DRAFT202012
 from support.credentials import BASIC_HEADER
 from support.http import Response
 from support.inprocess import Wire, make_site
-from support.store import row_counts
+from support.store import read_only, row_counts
 
-from gwebhook.console.guard import CONTENT_SECURITY_POLICY
+from gwebhook.answers import CONTENT_SECURITY_POLICY
 from gwebhook.console.preview import preview
 from gwebhook.console.sessions import SESSION_SECONDS
 
@@ -112,6 +113,30 @@ async def test_a_wrong_token_shows_an_error_and_sets_nothing(site):
     assert "set-cookie" not in reply.headers
     assert b"That is not an API token of this gwebhook." in reply.body
     assert_console_headers(reply)
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_tokens_at_the_login_count_for_the_throttle(tmp_path, monkeypatch):
+    monkeypatch.setenv("GWEBHOOK_API_TOKENS", TOKEN)
+    site, store = make_site(tmp_path / "gwebhook.sqlite", auth_fail_limit=3)
+    try:
+        for _ in range(3):
+            assert (await login(site, "not-the-token")).status == 401
+        # Now even the right token is refused from that address, unread.
+        reply = await login(site)
+        assert reply.status == 429
+        assert int(reply.headers["retry-after"]) > 0
+        assert "set-cookie" not in reply.headers
+        assert b"Too many failed attempts from your address" in reply.body
+        assert_console_headers(reply)
+        # One throttle for the console and the read API.
+        assert (await ask(site, "GET", "/api/v1/incidents", BEARER)).status == 429
+        with contextlib.closing(read_only(tmp_path / "gwebhook.sqlite")) as db:
+            assert db.execute("SELECT count(*) FROM console_sessions").fetchone() == (
+                0,
+            )
+    finally:
+        store.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -353,9 +378,71 @@ async def test_a_preview_request_that_is_not_json_is_400(site):
 
 
 @pytest_twisted.ensureDeferred
+async def test_redeliver_takes_only_ids_of_ascii_digits(tmp_path, monkeypatch):
+    monkeypatch.setenv("GWEBHOOK_API_TOKENS", TOKEN)
+    config = tmp_path / "gwebhook.toml"
+    config.write_text('[[forward]]\nname = "central"\nurl = "http://127.0.0.1:9/"\n')
+    db = tmp_path / "gwebhook.sqlite"
+    site, store = make_site(db, config_file=config)
+
+    def deliveries() -> list[tuple]:
+        with contextlib.closing(read_only(db)) as connection:
+            return connection.execute(
+                "SELECT incident_id, state, attempts, queued FROM deliveries"
+            ).fetchall()
+
+    async def redeliver(ids: list[str]) -> Response:
+        body = json.dumps({"forward": "central", "incidents": ids}).encode()
+        return await ask(site, "POST", "/api/v1/deliveries/redeliver", BEARER, body)
+
+    try:
+        [stored] = await send(site, {"name": "to forward"})
+        before = deliveries()
+        assert len(before) == 1
+        # Digits to str.isdigit, not to int(): a 400, not a 500.
+        for ids in (["\u00b2"], [stored["id"] + "\u00b9"], ["\u0663"]):
+            reply = await redeliver(ids)
+            assert reply.status == 400, (ids, reply)
+            assert reply.json() == {
+                "error": "incidents: give 1 to 1000 incident ids, each a string of "
+                "digits"
+            }
+            assert deliveries() == before
+        reply = await redeliver([stored["id"]])
+        assert reply.status == 200
+        assert reply.json() == {"queued": 1}
+    finally:
+        store.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_console_post_body_over_its_limit_is_413_unread(site):
     reply = await ask(site, "POST", "/console/login", {}, b"token=" + b"x" * 9000)
     assert reply.status == 413
+    assert_console_headers(reply)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "body", "status"),
+    [
+        ("POST", "/console/login", {}, b"token=" + b"x" * 9000, 413),
+        ("POST", "/api/v1/mapping/preview", BEARER, b"x" * 70_000, 413),
+        ("POST", "/console/", {}, b"token=x", 404),
+        ("POST", "/console/session", {}, b"{}", 404),
+        ("POST", "/api/v1/incidents", BEARER, b"{}", 405),
+        ("GET", "/console/", {"X-Long": "x" * 5000}, None, 431),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_the_channels_refusals_carry_the_security_headers(
+    site, method, path, headers, body, status
+):
+    """Refused before any route reads it, by the channel: the same headers."""
+    reply = await ask(site, method, path, headers, body)
+    assert reply.status == status
+    assert_console_headers(reply)
+    assert reply.headers["x-frame-options"] == "DENY"
+    assert row_counts(site.db) == {"requests": 0, "incidents": 0}
 
 
 # -- the console's API paths against the OpenAPI document ---------------------------

@@ -198,11 +198,13 @@ class ConsoleEndpoints:
                 not isinstance(ids, list)
                 or not 1 <= len(ids) <= 1000
                 or not all(
-                    isinstance(i, str) and i.isdigit() and len(i) < 19 for i in ids
+                    isinstance(i, str) and i.isascii() and i.isdigit() and len(i) < 19
+                    for i in ids
                 )
             ):
                 raise ApiError(
-                    400, "incidents: give 1 to 1000 incident ids, each a string"
+                    400,
+                    "incidents: give 1 to 1000 incident ids, each a string of digits",
                 )
             ids = [int(i) for i in ids]
         count = await self.store.write(redeliver, forward, ids, self.clock.seconds())

@@ -9,19 +9,9 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from gwebhook.answers import SECURITY_HEADERS
 from gwebhook.console.sessions import Session
 
-CONTENT_SECURITY_POLICY = (
-    b"default-src 'self'; script-src 'self'; object-src 'none'; frame-ancestors 'none'"
-)
-SECURITY_HEADERS = (
-    (b"Content-Security-Policy", CONTENT_SECURITY_POLICY),
-    (b"X-Content-Type-Options", b"nosniff"),
-    (b"Referrer-Policy", b"no-referrer"),
-    (b"X-Frame-Options", b"DENY"),
-    (b"Cross-Origin-Opener-Policy", b"same-origin"),
-    (b"Cross-Origin-Resource-Policy", b"same-origin"),
-)
 CSRF_HEADER = b"x-csrf-token"
 
 

@@ -47,12 +47,16 @@ def make_site(
     max_body_bytes: int = 1000,
     incident_type: str | None = None,
     clock=None,
+    config_file: Path | None = None,
+    auth_fail_limit: int = 0,
 ) -> tuple[WebhookSite, SQLiteStore]:
     """
     The site the daemon serves, wired by its own ``makeService`` over a real
     store at ``db``, its time from ``clock`` (default: a ``Clock`` set to
-    now, which the test advances to drive every deadline).  No throttle, so
-    a test may fail authentication as often as it likes.
+    now, which the test advances to drive every deadline), with
+    ``--config config_file`` if given.  No throttle unless
+    ``auth_fail_limit``, so a test may fail authentication as often as it
+    likes.
     """
     if clock is None:
         clock = task.Clock()
@@ -72,8 +76,9 @@ def make_site(
             "--max-body-bytes",
             str(max_body_bytes),
             "--auth-fail-limit",
-            "0",
+            str(auth_fail_limit),
             *(["--incident-type", incident_type] if incident_type else []),
+            *(["--config", str(config_file)] if config_file else []),
             *_credential_args(credentials),
         ]
     )
