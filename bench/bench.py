@@ -36,6 +36,8 @@ from http.client import HTTPSConnection
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from ports import free_port
+
 HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
 LUA = HERE / "post.lua"
@@ -570,12 +572,6 @@ def rss_mb(pid: int) -> float:
         except OSError:
             pass
     return total / 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- PostgreSQL ----------------------------------------------------------------
@@ -2152,6 +2148,27 @@ class Judged:
         )
 
 
+def ratio_rows(what: str, cpu_what: str, least: float, pairs: list) -> list[Judged]:
+    """
+    Two target rows for ``pairs`` of runs, (measured, base) round by round:
+    the ratio of their req/s, and the same judged from CPU per request.
+    """
+    return [
+        Judged(
+            f"{what}, gwebhook req/s",
+            least,
+            [r.requests_per_s / base.requests_per_s for r, base in pairs],
+            fmt="{:.3f}",
+        ),
+        Judged(
+            f"  the same from CPU per request ({cpu_what})",
+            least,
+            [cpu_bound_ratio(r, base) for r, base in pairs],
+            fmt="{:.3f}",
+        ),
+    ]
+
+
 def realistic_targets(
     runs: list[Run], every: list[Run], rss: dict[str, dict]
 ) -> list[Judged]:
@@ -2187,21 +2204,11 @@ def realistic_targets(
     on, off = gwebhook_rounds(every, "b-alert"), gwebhook_rounds(every, "e-alert")
     rounds = [n for n in on if n in off]
     if rounds:
-        judged.append(
-            Judged(
-                "store on / off (b-alert / e-alert), gwebhook req/s",
-                0.9,
-                [on[n].requests_per_s / off[n].requests_per_s for n in rounds],
-                fmt="{:.3f}",
-            )
-        )
-        judged.append(
-            Judged(
-                "  the same from CPU per request (e-alert's over b-alert's)",
-                0.9,
-                [cpu_bound_ratio(on[n], off[n]) for n in rounds],
-                fmt="{:.3f}",
-            )
+        judged += ratio_rows(
+            "store on / off (b-alert / e-alert)",
+            "e-alert's over b-alert's",
+            0.9,
+            [(on[n], off[n]) for n in rounds],
         )
     pairs_of = instance_ratios(every)
     for key, what in FEATURE_TARGETS:
@@ -2209,21 +2216,11 @@ def realistic_targets(
         if not pairs:
             continue
         base_key, least = COMPARISONS[key]
-        judged.append(
-            Judged(
-                f"{what} ({key} / {base_key}), gwebhook req/s",
-                least,
-                [r.requests_per_s / base.requests_per_s for _, r, base in pairs],
-                fmt="{:.3f}",
-            )
-        )
-        judged.append(
-            Judged(
-                f"  the same from CPU per request ({base_key}'s over {key}'s)",
-                least,
-                [cpu_bound_ratio(r, base) for _, r, base in pairs],
-                fmt="{:.3f}",
-            )
+        judged += ratio_rows(
+            f"{what} ({key} / {base_key})",
+            f"{base_key}'s over {key}'s",
+            least,
+            [(r, base) for _, r, base in pairs],
         )
     two = gwebhook_rounds(every, "f-alert")
     rounds = [n for n in two if n in on]

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import ssl
 import subprocess
@@ -29,15 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from ports import free_port, wait_listening
+
 BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
 GWEBHOOK = str(BIN / "gwebhook")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def daemon(directory: Path, port: int, config: Path, log: Path) -> subprocess.Popen:
@@ -51,16 +46,6 @@ def daemon(directory: Path, port: int, config: Path, log: Path) -> subprocess.Po
         cwd=directory, stdout=log.open("w"), stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
-
-
-def wait_listening(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 def states(directory: Path, config: Path) -> dict[str, int]:
