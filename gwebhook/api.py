@@ -33,7 +33,12 @@ from gwebhook import readback
 from gwebhook.addresses import display_host
 from gwebhook.answers import RETRY_AFTER_SECONDS, error_answer, json_answer
 from gwebhook.console.guard import cross_site_refusal, secure_headers
-from gwebhook.console.sessions import Session, Sessions, session_cookie
+from gwebhook.console.sessions import (
+    CLEAR_COOKIE,
+    Session,
+    Sessions,
+    session_cookie,
+)
 from gwebhook.openapi import DOCUMENT
 from gwebhook.store import IncidentStore, StoreUnavailable
 from gwebhook.throttle import AuthThrottle
@@ -364,6 +369,9 @@ class ReadAPI(Resource):
         self.throttle = throttle
         self.clock = clock
         self.sessions = sessions
+        if sessions is not None:
+            # A session is accepted only while its token is one of these.
+            sessions.use_tokens(tokens)
         self.console = console
         # Pages being read, by (after, limit, instance): who waits for each.
         self._reading: dict[tuple, list[Deferred]] = {}
@@ -403,13 +411,15 @@ class ReadAPI(Resource):
     ) -> bytes | int:
         """The rest of ``render``, once the session (None: none) is known."""
         if session is None and not token_matches(authorization, self.tokens):
-            # A stale session cookie (the daemon restarted, the session
-            # ended) is no guess at a token: not counted.
-            if self.throttle is not None and (
-                authorization is not None or session_cookie(request) is None
-            ):
+            # Every failure counts for the throttle: a cookie that names no
+            # session cost a store read.  Such a cookie (the session ended,
+            # or was made up) is no wrong API token for the health page, and
+            # the browser is told to drop it.
+            if self.throttle is not None:
                 self.throttle.failed(client)
-            if self.sessions is not None:
+            if authorization is None and session_cookie(request) is not None:
+                request.setHeader(b"Set-Cookie", CLEAR_COOKIE)
+            elif self.sessions is not None:
                 self.sessions.refused += 1
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="gwebhook"')
             return error_answer(

@@ -120,6 +120,12 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX console_sessions_by_expiry ON console_sessions (expires);
     """,
+    # 7: which API token made each console session: its SHA-256 (hex), never
+    # the token, so that a session whose token is no longer configured is
+    # refused.  Sessions made before have none (NULL) and are refused too.
+    """
+    ALTER TABLE console_sessions ADD COLUMN token_hash TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

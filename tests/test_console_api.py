@@ -22,6 +22,7 @@ from support.credentials import BASIC_HEADER
 from support.http import Response
 from support.inprocess import Wire, make_site
 from support.store import read_only, row_counts
+from twisted.internet.task import Clock
 
 from gwebhook.answers import CONTENT_SECURITY_POLICY
 from gwebhook.console.preview import preview
@@ -185,6 +186,106 @@ async def test_a_made_up_session_reads_nothing(site):
     for cookie in ("__Host-gwebhook-session=" + "A" * 43, "__Host-gwebhook-session="):
         reply = await ask(site, "GET", "/api/v1/incidents", {"Cookie": cookie})
         assert reply.status == 401
+
+
+MADE_UP = "__Host-gwebhook-session=" + "A" * 43
+
+
+def assert_cookie_cleared(reply: Response) -> None:
+    """The answer tells the browser to drop the session cookie, as it was set."""
+    cookie = reply.headers["set-cookie"]
+    assert cookie.split(";", 1)[0] == "__Host-gwebhook-session="
+    attributes = {a.strip() for a in cookie.split(";")[1:]}
+    assert attributes == {
+        "Path=/",
+        "Max-Age=0",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Strict",
+    }
+
+
+def session_rows(db) -> list[tuple]:
+    with contextlib.closing(read_only(db)) as connection:
+        return connection.execute("SELECT * FROM console_sessions").fetchall()
+
+
+@pytest_twisted.ensureDeferred
+async def test_made_up_cookies_count_for_the_throttle_and_are_cleared(
+    tmp_path, monkeypatch
+):
+    """
+    A cookie that names no session cost a store read: each counts as a
+    failed authentication of the client (the fourth makes it wait), and
+    each 401 clears the cookie; none is a wrong API token on the health page.
+    """
+    monkeypatch.setenv("GWEBHOOK_API_TOKENS", TOKEN)
+    db = tmp_path / "gwebhook.sqlite"
+    site, store = make_site(db, auth_fail_limit=4)
+    try:
+        cookie, csrf = await session(site)
+        made_up = {"Cookie": MADE_UP}
+        reply = await ask(site, "GET", "/api/v1/incidents", made_up)
+        assert reply.status == 401
+        assert_cookie_cleared(reply)
+        reply = await ask(site, "GET", "/console/session", made_up)
+        assert reply.status == 401
+        assert_cookie_cleared(reply)
+        reply = await ask(site, "GET", "/console/", made_up)
+        assert reply.status == 200 and b'name="token"' in reply.body
+        assert_cookie_cleared(reply)
+        health = await ask(site, "GET", "/api/v1/health", {"Cookie": cookie})
+        assert health.json()["api_auth_failures"] == 0
+        reply = await ask(
+            site, "POST", "/console/logout", {**made_up, "X-CSRF-Token": csrf}
+        )
+        assert reply.status == 303
+        assert_cookie_cleared(reply)
+        stored = session_rows(db)
+        # Four failures: every one of the client's requests waits now, unread.
+        for method, path in [
+            ("GET", "/api/v1/incidents"),
+            ("GET", "/console/session"),
+            ("GET", "/console/"),
+            ("POST", "/console/logout"),
+        ]:
+            reply = await ask(site, method, path, made_up)
+            assert reply.status == 429, path
+            assert int(reply.headers["retry-after"]) > 0
+            assert "set-cookie" not in reply.headers
+            assert_console_headers(reply)
+        for headers in ({"Cookie": cookie}, BEARER):
+            reply = await ask(site, "GET", "/api/v1/incidents", headers)
+            assert reply.status == 429
+        # Nothing else changed: the real session is still there, no row more.
+        assert session_rows(db) == stored and len(stored) == 1
+        assert row_counts(db) == {"requests": 0, "incidents": 0}
+    finally:
+        store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ended_session_is_401_and_its_cookie_cleared(tmp_path, monkeypatch):
+    monkeypatch.setenv("GWEBHOOK_API_TOKENS", TOKEN)
+    db = tmp_path / "gwebhook.sqlite"
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    site, store = make_site(db, clock=clock)
+    try:
+        cookie, _ = await session(site)
+        assert (
+            await ask(site, "GET", "/api/v1/recent", {"Cookie": cookie})
+        ).status == 200
+        clock.advance(SESSION_SECONDS)
+        reply = await ask(site, "GET", "/api/v1/incidents", {"Cookie": cookie})
+        assert reply.status == 401
+        assert_cookie_cleared(reply)
+        assert session_rows(db) == []
+        reply = await ask(site, "GET", "/console/session", {"Cookie": cookie})
+        assert reply.status == 401
+        assert_cookie_cleared(reply)
+    finally:
+        store.close()
 
 
 # -- CSRF on a POST made with the session --------------------------------------------

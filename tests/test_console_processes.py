@@ -9,6 +9,7 @@ ends.  Every request here is on a new connection.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import time
 
@@ -24,9 +25,9 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 ROUNDS = 40
 
 
-def login(d: Daemon) -> tuple[str, str]:
+def login(d: Daemon, token: str = TOKEN) -> tuple[str, str]:
     """Log in on ``d``: (the Cookie header's value, the CSRF token)."""
-    reply = d.request("POST", "/console/login", b"token=" + TOKEN.encode(), FORM)
+    reply = d.request("POST", "/console/login", b"token=" + token.encode(), FORM)
     assert reply.status == 303, reply
     cookie = reply.headers["set-cookie"].split(";", 1)[0]
     session = d.request("GET", "/console/session", None, {"Cookie": cookie})
@@ -76,7 +77,11 @@ def test_a_session_is_every_processes_and_a_logout_on_one_ends_it_on_all(
     daemon, tmp_path
 ):
     (tmp_path / "tokens").write_text(TOKEN + "\n")
-    d = daemon(*AUTH, "--workers", "2", "--api-token-file", "tokens")
+    # No throttle: the ended session's cookie is sent ROUNDS times over, to
+    # see both processes refuse it (a browser drops it at the first 401).
+    d = daemon(
+        *AUTH, "--workers", "2", "--api-token-file", "tokens", "--auth-fail-limit", "0"
+    )
     wait_for_log(d, "worker 1: gwebhook ready")
     cookie, csrf = login(d)
     assert statuses(d, cookie) == {200}
@@ -112,6 +117,36 @@ def test_a_session_outlives_a_restart_until_it_ends(daemon, tmp_path):
     assert statuses(d, cookie, 3) == {401}
     with sqlite3.connect(d.db) as db:
         assert db.execute("SELECT count(*) FROM console_sessions").fetchone() == (0,)
+
+
+def test_removing_a_token_ends_its_sessions_at_the_restart(daemon, tmp_path):
+    """
+    The store keeps the SHA-256 of the token that made each session: once
+    a token is out of the tokens file and the daemon restarted, its sessions
+    are refused (and deleted), those of a token still there are not.
+    """
+    other = "console-processes-other-token"
+    (tmp_path / "tokens").write_text(f"{TOKEN}\n{other}\n")
+    d = daemon(*AUTH, "--api-token-file", "tokens")
+    removed, _ = login(d)
+    kept, _ = login(d, other)
+    with sqlite3.connect(d.db) as db:
+        stored = {
+            row[0] for row in db.execute("SELECT token_hash FROM console_sessions")
+        }
+    assert stored == {hashlib.sha256(t.encode()).hexdigest() for t in (TOKEN, other)}
+    assert statuses(d, removed, 3) == statuses(d, kept, 3) == {200}
+    (tmp_path / "tokens").write_text(f"{other}\n")
+    d.stop()
+    d.start()
+    assert statuses(d, removed, 3) == {401}
+    assert statuses(d, kept, 3) == {200}
+    page = d.request("GET", "/console/", None, {"Cookie": removed})
+    assert b'name="token"' in page.body
+    with sqlite3.connect(d.db) as db:
+        assert db.execute("SELECT token_hash FROM console_sessions").fetchall() == [
+            (hashlib.sha256(other.encode()).hexdigest(),)
+        ]
 
 
 @pytest.fixture

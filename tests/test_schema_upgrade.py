@@ -147,9 +147,9 @@ def test_a_version_2_store_is_upgraded_without_losing_anything(v2_store):
     sequences = read(v2_store, "SELECT name, seq FROM sqlite_sequence ORDER BY name")
     assert len(incidents) == 23 and len(samples) == 19
 
-    assert schema.create_or_upgrade(str(v2_store)) == schema.SCHEMA_VERSION == 6
+    assert schema.create_or_upgrade(str(v2_store)) == schema.SCHEMA_VERSION == 7
 
-    assert read(v2_store, "PRAGMA user_version") == [(6,)]
+    assert read(v2_store, "PRAGMA user_version") == [(7,)]
     assert read(v2_store, V2_INCIDENTS, EVERY_ID) == (incidents)
     assert read(v2_store, V2_REQUESTS) == requests
     assert read(v2_store, "SELECT incident_id FROM samples ORDER BY incident_id") == (
@@ -173,7 +173,7 @@ def test_a_version_2_store_is_upgraded_without_losing_anything(v2_store):
         (1, 0, "id"),
     ]
     # Once is enough: opening the upgraded store again changes nothing.
-    assert schema.create_or_upgrade(str(v2_store)) == 6
+    assert schema.create_or_upgrade(str(v2_store)) == 7
     assert columns(v2_store, "incidents")[-2:] == ["instance", "fields"]
     assert columns(v2_store, "requests")[-3:] == [
         "instance",
@@ -203,7 +203,7 @@ def test_processes_upgrading_one_store_at_once_all_succeed(v2_store):
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert results == [6] * openers
+    assert results == [schema.SCHEMA_VERSION] * openers
     assert columns(v2_store, "incidents").count("instance") == 1
 
 
@@ -293,15 +293,16 @@ def write_v5_store(path: Path) -> None:
 def test_a_version_5_store_gains_the_console_sessions_and_keeps_the_rest(tmp_path):
     """
     Version 6 adds the console's sessions (by the SHA-256 of their id, with
-    an index on when they end) and changes nothing else.
+    an index on when they end) and changes nothing else; version 7 the
+    SHA-256 of the token that made each.
     """
     path = tmp_path / "v5.sqlite"
     write_v5_store(path)
     before = {query: read(path, query) for query in WHOLE_TABLES}
 
-    assert schema.create_or_upgrade(str(path)) == 6
+    assert schema.create_or_upgrade(str(path)) == 7
 
-    assert read(path, "PRAGMA user_version") == [(6,)]
+    assert read(path, "PRAGMA user_version") == [(7,)]
     for query, rows in before.items():
         assert read(path, query) == rows, query
     assert columns(path, "console_sessions") == [
@@ -309,6 +310,7 @@ def test_a_version_5_store_gains_the_console_sessions_and_keeps_the_rest(tmp_pat
         "csrf",
         "created",
         "expires",
+        "token_hash",
     ]
     assert read(path, "SELECT count(*) FROM console_sessions") == [(0,)]
     assert read(path, "PRAGMA index_info(console_sessions_by_expiry)") == [
@@ -316,9 +318,78 @@ def test_a_version_5_store_gains_the_console_sessions_and_keeps_the_rest(tmp_pat
     ]
     # The hash is the key: a second row for one session cannot be written.
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
-        row = ("ab" * 32, "csrf", 1.0, 2.0)
-        db.execute("INSERT INTO console_sessions VALUES (?, ?, ?, ?)", row)
+        row = ("ab" * 32, "csrf", 1.0, 2.0, "cd" * 32)
+        db.execute("INSERT INTO console_sessions VALUES (?, ?, ?, ?, ?)", row)
         with pytest.raises(sqlite3.IntegrityError):
-            db.execute("INSERT INTO console_sessions VALUES (?, ?, ?, ?)", row)
+            db.execute("INSERT INTO console_sessions VALUES (?, ?, ?, ?, ?)", row)
     assert read(path, "PRAGMA integrity_check") == [("ok",)]
-    assert schema.create_or_upgrade(str(path)) == 6
+    assert schema.create_or_upgrade(str(path)) == 7
+
+
+SESSION_ROW = ("ab" * 32, "csrf", 1.0, 2.0)
+
+
+def test_a_version_6_stores_sessions_gain_a_null_token_hash(tmp_path):
+    """
+    Version 7 adds ``token_hash`` to the console's sessions: a session made
+    before it keeps its row, with NULL (no token: the console refuses it),
+    and nothing else changes.
+    """
+    path = tmp_path / "v6.sqlite"
+    write_v5_store(path)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.executescript(schema.MIGRATIONS[5])
+        db.execute("PRAGMA user_version = 6")
+        db.execute("INSERT INTO console_sessions VALUES (?, ?, ?, ?)", SESSION_ROW)
+    before = {query: read(path, query) for query in WHOLE_TABLES}
+
+    assert schema.create_or_upgrade(str(path)) == 7
+
+    assert read(path, "PRAGMA user_version") == [(7,)]
+    for query, rows in before.items():
+        assert read(path, query) == rows, query
+    assert read(path, "SELECT * FROM console_sessions") == [(*SESSION_ROW, None)]
+    assert read(path, "PRAGMA integrity_check") == [("ok",)]
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_postgresql_schema_is_upgraded_to_4(pg_database, version):
+    """
+    A database of PostgreSQL schema version 2 (forwarding) gains the
+    console's sessions (3) and the token that made each (4); one of version
+    3 keeps its sessions, with no token (the console refuses them).  The
+    migrations are appended, never edited, so the first ones are what that
+    gwebhook ran.
+    """
+    from support.postgres import connect, psql_rows
+
+    from gwebhook.store import postgres_schema
+
+    with connect(pg_database) as db:
+        db.execute("CREATE TABLE gwebhook_schema (version integer NOT NULL)")
+        for migration in postgres_schema.MIGRATIONS[:version]:
+            db.execute(migration)
+        db.execute("INSERT INTO gwebhook_schema (version) VALUES (%s)", (version,))
+        db.execute(
+            "INSERT INTO forward_leases (forward, holder, expires) VALUES ('f', 'n', 9)"
+        )
+        if version == 3:
+            db.execute(
+                "INSERT INTO console_sessions VALUES (%s, %s, %s, %s)", SESSION_ROW
+            )
+    options = postgres_schema.connect_options()
+
+    assert postgres_schema.create_or_upgrade(pg_database, options) == 4
+
+    assert psql_rows(pg_database, "SELECT version FROM gwebhook_schema") == [(4,)]
+    assert psql_rows(
+        pg_database,
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_name = 'console_sessions' ORDER BY ordinal_position",
+    ) == [("id_hash",), ("csrf",), ("created",), ("expires",), ("token_hash",)]
+    sessions = [(*SESSION_ROW, None)] if version == 3 else []
+    assert psql_rows(pg_database, "SELECT * FROM console_sessions") == sessions
+    assert psql_rows(pg_database, "SELECT * FROM forward_leases") == [("f", "n", 9.0)]
+    # Once up to date, starting again changes nothing.
+    assert postgres_schema.create_or_upgrade(pg_database, options) == 4
+    assert psql_rows(pg_database, "SELECT version FROM gwebhook_schema") == [(4,)]

@@ -23,6 +23,7 @@ from gwebhook.answers import RETRY_AFTER_SECONDS, error_answer, json_answer
 from gwebhook.console.guard import cross_site_refusal, foreign_origin, secure_headers
 from gwebhook.console.sessions import (
     CLEAR_COOKIE,
+    Session,
     Sessions,
     session_cookie,
     set_cookie_header,
@@ -76,6 +77,8 @@ class Console(Resource):
         super().__init__()
         self.tokens = tokens
         self.sessions = sessions
+        # A session is accepted only while its token is one of these.
+        sessions.use_tokens(tokens)
         self.throttle = throttle
         self.files = load_static()
 
@@ -143,13 +146,48 @@ class Console(Resource):
         )
         return NOT_DONE_YET
 
+    def _wait(self, request) -> int:
+        """
+        How long the client must wait before a cookie of its is looked up
+        (0: not throttled, or no cookie); the answer's Retry-After is set.
+        """
+        if self.throttle is None or session_cookie(request) is None:
+            return 0
+        wait = self.throttle.retry_after(_client(request))
+        if wait:
+            request.setHeader(b"Retry-After", str(wait).encode("ascii"))
+            request.error = "too many failed authentications"
+        return wait
+
+    async def _find(self, request) -> Session | None:
+        """
+        The session the request's cookie names, or None.  A cookie that
+        names none (ended, or made up) cost a store read: it counts as a
+        failed authentication, and the browser is told to drop it.
+        """
+        cookie = session_cookie(request)
+        if cookie is None:
+            return None
+        session = await self.sessions.find(cookie)
+        if session is None:
+            if self.throttle is not None:
+                self.throttle.failed(_client(request))
+            request.setHeader(b"Set-Cookie", CLEAR_COOKIE)
+        return session
+
     async def _front(self, request) -> bytes:
-        if await self.sessions.find(session_cookie(request)) is None:
+        if wait := self._wait(request):
+            return self._page(request, 429, "login.html", _too_many(wait))
+        if await self._find(request) is None:
             return self._page(request, 200, "login.html")
         return self._page(request, 200, "index.html")
 
     async def _session(self, request) -> bytes:
-        session = await self.sessions.find(session_cookie(request))
+        if wait := self._wait(request):
+            return error_answer(
+                request, 429, f"too many failed authentications; retry in {wait} s"
+            )
+        session = await self._find(request)
         if session is None:
             return error_answer(request, 401, "no session; log in at /console/")
         return json_answer(
@@ -159,7 +197,7 @@ class Console(Resource):
         )
 
     async def _login(self, request) -> bytes:
-        client = display_host(request.getClientAddress().host or "")
+        client = _client(request)
         if foreign_origin(request):
             return self._page(
                 request, 403, "login.html", "log in from the console's own page"
@@ -167,12 +205,7 @@ class Console(Resource):
         if self.throttle is not None and (wait := self.throttle.retry_after(client)):
             request.setHeader(b"Retry-After", str(wait).encode("ascii"))
             request.error = "too many failed authentications"
-            return self._page(
-                request,
-                429,
-                "login.html",
-                f"Too many failed attempts from your address; try again in {wait} s.",
-            )
+            return self._page(request, 429, "login.html", _too_many(wait))
         form = parse_qs(request.content.read().decode("utf-8", "replace"))
         given = form.get("token", [""])
         token = given[0].strip().encode("utf-8") if len(given) == 1 else b""
@@ -184,14 +217,18 @@ class Console(Resource):
             return self._page(
                 request, 401, "login.html", "That is not an API token of this gwebhook."
             )
-        session = await self.sessions.start()
+        session = await self.sessions.start(token)
         request.setHeader(
             b"Set-Cookie", set_cookie_header(session, self.sessions.lifetime)
         )
         return _see_other(request)
 
     async def _logout(self, request) -> bytes:
-        session = await self.sessions.find(session_cookie(request))
+        if wait := self._wait(request):
+            return error_answer(
+                request, 429, f"too many failed authentications; retry in {wait} s"
+            )
+        session = await self._find(request)
         if session is not None:
             # The CSRF token comes as the header (fetch) or a form field.
             if request.getHeader(b"x-csrf-token") is None:
@@ -204,6 +241,14 @@ class Console(Resource):
             await self.sessions.end(session)
         request.setHeader(b"Set-Cookie", CLEAR_COOKIE)
         return _see_other(request)
+
+
+def _client(request) -> str:
+    return display_host(request.getClientAddress().host or "")
+
+
+def _too_many(wait: int) -> str:
+    return f"Too many failed attempts from your address; try again in {wait} s."
 
 
 def _known(given: bytes, tokens: tuple[bytes, ...]) -> bool:

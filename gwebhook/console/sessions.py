@@ -4,7 +4,9 @@ token, by a random id the browser holds in a cookie, never the token.  Kept
 in the store (``gwebhook.store.sessions``), by the SHA-256 of the id, so
 that every process of the daemon and every node of a PostgreSQL database
 knows them, a logout anywhere ends them everywhere and a restart keeps
-them; each ends SESSION_SECONDS after its login.  Every lookup asks the
+them; each ends SESSION_SECONDS after its login, or as soon as the API
+token that made it is no longer one of the daemon's (the store keeps its
+SHA-256, never the token).  Every lookup asks the
 store (through its readers' thread): nothing here remembers a session.
 """
 
@@ -46,11 +48,17 @@ def id_hash(session_id: str) -> str:
     return hashlib.sha256(session_id.encode("ascii")).hexdigest()
 
 
+def token_hash(token: bytes) -> str:
+    """What the store keeps of the API token that made a session: its SHA-256."""
+    return hashlib.sha256(token).hexdigest()
+
+
 class Sessions:
     """
     The sessions, in ``store`` (an IncidentStore; set by the console's
-    endpoints when not given); and how many wrong API tokens this process
-    was given.
+    endpoints when not given), of the API ``tokens`` configured now (set by
+    the console and the read API when not given: a session made with any
+    other is refused); and how many wrong API tokens this process was given.
     """
 
     def __init__(
@@ -58,15 +66,24 @@ class Sessions:
         now: Callable[[], float],
         lifetime: float = SESSION_SECONDS,
         store=None,
+        tokens: tuple[bytes, ...] = (),
     ) -> None:
         self.now = now
         self.lifetime = lifetime
         self.store = store
+        self.use_tokens(tokens)
         # Wrong tokens, at the console's login and on /api/ (the health page).
         self.refused = 0
 
-    async def start(self) -> Session:
-        """A new session: 256 random bits for its id and for its CSRF token."""
+    def use_tokens(self, tokens: tuple[bytes, ...]) -> None:
+        """The API tokens whose sessions are accepted from now on."""
+        self._token_hashes = frozenset(token_hash(t) for t in tokens)
+
+    async def start(self, token: bytes) -> Session:
+        """
+        A new session of ``token`` (an API token, already checked): 256
+        random bits for its id and for its CSRF token.
+        """
         created = self.now()
         session = Session(
             secrets.token_urlsafe(32),
@@ -74,12 +91,21 @@ class Sessions:
             created + self.lifetime,
         )
         await self._write(
-            rows.insert, id_hash(session.id), session.csrf, created, session.expires
+            rows.insert,
+            id_hash(session.id),
+            session.csrf,
+            created,
+            session.expires,
+            token_hash(token),
         )
         return session
 
     async def find(self, cookie: bytes | None) -> Session | None:
-        """The live session a cookie's value names, or None."""
+        """
+        The live session a cookie's value names, or None.  A session that
+        ended, or whose token is not one of ``tokens`` now (or is unknown:
+        made before the store kept it), is deleted.
+        """
         if not cookie or len(cookie) > _MAX_COOKIE:
             return None
         try:
@@ -90,8 +116,8 @@ class Sessions:
         found = await self.store.read(rows.find, hashed)
         if found is None:
             return None
-        csrf, _, expires = found
-        if expires <= self.now():
+        csrf, _, expires, made_by = found
+        if expires <= self.now() or made_by not in self._token_hashes:
             await self._write(rows.delete, hashed)
             return None
         session = Session(key, csrf, expires)

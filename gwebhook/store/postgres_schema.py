@@ -123,6 +123,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX console_sessions_by_expiry ON console_sessions (expires);
     """,
+    # 4: which API token made each console session (SQLite's version 7):
+    # its SHA-256 (hex), never the token; NULL for sessions made before.
+    """
+    ALTER TABLE console_sessions ADD COLUMN token_hash text;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
