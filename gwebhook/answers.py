@@ -11,6 +11,7 @@ from http import HTTPStatus
 from json.encoder import encode_basestring_ascii as _quote
 
 from gwebhook.model import StoredIncident
+from gwebhook.store.base import StoreUnavailable
 
 RETRY_AFTER_SECONDS = 5
 # What every answer a browser may read carries (docs/reference.md 11.4): the
@@ -103,6 +104,34 @@ def error_answer(request, status: int, message: str) -> bytes:
     """
     request.error = message
     return json_answer(request, status, {"error": message})
+
+
+def write_later(body: bytes, request, gone: list) -> None:
+    """
+    Write an answer made after ``render`` returned NOT_DONE_YET, and finish
+    the request; nothing if the client went away (``gone`` holds why).
+    """
+    if gone:
+        return
+    request.write(body)
+    request.finish()
+
+
+def write_failure(failure, request, gone: list, log, where: str) -> None:
+    """
+    Answer a request whose work failed: 503 with Retry-After when the store
+    cannot answer now, else 500 ``internal error`` (the traceback goes to
+    ``log``, naming ``where``, never to the client).
+    """
+    if gone:
+        return
+    if failure.check(StoreUnavailable):
+        request.setHeader(b"Retry-After", str(RETRY_AFTER_SECONDS).encode("ascii"))
+        body = error_answer(request, 503, "incident store unavailable; retry later")
+    else:
+        log.failure("{where} error on {path}", failure, where=where, path=request.path)
+        body = error_answer(request, 500, "internal error")
+    write_later(body, request, gone)
 
 
 NOT_FOUND_MESSAGE = (

@@ -11,8 +11,6 @@ by a poll of the store for other processes' commits.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import math
 import re
@@ -31,7 +29,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from gwebhook import readback
 from gwebhook.addresses import display_host
-from gwebhook.answers import RETRY_AFTER_SECONDS, error_answer, json_answer
+from gwebhook.answers import error_answer, json_answer, write_failure, write_later
 from gwebhook.console.guard import cross_site_refusal, secure_headers
 from gwebhook.console.sessions import (
     CLEAR_COOKIE,
@@ -40,6 +38,14 @@ from gwebhook.console.sessions import (
     session_cookie,
 )
 from gwebhook.openapi import DOCUMENT
+from gwebhook.parameters import (
+    MAX_LIMIT,
+    ApiError,
+    check_known,
+    make_cursor,
+    parse_cursor,
+    single,
+)
 from gwebhook.store import IncidentStore, StoreUnavailable
 from gwebhook.throttle import AuthThrottle
 
@@ -53,24 +59,13 @@ POST_PATHS = (b"/api/v1/mapping/preview", b"/api/v1/deliveries/redeliver")
 
 PREFIX = b"/api/"
 DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
 MAX_WAIT = 60.0
 # How often a process with waiting consumers looks for other processes'
 # commits (the promise is "within a second").
 POLL_INTERVAL = 0.5
 
-_CURSOR_PREFIX = b"g1:"
 _SECONDS = re.compile(r"[0-9]{1,3}(\.[0-9]{1,6})?")
 _NOT_FOUND = "no such API path; see /api/v1/openapi.json"
-
-
-class ApiError(Exception):
-    """A request the API refuses: ``status`` and a message naming the problem."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 # -- tokens -------------------------------------------------------------------
@@ -113,31 +108,6 @@ def token_matches(authorization: bytes | None, tokens: Iterable[bytes]) -> bool:
 # -- parameters (pure) ----------------------------------------------------------
 
 
-def make_cursor(incident_id: int) -> str:
-    """The opaque cursor that continues after ``incident_id``."""
-    raw = _CURSOR_PREFIX + str(incident_id).encode("ascii")
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def parse_cursor(text: str) -> int:
-    """The incident id a cursor continues after; ApiError 400 if it is none."""
-    bad = ApiError(
-        400,
-        "after: not a cursor of this gwebhook; pass back the next of a page, "
-        "or leave after out to start from the beginning",
-    )
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        raise bad from None
-    if not raw.startswith(_CURSOR_PREFIX):
-        raise bad
-    digits = raw[len(_CURSOR_PREFIX) :]
-    if not digits.isdigit() or len(digits) > 19:
-        raise bad
-    return int(digits)
-
-
 @dataclass(frozen=True)
 class PageQuery:
     """``GET /api/v1/incidents``' parameters."""
@@ -148,37 +118,13 @@ class PageQuery:
     wait: float = 0.0
 
 
-def _single(args: Mapping[bytes, list[bytes]], name: str) -> str | None:
-    values = args.get(name.encode("ascii"))
-    if values is None:
-        return None
-    if len(values) > 1:
-        raise ApiError(400, f"{name}: given {len(values)} times; give it once")
-    try:
-        return values[0].decode("utf-8")
-    except UnicodeDecodeError:
-        raise ApiError(400, f"{name}: not UTF-8") from None
-
-
-def _check_known(args: Mapping[bytes, list[bytes]], known: tuple[str, ...]) -> None:
-    for name in args:
-        if name.decode("utf-8", "replace") not in known:
-            shown = name.decode("utf-8", "replace")[:64]
-            takes = (
-                f"this path takes {', '.join(known)}"
-                if known
-                else "this path takes none"
-            )
-            raise ApiError(400, f"{shown}: unknown parameter; {takes}")
-
-
 def page_query(args: Mapping[bytes, list[bytes]]) -> PageQuery:
     """The parameters of a page request; ApiError 400 naming a bad one."""
-    _check_known(args, ("after", "limit", "instance", "wait"))
-    after_text = _single(args, "after")
+    check_known(args, ("after", "limit", "instance", "wait"))
+    after_text = single(args, "after")
     after = 0 if after_text in (None, "") else parse_cursor(after_text)
     limit = DEFAULT_LIMIT
-    limit_text = _single(args, "limit")
+    limit_text = single(args, "limit")
     if limit_text is not None:
         # isascii: "²" is a digit to str.isdigit, not to int().
         if (
@@ -190,11 +136,11 @@ def page_query(args: Mapping[bytes, list[bytes]]) -> PageQuery:
                 f"limit: {limit_text!r} is not a whole number from 1 to {MAX_LIMIT}",
             )
         limit = int(limit_text)
-    instance = _single(args, "instance")
+    instance = single(args, "instance")
     if instance == "":
         raise ApiError(400, "instance: empty; give an instance name or leave it out")
     wait = 0.0
-    wait_text = _single(args, "wait")
+    wait_text = single(args, "wait")
     if wait_text is not None:
         # Plain decimal seconds: float() would also take "1_0", "inf", "1e1".
         wait = float(wait_text) if _SECONDS.fullmatch(wait_text) else math.nan
@@ -207,8 +153,8 @@ def page_query(args: Mapping[bytes, list[bytes]]) -> PageQuery:
 
 def samples_query(args: Mapping[bytes, list[bytes]]) -> str | None:
     """The instance of a samples request, or None for every instance's."""
-    _check_known(args, ("instance",))
-    instance = _single(args, "instance")
+    check_known(args, ("instance",))
+    instance = single(args, "instance")
     if instance == "":
         raise ApiError(400, "instance: empty; give an instance name or leave it out")
     return instance
@@ -448,7 +394,9 @@ class ReadAPI(Resource):
         done = ensureDeferred(answer)
         request.notifyFinish().addErrback(lambda _: done.cancel())
         both = (request, gone)
-        done.addCallbacks(_write, self._failed, callbackArgs=both, errbackArgs=both)
+        done.addCallbacks(
+            write_later, self._failed, callbackArgs=both, errbackArgs=both
+        )
         return NOT_DONE_YET
 
     def _route(self, request):
@@ -457,7 +405,7 @@ class ReadAPI(Resource):
         if path == b"/api/v1/incidents":
             return self._incidents(request, page_query(args))
         if path.startswith(b"/api/v1/incidents/"):
-            _check_known(args, ())
+            check_known(args, ())
             rest = path[len(b"/api/v1/incidents/") :]
             if self.console is not None and rest.endswith(b"/body"):
                 number = rest[: -len(b"/body")]
@@ -467,7 +415,7 @@ class ReadAPI(Resource):
         if path == b"/api/v1/samples":
             return self._samples(request, samples_query(args))
         if path == b"/api/v1/openapi.json":
-            _check_known(args, ())
+            check_known(args, ())
             return json_answer(request, 200, DOCUMENT)
         if self.console is not None:
             answer = self.console.route(request, path, args)
@@ -528,19 +476,12 @@ class ReadAPI(Resource):
 
     @staticmethod
     def _failed(failure: Failure, request, gone: list[Failure]) -> None:
-        if gone:
+        if gone or not failure.check(ApiError):
+            write_failure(failure, request, gone, log, "read API")
             return
-        if failure.check(ApiError):
-            error = failure.value
-            assert isinstance(error, ApiError)
-            body = error_answer(request, error.status, error.message)
-        elif failure.check(StoreUnavailable):
-            request.setHeader(b"Retry-After", str(RETRY_AFTER_SECONDS).encode("ascii"))
-            body = error_answer(request, 503, "incident store unavailable; retry later")
-        else:
-            log.failure("read API error on {path}", failure, path=request.path)
-            body = error_answer(request, 500, "internal error")
-        _write(body, request, gone)
+        error = failure.value
+        assert isinstance(error, ApiError)
+        write_later(error_answer(request, error.status, error.message), request, gone)
 
 
 def _page_and_newest(
@@ -554,14 +495,7 @@ def _page_and_newest(
 def _write_unless_later(body: bytes | int, request, gone: list[Failure]) -> None:
     """Write an answer made at once; one that comes later writes itself."""
     if isinstance(body, bytes):
-        _write(body, request, gone)
-
-
-def _write(body: bytes, request, gone: list[Failure]) -> None:
-    if gone:
-        return
-    request.write(body)
-    request.finish()
+        write_later(body, request, gone)
 
 
 def tokens_from(

@@ -139,7 +139,8 @@ def _open_postgres(uri: str, password: str | None):
     return PostgresReader(connection)
 
 
-def _summary(row: tuple) -> dict[str, Any]:
+def summary(row: tuple) -> dict[str, Any]:
+    """An incident's summary from (id, name, type, occurred, created, instance)."""
     return {
         "id": str(row[0]),
         "name": row[1],
@@ -151,7 +152,7 @@ def _summary(row: tuple) -> dict[str, Any]:
 
 
 def whole(row: tuple) -> dict[str, Any]:
-    incident = _summary(row)
+    incident = summary(row)
     incident["fields"] = json.loads(row[6])
     # The details' ``headers`` are the request's, kept once with it: the
     # stored details never hold that key (see payload.incidents_from).
@@ -187,7 +188,7 @@ def list_incidents(
         rows = db.execute(queries.list, (after, count))
     else:
         rows = db.execute(queries.list_of, (instance, after, count))
-    return map(_summary, rows)
+    return map(summary, rows)
 
 
 def export_incidents(db, after: int = 0) -> Iterator[dict[str, Any]]:

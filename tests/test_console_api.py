@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -24,7 +26,9 @@ from support.inprocess import Wire, make_site
 from support.store import read_only, row_counts
 from twisted.internet.task import Clock
 
+from gwebhook import answers, api, readback
 from gwebhook.answers import CONTENT_SECURITY_POLICY
+from gwebhook.console import queries, resource
 from gwebhook.console.preview import preview
 from gwebhook.console.sessions import SESSION_SECONDS
 
@@ -618,3 +622,56 @@ async def test_the_console_paths_answer_as_the_document_says(site):
         site, {"instance": "default", "map": {"name": "x"}}
     )
     doc.check("/api/v1/mapping/preview", "post", preview_answer)
+
+
+# -- one home for what the console shares with the read API ----------------------------
+
+
+def test_the_console_does_not_import_the_read_api():
+    """
+    The read API imports the console's guard and sessions; the console
+    imports the parameter rules, not ``gwebhook.api``: no import cycle.
+    """
+    code = (
+        "import sys, gwebhook.console.endpoints, gwebhook.console.resource;"
+        "print('gwebhook.api' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_the_console_and_the_read_api_share_their_summaries_and_answers():
+    assert queries.summary is readback.summary
+    assert not hasattr(queries, "_summary")
+    for module in (api, resource):
+        assert module.write_later is answers.write_later
+        assert module.write_failure is answers.write_failure
+        assert not hasattr(module, "_write")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_store_that_cannot_commit_is_503_with_retry_after(site):
+    """
+    The shared answer of work that failed: with the store file moved away,
+    a login and a logout (commits) are 503 with Retry-After, no traceback;
+    with it back, they work.
+    """
+    cookie, csrf = await session(site)
+    aside = site.db.with_name("aside.sqlite")
+    site.db.rename(aside)
+    try:
+        out = {"Cookie": cookie, "X-CSRF-Token": csrf}
+        for reply in [
+            await login(site),
+            await ask(site, "POST", "/console/logout", out),
+        ]:
+            assert reply.status == 503, reply
+            assert reply.headers["retry-after"] == "5"
+            assert reply.json() == {"error": "incident store unavailable; retry later"}
+            assert_console_headers(reply)
+    finally:
+        aside.rename(site.db)
+    assert (await login(site)).status == 303

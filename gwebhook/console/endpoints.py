@@ -16,17 +16,17 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 from gwebhook.answers import json_answer
-from gwebhook.api import (
-    MAX_LIMIT,
-    ApiError,
-    _check_known,
-    _single,
-    make_cursor,
-    parse_cursor,
-)
 from gwebhook.console import preview, queries
 from gwebhook.console.sessions import Sessions
 from gwebhook.metrics import Metrics
+from gwebhook.parameters import (
+    MAX_LIMIT,
+    ApiError,
+    check_known,
+    make_cursor,
+    parse_cursor,
+    single,
+)
 from gwebhook.payload import DEFAULT_TYPE
 from gwebhook.store import IncidentStore, StoreUnavailable
 from gwebhook.store.deliveries import STATES, listing, redeliver
@@ -35,7 +35,7 @@ RECENT_LIMIT = 50
 
 
 def _limit(args: Mapping[bytes, list[bytes]], default: int) -> int:
-    text = _single(args, "limit")
+    text = single(args, "limit")
     if text is None:
         return default
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
@@ -44,7 +44,7 @@ def _limit(args: Mapping[bytes, list[bytes]], default: int) -> int:
 
 
 def _name(args: Mapping[bytes, list[bytes]], key: str) -> str | None:
-    value = _single(args, key)
+    value = single(args, key)
     if value == "":
         raise ApiError(400, f"{key}: empty; give a name or leave it out")
     return value
@@ -85,8 +85,8 @@ class ConsoleEndpoints:
     def route(self, request, path: bytes, args) -> Any:
         """The answer (bytes or a coroutine) for ``path``; None if not ours."""
         if path == b"/api/v1/recent":
-            _check_known(args, ("before", "limit", "instance"))
-            before = _single(args, "before")
+            check_known(args, ("before", "limit", "instance"))
+            before = single(args, "before")
             return self._recent(
                 request,
                 None if before in (None, "") else parse_cursor(before),
@@ -94,24 +94,24 @@ class ConsoleEndpoints:
                 _name(args, "instance"),
             )
         if path == b"/api/v1/instances":
-            _check_known(args, ())
+            check_known(args, ())
             return self._instances(request)
         if path == b"/api/v1/deliveries":
-            _check_known(args, ("forward", "state", "limit"))
-            state = _single(args, "state")
+            check_known(args, ("forward", "state", "limit"))
+            state = single(args, "state")
             if state is not None and state not in STATES:
                 raise ApiError(400, f"state: {state[:32]!r} is not one of {STATES}")
             return self._deliveries(
                 request, _name(args, "forward"), state, _limit(args, 100)
             )
         if path == b"/api/v1/health":
-            _check_known(args, ())
+            check_known(args, ())
             return self._health(request)
         if path == b"/api/v1/mapping/preview":
-            _check_known(args, ())
+            check_known(args, ())
             return self._preview(request)
         if path == b"/api/v1/deliveries/redeliver":
-            _check_known(args, ())
+            check_known(args, ())
             return self._redeliver(request)
         return None
 

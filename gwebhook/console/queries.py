@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gwebhook.readback import newest_id, samples
+from gwebhook.readback import newest_id, samples, summary
 from gwebhook.store.deliveries import items
 from gwebhook.timestamps import format_utc
 
@@ -31,17 +31,6 @@ _QUEUED = "SELECT count(*) FROM deliveries WHERE forward = ? AND state = ?"
 _FORWARDS = "SELECT DISTINCT forward FROM deliveries"
 
 
-def _summary(row: tuple) -> dict[str, Any]:
-    return {
-        "id": str(row[0]),
-        "name": row[1],
-        "type": row[2],
-        "occurred": row[3],
-        "created": row[4],
-        "instance": row[5],
-    }
-
-
 def recent(
     db, before: int | None, limit: int, instance: str | None
 ) -> tuple[list[dict[str, Any]], int]:
@@ -55,7 +44,7 @@ def recent(
         rows = db.execute(_BEFORE, (top, limit))
     else:
         rows = db.execute(_BEFORE_OF, (instance, top, limit))
-    return [_summary(row) for row in rows], newest
+    return [summary(row) for row in rows], newest
 
 
 def body(db, incident_id: int) -> tuple[bytes, str] | None:

@@ -19,7 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from gwebhook.addresses import display_host
-from gwebhook.answers import RETRY_AFTER_SECONDS, error_answer, json_answer
+from gwebhook.answers import error_answer, json_answer, write_failure, write_later
 from gwebhook.console.guard import cross_site_refusal, foreign_origin, secure_headers
 from gwebhook.console.sessions import (
     CLEAR_COOKIE,
@@ -28,7 +28,6 @@ from gwebhook.console.sessions import (
     session_cookie,
     set_cookie_header,
 )
-from gwebhook.store import StoreUnavailable
 from gwebhook.throttle import AuthThrottle
 from gwebhook.timestamps import from_epoch
 
@@ -142,7 +141,10 @@ class Console(Resource):
         request.notifyFinish().addErrback(gone.append)
         done = ensureDeferred(answer)
         done.addCallbacks(
-            _write, _failed, callbackArgs=(request, gone), errbackArgs=(request, gone)
+            write_later,
+            _failed,
+            callbackArgs=(request, gone),
+            errbackArgs=(request, gone),
         )
         return NOT_DONE_YET
 
@@ -259,23 +261,8 @@ def _known(given: bytes, tokens: tuple[bytes, ...]) -> bool:
     return found and bool(given)
 
 
-def _write(body: bytes, request, gone: list[Failure]) -> None:
-    if gone:
-        return
-    request.write(body)
-    request.finish()
-
-
 def _failed(failure: Failure, request, gone: list[Failure]) -> None:
-    if gone:
-        return
-    if failure.check(StoreUnavailable):
-        request.setHeader(b"Retry-After", str(RETRY_AFTER_SECONDS).encode("ascii"))
-        body = error_answer(request, 503, "incident store unavailable; retry later")
-    else:
-        log.failure("console error on {path}", failure, path=request.path)
-        body = error_answer(request, 500, "internal error")
-    _write(body, request, gone)
+    write_failure(failure, request, gone, log, "console")
 
 
 def _see_other(request) -> bytes:
