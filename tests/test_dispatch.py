@@ -237,10 +237,7 @@ def test_a_request_refused_at_the_end_of_its_headers_names_its_instance(site):
     w = Wire(site)
     try:
         with capturedLogs() as events:
-            w.send(
-                b"POST / HTTP/1.1\r\nHost: localhost\r\n"
-                b"Content-Length: 2\r\n\r\n{}"
-            )
+            w.send(b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}")
         [line] = [e for e in events if e.get("request_id")]
         assert (line["status"], line["instance"]) == (401, "default")
         assert line["reason"] == "refused: missing or wrong credentials"

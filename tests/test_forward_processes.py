@@ -779,9 +779,7 @@ def test_with_workers_one_process_delivers_each_incident_once(tmp_path, pki, sta
 # -------------------------------------- the webhook-id across two stores
 
 
-def test_two_engines_with_their_own_stores_do_not_collide_at_b(
-    tmp_path, pki, started
-):
+def test_two_engines_with_their_own_stores_do_not_collide_at_b(tmp_path, pki, started):
     """
     webhook-id is <forward>-<first incident id>, unique within one store:
     two engines forwarding to one receiver name their forwards apart (as the
