@@ -17,11 +17,10 @@ from urllib.parse import quote
 import pytest
 import pytest_twisted
 from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 from support.credentials import AUTH, BASIC_HEADER, HEADERS, USERNAME, basic
 from support.http import Response, send
 from support.inprocess import Wire, make_site
+from support.openapi import Document
 from support.store import incidents_by_id, row_counts
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
@@ -403,36 +402,6 @@ async def test_without_tokens_the_api_is_any_unknown_path(
 
 
 # -- the OpenAPI document, against real answers ------------------------------------
-
-
-def pointer(*parts: str) -> str:
-    return "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)
-
-
-class Document:
-    """The served document, and validators of its response schemas."""
-
-    URI = "urn:gwebhook:read-api"
-
-    def __init__(self, document: dict[str, Any]) -> None:
-        self.document = document
-        self.registry = Registry().with_resource(
-            self.URI, Resource(contents=document, specification=DRAFT202012)
-        )
-
-    def schema_of(self, path: str, status: int) -> Draft202012Validator:
-        responses = self.document["paths"][path]["get"]["responses"]
-        assert str(status) in responses, f"{path} does not document {status}"
-        where = pointer("paths", path, "get", "responses", str(status))
-        where += "/content/" + pointer("application/json", "schema")
-        return Draft202012Validator(
-            {"$ref": f"{self.URI}#/{where}"}, registry=self.registry
-        )
-
-    def check(self, path: str, reply: Response) -> None:
-        """``reply`` is what the document says ``path`` answers with its status."""
-        assert reply.headers["content-type"] == "application/json"
-        self.schema_of(path, reply.status).validate(reply.json())
 
 
 async def served_document(site) -> Document:
