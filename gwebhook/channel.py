@@ -106,8 +106,8 @@ class WebhookRequest(server.Request):
     # The message of an error answer (see answers.error_answer), for the
     # access line.
     error: str | None = None
-    # The most its body may be, set at the end of its headers: the channel's
-    # limit, or the smaller one the site gives its path (WebhookSite.body_limits).
+    # The most its body may be, when the site gives its path a smaller limit
+    # than the channel's (WebhookSite.body_limits); None: the channel's.
     body_limit: int | None = None
 
     def process(self) -> None:
@@ -322,8 +322,6 @@ class LimitedChannel(http.HTTPChannel):
         # (no public attribute holds it before requestReceived).
         method, path = self._command, self._path.split(b"?", 1)[0]
         request = self.requests[-1]
-        request.body_limit = self.limits.max_body_bytes
-        path_limit = self.bodyLimitFor(method, path)
         if self.length == 0:
             # Nothing to read: Klein routes it, and the webhook route admits
             # it as below (its refusals keep the connection).
@@ -350,7 +348,7 @@ class LimitedChannel(http.HTTPChannel):
                 return
             request.client_cert = verdict.client_cert
             request.signed = verdict.signature
-        elif path_limit is not None:
+        elif (path_limit := self.bodyLimitFor(method, path)) is not None:
             # One of the few other POSTs that carry a body (a login form, a
             # preview), within the small limit the site gives its path.
             limit = request.body_limit = min(path_limit, self.limits.max_body_bytes)
