@@ -15,7 +15,12 @@ from urllib.parse import unquote_to_bytes
 
 from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.web import http, server
 
 from gwebhook.accesslog import CLIENT_CLOSED_REQUEST, AccessLog, next_request_id
@@ -180,6 +185,7 @@ class LimitedChannel(http.HTTPChannel):
     client = "-"
     clientKey = "-"
     localPort: int | None = None
+    _host: IAddress | None = None
     admitted = False
     requestStarted: float | None = None
 
@@ -399,13 +405,22 @@ class LimitedChannel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        # The address it came to, asked of the socket once: every request
+        # asks for it (Request.host), and each ask was a system call.
+        self._host = self.transport.getHost()
         # The port it came to: an instance's own port makes it that instance's.
-        self.localPort = getattr(self.transport.getHost(), "port", None)
+        self.localPort = getattr(self._host, "port", None)
         # Refused at its first bytes, not now: over TLS the handshake is not
         # done yet, and the client would read a reset instead of the 503.  A
         # refused connection that says nothing is dropped soon.
         self._overLimit = self.site.connectionOpened(self)
         self._enter("refusing" if self._overLimit else "idle")
+
+    def getHost(self):
+        # A connection's own address does not change while it is open.
+        if self._host is None:
+            self._host = self.transport.getHost()
+        return self._host
 
     # (Protocol's reason has a default; Twisted always passes one.)
     def connectionLost(self, reason) -> None:  # type: ignore[override]
