@@ -31,6 +31,10 @@ from zope.interface import implementer
 
 _SCALARS = (str, int, float, bool, type(None))
 
+# How long a line may wait in the stream's buffer: lines are written at most
+# this long after they were logged, one system call for all of them.
+FLUSH_SECONDS = 0.1
+
 
 def as_format(text: str) -> str:
     """
@@ -75,9 +79,49 @@ def classic_time(when: float | None) -> str:
     return "-" if when is None else _classic(int(when // 1))
 
 
+def _plain_text(event: dict) -> str | None:
+    """
+    The event's text when its format is plain text, with nothing to fill in:
+    no braces (an access line, formatted once by its emitter, has none unless
+    its path had), no newline, no traceback.  None for any other event, which
+    Twisted's own formatting then renders.
+    """
+    text = event.get("log_format")
+    if (
+        type(text) is not str
+        or not text
+        or "{" in text
+        or "}" in text
+        or "\n" in text
+        or "log_failure" in event
+        or "log_flattened" in event
+    ):
+        return None
+    return text
+
+
+def _system(event: dict) -> str | None:
+    """``[namespace#level]`` as Twisted writes it; None for a ``log_system``."""
+    if event.get("log_system") is not None:
+        return None
+    level = event.get("log_level")
+    namespace = event.get("log_namespace", "-")
+    if type(namespace) is not str:
+        return None
+    return f"{namespace}#{'-' if level is None else level.name}"
+
+
 def to_text(event: dict) -> str | None:
-    """One event as twistd's text observer writes it."""
-    return formatEventAsClassicLogText(event, formatTime=classic_time)
+    """
+    One event as twistd's text observer writes it.  An event of plain text
+    (an access line: one per request) is written here, byte for byte as
+    Twisted's formatting writes it, at a tenth of the cost.
+    """
+    text = _plain_text(event)
+    system = None if text is None else _system(event)
+    if system is None:
+        return formatEventAsClassicLogText(event, formatTime=classic_time)
+    return f"{classic_time(event.get('log_time'))} [{system}] {text}\n"
 
 
 def to_json(event: dict) -> str:
@@ -86,7 +130,7 @@ def to_json(event: dict) -> str:
         "time": timestamp(event.get("log_time")),
         "level": getattr(event.get("log_level"), "name", "info"),
         "namespace": event.get("log_namespace", "-"),
-        "message": formatEvent(event),
+        "message": _plain_text(event) or formatEvent(event),
     }
     for key, value in event.items():
         if (
@@ -105,14 +149,15 @@ def to_json(event: dict) -> str:
 class BatchingLogObserver:
     """
     Writes each event as ``formatter`` renders it, as FileLogObserver does,
-    but flushes its stream once per reactor turn instead
-    of once per line: a busy daemon writes a line per request, and one
-    system call per line was a tenth of its CPU.  Lines are flushed at the
-    end of the reactor turn that wrote them; at once when a thread other
-    than the reactor's logs or the reactor is not running (start-up, after
-    it stopped); at the end of the reactor's shutdown, and at exit.  A
-    process killed outright (SIGKILL) loses at most the lines of the turn it
-    was in.
+    but flushes its stream at most every FLUSH_SECONDS instead of once per
+    line: a busy daemon writes a line per request, and a system call per
+    line (or per turn of the reactor, which under load is about one per
+    request) was a tenth of its CPU.  Lines are flushed FLUSH_SECONDS after
+    the first line still in the buffer; at once when a thread other than the
+    reactor's logs or the reactor is not running (start-up, after it
+    stopped); at the end of the reactor's shutdown, and at exit.  A process
+    killed outright (SIGKILL) loses at most the lines of its last
+    FLUSH_SECONDS.
     """
 
     def __init__(self, stream: IO[str], formatter: Callable, reactor=None) -> None:
@@ -136,7 +181,7 @@ class BatchingLogObserver:
         if self._pending is not None and self._pending.active():
             return
         if isInIOThread() and getattr(self._reactor, "running", True):
-            self._pending = self._reactor.callLater(0, self.flush)
+            self._pending = self._reactor.callLater(FLUSH_SECONDS, self.flush)
         else:
             self.flush()
 

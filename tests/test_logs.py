@@ -1,6 +1,7 @@
 """
 gwebhook's log observers: time stamps formatted once per second, exact to
-the microsecond; twistd's own text lines; one flush per reactor turn.
+the microsecond; twistd's own text lines, plain ones written by a fast path
+that writes what Twisted writes; one flush for the lines of FLUSH_SECONDS.
 """
 
 from __future__ import annotations
@@ -13,9 +14,22 @@ from datetime import datetime
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, formatEventAsClassicLogText, formatTime
+from twisted.logger import (
+    LogLevel,
+    formatEvent,
+    formatEventAsClassicLogText,
+    formatTime,
+)
 
-from gwebhook.logs import json_observer, text_observer, timestamp, to_text
+from gwebhook.logs import (
+    FLUSH_SECONDS,
+    classic_time,
+    json_observer,
+    text_observer,
+    timestamp,
+    to_json,
+    to_text,
+)
 
 FORMAT = "%Y-%m-%dT%H:%M:%S.%f%z"
 
@@ -71,19 +85,53 @@ def test_text_lines_are_twistds_own():
         assert to_text(event) == formatEventAsClassicLogText(event)
 
 
-def test_lines_are_flushed_once_per_reactor_turn():
-    """Many lines in one turn: one flush, at the end of the turn."""
+def test_lines_are_flushed_together_after_flush_seconds():
+    """Many lines, over several turns: one flush, FLUSH_SECONDS after the first."""
     stream, clock = Stream(), Clock()
     observer = text_observer(stream, reactor=clock)
     for n in range(50):
         observer(access_event(n))
+        clock.advance(FLUSH_SECONDS / 100)
     assert stream.flushes == 0
     assert stream.getvalue().count("\n") == 50
-    clock.advance(0)
+    clock.advance(FLUSH_SECONDS / 2)
     assert stream.flushes == 1
+    assert clock.getDelayedCalls() == []
     observer(access_event(51))
-    clock.advance(0)
+    clock.advance(FLUSH_SECONDS - 0.001)
+    assert stream.flushes == 1
+    clock.advance(0.001)
     assert stream.flushes == 2
+
+
+# Plain text (an access line, or any text a format leaves as it is), text
+# with braces and newlines, for the slow path; every kind of system.
+_texts = st.text(alphabet=st.characters(codec="utf-8"), max_size=80) | st.sampled_from(
+    [
+        "127.0.0.1 POST / 200 incidents=1 bytes=648 1.5ms id=15f7b58e769c9dd2",
+        "a {{brace}} path",
+        "two\nlines",
+        "",
+    ]
+)
+_events = st.fixed_dictionaries(
+    {"log_format": _texts},
+    optional={
+        "log_time": st.floats(min_value=0, max_value=4_000_000_000)
+        | st.integers(min_value=0, max_value=4_000_000_000)
+        | st.none(),
+        "log_level": st.sampled_from(list(LogLevel.iterconstants())) | st.none(),
+        "log_namespace": st.sampled_from(["gwebhook.accesslog", "x", "-"]),
+        "log_system": st.sampled_from(["-", "WebhookSite,1,127.0.0.1"]) | st.none(),
+    },
+)
+
+
+@given(_events)
+def test_the_fast_path_writes_what_twisted_writes(event):
+    """to_text and to_json's message against Twisted's formatting, for every event."""
+    assert to_text(event) == formatEventAsClassicLogText(event, formatTime=classic_time)
+    assert json.loads(to_json(event))["message"] == formatEvent(event)
 
 
 def test_a_line_from_another_thread_is_flushed_at_once():
