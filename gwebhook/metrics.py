@@ -117,8 +117,11 @@ class Metrics:
         self.connections = Gauge(
             "gwebhook_connections_open", "Client connections open now.", registry=r
         )
-        # The request counter's children by labels: ``labels()`` is not free.
+        # The counters' children by labels: ``labels()`` is not free.  (The
+        # instances are the configuration's: a bounded set.)
         self._requests: dict[tuple[str, str, int], Counter] = {}
+        self._incidents: dict[str, Counter] = {}
+        self._duplicates: dict[str, Counter] = {}
 
     def answered(
         self,
@@ -149,6 +152,14 @@ class Metrics:
         self.body_bytes.observe(body_bytes)
         if instance is not None:
             if incidents:
-                self.incidents.labels(instance).inc(incidents)
+                _child(self._incidents, self.incidents, instance).inc(incidents)
             if duplicates:
-                self.duplicates.labels(instance).inc(duplicates)
+                _child(self._duplicates, self.duplicates, instance).inc(duplicates)
+
+
+def _child(children: dict[str, Counter], counter: Counter, label: str) -> Counter:
+    """``counter.labels(label)``, kept in ``children`` after the first time."""
+    child = children.get(label)
+    if child is None:
+        child = children[label] = counter.labels(label)
+    return child
