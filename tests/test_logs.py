@@ -22,6 +22,7 @@ from twisted.logger import (
 )
 
 from gwebhook.logs import (
+    FLUSH_CHARS,
     FLUSH_SECONDS,
     classic_time,
     json_observer,
@@ -60,9 +61,13 @@ def test_the_same_second_twice_is_cached():
 
 
 class Stream(io.StringIO):
-    """A text stream that counts its flushes."""
+    """A text stream that counts its writes and flushes."""
 
-    flushes = 0
+    writes = flushes = 0
+
+    def write(self, text):
+        self.writes += 1
+        return super().write(text)
 
     def flush(self):
         self.flushes += 1
@@ -85,23 +90,37 @@ def test_text_lines_are_twistds_own():
         assert to_text(event) == formatEventAsClassicLogText(event)
 
 
-def test_lines_are_flushed_together_after_flush_seconds():
-    """Many lines, over several turns: one flush, FLUSH_SECONDS after the first."""
+def test_lines_are_written_together_after_flush_seconds():
+    """Many lines, over several turns: one write, FLUSH_SECONDS after the first."""
     stream, clock = Stream(), Clock()
     observer = text_observer(stream, reactor=clock)
     for n in range(50):
         observer(access_event(n))
         clock.advance(FLUSH_SECONDS / 100)
-    assert stream.flushes == 0
-    assert stream.getvalue().count("\n") == 50
+    assert (stream.writes, stream.flushes, stream.getvalue()) == (0, 0, "")
     clock.advance(FLUSH_SECONDS / 2)
-    assert stream.flushes == 1
+    assert (stream.writes, stream.flushes) == (1, 1)
+    assert stream.getvalue().splitlines() == [
+        to_text(access_event(n)).rstrip("\n") for n in range(50)
+    ]
     assert clock.getDelayedCalls() == []
     observer(access_event(51))
     clock.advance(FLUSH_SECONDS - 0.001)
     assert stream.flushes == 1
     clock.advance(0.001)
-    assert stream.flushes == 2
+    assert (stream.writes, stream.flushes) == (2, 2)
+
+
+def test_lines_are_written_at_once_when_they_reach_flush_chars():
+    stream, clock = Stream(), Clock()
+    observer = text_observer(stream, reactor=clock)
+    line = len(to_text(access_event(1)))
+    for _ in range((FLUSH_CHARS - 1) // line):
+        observer(access_event(1))
+    assert stream.writes == 0
+    observer(access_event(1))
+    assert (stream.writes, stream.flushes) == (1, 1)
+    assert clock.getDelayedCalls() == []
 
 
 # Plain text (an access line, or any text a format leaves as it is), text
