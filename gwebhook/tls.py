@@ -507,6 +507,31 @@ class _ServerTLSProtocol(BufferingTLSTransport):
         self.transport.write(PLAIN_HTTP_ANSWER)
         self.transport.loseWriteConnection()
 
+    def _flushSendBIO(self) -> None:
+        # What TLS has to send, sent at once when nothing is queued before it.
+        # Twisted's TCP transport would queue it and have epoll say when the
+        # socket takes it: two epoll_ctl calls and a turn of the reactor for
+        # every answer, when an idle socket takes an answer at once.  What
+        # the socket does not take, and any error, go to the transport's
+        # write as before, which queues it or fails the connection.
+        try:
+            data = self._tlsConnection.bio_read(2**15)
+        except SSL.WantReadError:
+            return
+        transport = self.transport
+        if (
+            getattr(transport, "_tempDataBuffer", None) == []
+            and getattr(transport, "dataBuffer", None) == b""
+            and transport.connected
+            and not transport.disconnecting
+            and not getattr(transport, "_writeDisconnected", True)
+        ):
+            sent = transport.writeSomeData(data)  # type: ignore[attr-defined]
+            if isinstance(sent, int):
+                data = data[sent:]
+        if data:
+            transport.write(data)
+
     def _client(self) -> str:
         peer = self.transport.getPeer()
         return display_host(str(getattr(peer, "host", peer)))

@@ -294,6 +294,25 @@ async def test_large_body_is_kept_exactly(serve):
     assert stored["details"]["pad"] == padding
 
 
+@pytest_twisted.ensureDeferred
+async def test_an_answer_larger_than_the_socket_takes_arrives_whole(serve):
+    """
+    An answer the socket cannot take at once (megabytes, to a client that
+    reads only once the server has written: here both share the reactor)
+    arrives whole and in order: what TLS sends at once and what the
+    transport queues are one stream.
+    """
+    count = 40_000
+    server = await serve(max_body_bytes=1_000_000)
+    body = json.dumps([{"name": f"n{i}"} for i in range(count)]).encode()
+    answer = await send(server, body, basic())
+    assert answer.status == 200
+    assert len(answer.body) > 4_000_000
+    entries = answer.json()
+    assert [e["name"] for e in entries] == [f"n{i}" for i in range(count)]
+    assert [int(e["id"]) for e in entries] == list(range(1, count + 1))
+
+
 @pytest.mark.parametrize(
     "name", ["X-Webhook-Token", "x-webhook-token", "X-WEBHOOK-TOKEN"]
 )
