@@ -207,8 +207,23 @@ class BatchingLogObserver:
         # A closed or broken stream: nothing more can be written to it.
         with contextlib.suppress(OSError, ValueError):
             if lines:
-                self._stream.write("".join(lines))
+                try:
+                    self._stream.write("".join(lines))
+                except UnicodeEncodeError:
+                    # A line the stream's encoding cannot hold (an ASCII
+                    # locale) costs only its own characters, not the batch.
+                    self._write_escaped(lines)
             self._stream.flush()
+
+    def _write_escaped(self, lines: list[str]) -> None:
+        encoding = getattr(self._stream, "encoding", None) or "utf-8"
+        for line in lines:
+            try:
+                self._stream.write(line)
+            except UnicodeEncodeError:
+                self._stream.write(
+                    line.encode(encoding, "backslashreplace").decode(encoding)
+                )
 
 
 def text_observer(stream: IO[str] | None = None, reactor=None) -> BatchingLogObserver:

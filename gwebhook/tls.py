@@ -513,14 +513,18 @@ class _ServerTLSProtocol(BufferingTLSTransport):
         # socket takes it: two epoll_ctl calls and a turn of the reactor for
         # every answer, when an idle socket takes an answer at once.  What
         # the socket does not take, and any error, go to the transport's
-        # write as before, which queues it or fails the connection.
+        # write as before, which queues it or fails the connection.  Not on a
+        # connection being aborted: its close_notify is dropped there with
+        # the rest, and the client sees a reset, not a clean end.
         try:
             data = self._tlsConnection.bio_read(2**15)
         except SSL.WantReadError:
             return
         transport = self.transport
         if (
-            getattr(transport, "_tempDataBuffer", None) == []
+            not self._aborted
+            and not getattr(transport, "_aborting", True)
+            and getattr(transport, "_tempDataBuffer", None) == []
             and getattr(transport, "dataBuffer", None) == b""
             and transport.connected
             and not transport.disconnecting

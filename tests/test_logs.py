@@ -169,4 +169,36 @@ def test_a_closed_stream_does_not_raise_on_flush():
     observer = text_observer(stream, reactor=clock)
     observer(access_event(1))
     stream.close()
-    clock.advance(0)  # nothing to raise into
+    clock.advance(FLUSH_SECONDS)  # the flush: nothing to raise into
+    assert clock.getDelayedCalls() == []
+
+
+class Stopped(Clock):
+    """A reactor that is not running (start-up, or after it stopped)."""
+
+    running = False
+
+
+def test_lines_are_written_at_once_when_the_reactor_is_not_running():
+    stream, clock = Stream(), Stopped()
+    observer = text_observer(stream, reactor=clock)
+    observer(access_event(1))
+    assert (stream.writes, stream.flushes) == (1, 1)
+    assert stream.getvalue() == to_text(access_event(1))
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_line_the_streams_encoding_cannot_hold_costs_only_its_characters():
+    """An ASCII stdout: the batch is written, the one line escaped."""
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="ascii")
+    clock = Clock()
+    observer = text_observer(stream, reactor=clock)
+    lines = [access_event(1), {**access_event(2), "log_format": "caf\u00e9"}]
+    for event in [*lines, access_event(3)]:
+        observer(event)
+    clock.advance(FLUSH_SECONDS)
+    written = raw.getvalue().decode("ascii").splitlines()
+    assert len(written) == 3
+    assert written[0].endswith("line 1") and written[2].endswith("line 3")
+    assert written[1].endswith("caf\\xe9")
