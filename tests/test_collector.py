@@ -50,13 +50,3 @@ def test_cycles_are_still_collected(tuned):
         cycle: list = []
         cycle.append(cycle)
     assert gone() is None
-
-
-def test_what_the_process_holds_at_start_is_frozen_once(tuned):
-    """Frozen at the first tune: a full collection no longer walks it."""
-    frozen = gc.get_freeze_count()
-    assert frozen > 1000
-    held = [[] for _ in range(100)]
-    collector.tune()
-    assert gc.get_freeze_count() == frozen
-    del held
