@@ -9,10 +9,11 @@ bytes that are not UTF-8).  It reads integers beyond 64 bits as floats,
 without an error, and nests up to 1,024 levels where the standard library
 stops earlier.  So a body is left to the standard library (``NOT_READ``)
 when it may hold an integer of 19 or more digits (one that may not fit
-64 bits: a run of as many digits where a number may start),
-when it is nested deeper than orjson writes (254 levels: the write that
-checks this costs a sixth of the read), and whenever orjson refuses it: the
-standard library then says why, in the words the answers have always used.
+64 bits: a run of as many digits where a number may start), when it is
+nested deeper than orjson writes (254 levels, 255 in orjson 3.10: the
+write that checks this costs a sixth of the read), and whenever orjson
+refuses it: the standard library then says why, in the words the answers
+have always used.
 
 What the store keeps of every incident (its details, its fields, the
 request's headers) is written as JSON text once per incident; orjson
