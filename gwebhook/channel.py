@@ -405,11 +405,8 @@ class LimitedChannel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        # The address it came to, asked of the socket once: every request
-        # asks for it (Request.host), and each ask was a system call.
-        self._host = self.transport.getHost()
         # The port it came to: an instance's own port makes it that instance's.
-        self.localPort = getattr(self._host, "port", None)
+        self.localPort = getattr(self.getHost(), "port", None)
         # Refused at its first bytes, not now: over TLS the handshake is not
         # done yet, and the client would read a reset instead of the 503.  A
         # refused connection that says nothing is dropped soon.
@@ -417,7 +414,9 @@ class LimitedChannel(http.HTTPChannel):
         self._enter("refusing" if self._overLimit else "idle")
 
     def getHost(self):
-        # A connection's own address does not change while it is open.
+        # Asked of the socket once: every request asks for it (Request.host),
+        # and each ask was a system call.  A connection's own address does
+        # not change while it is open.
         if self._host is None:
             self._host = self.transport.getHost()
         return self._host
