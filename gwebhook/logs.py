@@ -15,6 +15,7 @@ import atexit
 import contextlib
 import json
 import sys
+import threading
 from collections.abc import Callable
 from typing import IO
 
@@ -157,7 +158,8 @@ class BatchingLogObserver:
     request, and a system call per line was a tenth of its CPU.  Its own
     buffer, not the stream's: with PYTHONUNBUFFERED set (as container images
     often set it) the stream writes every line at once.  Lines are written
-    at once when a thread other than the reactor's logs, or the reactor is
+    at once when a thread other than the reactor's logs (after the lines
+    gathered before it, so the log keeps their order), or the reactor is
     not running (start-up, after it stopped); at the end of the reactor's
     shutdown, and at exit.  A process killed outright (SIGKILL) loses at most
     the lines of its last FLUSH_SECONDS.
@@ -169,10 +171,13 @@ class BatchingLogObserver:
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
-        # The lines not written yet, and their length; only the reactor's
-        # thread adds to them.
+        # The lines not written yet, and their length: the reactor's thread
+        # adds to them, another thread's line takes them to write first.
+        # Reentrant: a signal handler (twistd's, on SIGTERM) may log in the
+        # reactor's thread while it holds the lock.
         self._lines: list[str] = []
         self._chars = 0
+        self._lock = threading.RLock()
         self._pending: IDelayedCall | None = None
         # The last lines' flush never runs once the reactor stops: flush when
         # its shutdown is done (twistd then exits by signal, skipping atexit).
@@ -185,10 +190,14 @@ class BatchingLogObserver:
         if not text:
             return
         if not isInIOThread():
-            self._write([text])
+            with self._lock:
+                lines, self._lines, self._chars = self._lines, [], 0
+                lines.append(text)
+                self._write(lines)
             return
-        self._lines.append(text)
-        self._chars += len(text)
+        with self._lock:
+            self._lines.append(text)
+            self._chars += len(text)
         if self._chars >= FLUSH_CHARS or not getattr(self._reactor, "running", True):
             self.flush()
         elif self._pending is None:
@@ -200,8 +209,9 @@ class BatchingLogObserver:
             if self._pending.active():
                 self._pending.cancel()
             self._pending = None
-        lines, self._lines, self._chars = self._lines, [], 0
-        self._write(lines)
+        with self._lock:
+            lines, self._lines, self._chars = self._lines, [], 0
+            self._write(lines)
 
     def _write(self, lines: list[str]) -> None:
         # A closed or broken stream: nothing more can be written to it.

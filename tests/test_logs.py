@@ -164,6 +164,23 @@ def test_a_line_from_another_thread_is_flushed_at_once():
     assert clock.getDelayedCalls() == []
 
 
+def test_a_line_from_another_thread_comes_after_the_lines_gathered_before_it():
+    """The reactor's lines not yet written go first, in the same write."""
+    stream, clock = Stream(), Clock()
+    observer = text_observer(stream, reactor=clock)
+    for n in range(3):
+        observer(access_event(n))
+    worker = threading.Thread(target=observer, args=(access_event(3),))
+    worker.start()
+    worker.join()
+    observer(access_event(4))
+    clock.advance(FLUSH_SECONDS)
+    assert stream.writes == 2
+    assert stream.getvalue().splitlines() == [
+        to_text(access_event(n)).rstrip("\n") for n in range(5)
+    ]
+
+
 def test_a_closed_stream_does_not_raise_on_flush():
     stream, clock = Stream(), Clock()
     observer = text_observer(stream, reactor=clock)
