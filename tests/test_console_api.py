@@ -369,6 +369,52 @@ async def test_static_files_have_their_types_and_no_inline_script(site):
     assert b"http://" not in page.body and b"https://" not in page.body
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_static_file_the_browser_holds_is_answered_304(site):
+    """
+    Every static file carries an entity tag of its content; asked with it
+    in If-None-Match (alone, weak, or in a list), the answer is 304 without
+    the file; with another tag, the whole file again.
+    """
+    first = await ask(site, "GET", "/console/static/js/app.js")
+    assert first.status == 200
+    tag = first.headers["etag"]
+    assert tag == resource.entity_tag(first.body).decode()
+    assert first.headers["cache-control"] == "no-cache"
+    for given in (tag, f"W/{tag}", f'"other", {tag}', "*"):
+        again = await ask(
+            site, "GET", "/console/static/js/app.js", {"If-None-Match": given}
+        )
+        assert (again.status, again.body) == (304, b""), given
+        assert again.headers["etag"] == tag
+        assert "content-type" not in again.headers
+        assert_console_headers(again)
+    changed = await ask(
+        site, "GET", "/console/static/js/app.js", {"If-None-Match": '"other"'}
+    )
+    assert (changed.status, changed.body) == (200, first.body)
+    css = await ask(site, "GET", "/console/static/console.css")
+    assert css.headers["etag"] != tag
+
+
+@pytest.mark.parametrize(
+    "header, matches",
+    [
+        (None, False),
+        (b"", False),
+        (b'"abc"', True),
+        (b'W/"abc"', True),
+        (b' "x" , W/"abc" ', True),
+        (b"*", True),
+        (b'"abcd"', False),
+        (b"abc", False),
+        (b'"x", "y"', False),
+    ],
+)
+def test_if_none_match_is_read_as_rfc_9110_says(header, matches):
+    assert resource.not_modified(header, b'"abc"') is matches
+
+
 # -- the mapping preview -------------------------------------------------------------
 
 

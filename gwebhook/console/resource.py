@@ -7,6 +7,7 @@ session; nothing here puts a stored value into HTML.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import html
 from importlib import resources
@@ -44,9 +45,13 @@ _ERROR_MARK = b"<!--error-->"
 _NOT_FOUND = "no such console page; the console is at /console/"
 
 
-def load_static() -> dict[bytes, tuple[bytes, bytes]]:
-    """Every file under ``static/``, by its URL path: (content type, bytes)."""
-    files: dict[bytes, tuple[bytes, bytes]] = {}
+def load_static() -> dict[bytes, tuple[bytes, bytes, bytes]]:
+    """
+    Every file under ``static/``, by its URL path: (content type, bytes,
+    entity tag).  The tag is of the content, so a browser keeps its copy
+    across restarts until the file changes.
+    """
+    files: dict[bytes, tuple[bytes, bytes, bytes]] = {}
 
     def walk(folder, prefix: str) -> None:
         for entry in folder.iterdir():
@@ -56,10 +61,31 @@ def load_static() -> dict[bytes, tuple[bytes, bytes]]:
             suffix = "." + entry.name.rsplit(".", 1)[-1]
             if suffix in _TYPES:
                 path = f"/console/static/{prefix}{entry.name}".encode()
-                files[path] = (_TYPES[suffix], entry.read_bytes())
+                content = entry.read_bytes()
+                files[path] = (_TYPES[suffix], content, entity_tag(content))
 
     walk(resources.files("gwebhook.console") / "static", "")
     return files
+
+
+def entity_tag(content: bytes) -> bytes:
+    """A strong entity tag of ``content``: its SHA-256, shortened, quoted."""
+    return b'"' + hashlib.sha256(content).hexdigest()[:32].encode("ascii") + b'"'
+
+
+def not_modified(if_none_match: bytes | None, tag: bytes) -> bool:
+    """
+    Whether an ``If-None-Match`` header names ``tag`` (or is ``*``): its
+    tags separated by commas, each compared weakly (``W/`` ignored), as
+    RFC 9110 asks of that header.
+    """
+    if not if_none_match:
+        return False
+    for given in if_none_match.split(b","):
+        given = given.strip()
+        if given == b"*" or given.removeprefix(b"W/") == tag:
+            return True
+    return False
 
 
 class Console(Resource):
@@ -112,9 +138,14 @@ class Console(Resource):
         if found is not None:
             if not self._allow(request, b"GET, HEAD"):
                 return _method_not_allowed(request, b"GET, HEAD")
-            kind, content = found
-            # Code and style may be cached, but asked again every time.
+            kind, content, tag = found
+            # Code and style may be cached, but asked again every time: a
+            # copy still current is answered 304, without its bytes.
             request.setHeader(b"Cache-Control", b"no-cache")
+            request.setHeader(b"ETag", tag)
+            if not_modified(request.getHeader(b"if-none-match"), tag):
+                request.setResponseCode(304)
+                return b""
             request.setHeader(b"Content-Type", kind)
             request.setHeader(b"Content-Length", b"%d" % len(content))
             return content
@@ -125,7 +156,7 @@ class Console(Resource):
         return request.method in methods.split(b", ")
 
     def _page(self, request, status: int, name: str, error: str = "") -> bytes:
-        kind, content = self.files[b"/console/static/" + name.encode()]
+        kind, content, _ = self.files[b"/console/static/" + name.encode()]
         if error:
             content = content.replace(
                 _ERROR_MARK, html.escape(error).encode("utf-8"), 1
