@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 
 from twisted.application import service
@@ -215,13 +216,21 @@ class WorkerPool(service.Service):
         if self.inherited_socket is not None:
             env[INHERIT_ENVIRONMENT] = "1"
             fds[3] = self.inherited_socket
-        self.processes[index] = self.reactor.spawnProcess(
-            _Worker(self, index),
-            sys.executable,
-            [sys.executable, "-m", "gwebhook.workerprocess", str(index)],
-            env=env,
-            childFDs=fds,
-        )
+        # The worker starts with SIGHUP blocked (a signal mask is inherited
+        # through fork and exec): one passed on while it starts, before its
+        # service takes the signal, waits instead of ending it, and is a
+        # reload once the worker unblocks it.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            self.processes[index] = self.reactor.spawnProcess(
+                _Worker(self, index),
+                sys.executable,
+                [sys.executable, "-m", "gwebhook.workerprocess", str(index)],
+                env=env,
+                childFDs=fds,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self._started[index] = self.reactor.seconds()
         log.info(
             "worker {worker} started (pid {pid})",

@@ -57,6 +57,9 @@ def main() -> None:
     daemon = makeService(config, reactor)
     daemon.privilegedStartService()
     daemon.startService()
+    # Blocked since the main process spawned this one (see WorkerPool):
+    # a SIGHUP passed on while it started has waited, and is a reload now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     reactor.addSystemEventTrigger("before", "shutdown", daemon.stopService)
     reactor.run()
 

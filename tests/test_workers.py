@@ -8,7 +8,7 @@ import time
 
 import pytest
 from support.credentials import HEADERS, PASSWORD, USERNAME, basic
-from support.daemon import wait_for_log
+from support.daemon import log_text, wait_for_log
 from support.senders import run_senders
 from support.wait import wait_for
 from twisted.internet.error import ProcessDone, ProcessTerminated
@@ -76,6 +76,29 @@ def test_a_worker_that_dies_is_replaced(daemon):
     wait_for_log(d, "worker 1 exited")
     for _ in range(10):
         assert d.request(body=b'{"name": "after"}', headers=HEADERS).status == 200
+
+
+def test_a_sighup_while_a_worker_starts_is_a_reload_not_its_end(daemon):
+    """
+    The main process passes each SIGHUP on at once, also to a worker still
+    starting (importing, reading its configuration): the worker reloads
+    once it runs, and is not ended by the signal's default action.
+    """
+    d = daemon(*AUTH)
+    [first] = wait_for(lambda: workers_of(d.process.pid), what="a worker process")
+    wait_for_log(d, "worker 1: gwebhook ready")
+    os.kill(first, signal.SIGKILL)
+    # Its replacement, signalled within milliseconds of being spawned.
+    [second] = wait_for(
+        lambda: [w for w in workers_of(d.process.pid) if w != first],
+        what="a new worker",
+    )
+    os.kill(second, signal.SIGHUP)
+    wait_for_log(d, "worker 1: gwebhook ready", 2)
+    wait_for_log(d, "worker 1: certificate reloaded")
+    time.sleep(0.5)
+    assert alive(second)
+    assert log_text(d).count("worker 1 exited") == 1
 
 
 def test_sigterm_stops_every_worker(daemon):
