@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
@@ -26,6 +26,20 @@ from gwebhook.tls import ReloadableTLS, TLSConfigError
 from gwebhook.workerpool import WorkerPool
 
 log = Logger()
+
+
+class Reconfigured(NamedTuple):
+    """
+    What a reload read, all of it checked, none of it in service yet: the
+    instances (None: no ``--config``, they stay as they are), the
+    certificates of those with ports of their own, and the read API's
+    tokens (None: none come from a file, nothing to read again).
+    """
+
+    instances: Instances | None
+    own_tls: dict[str, ReloadableTLS]
+    api_tokens: tuple[bytes, ...] | None
+
 
 # Session tickets are encrypted with a key that is replaced this often.
 TICKET_KEY_LIFETIME_SECONDS = 3600
@@ -47,13 +61,16 @@ class WebhookService(service.MultiService):
         reactor,
         workers: WorkerPool | None = None,
         own_ports: OwnPorts | None = None,
-        reconfigure: Callable[[], tuple[Instances, dict]] | None = None,
+        reconfigure: Callable[[], Reconfigured] | None = None,
+        use_api_tokens: Callable[[tuple[bytes, ...]], None] | None = None,
     ) -> None:
         """
         ``workers``: the other processes of ``--workers N``, told of each
         reload; they are a child service like the listeners.
-        ``reconfigure``: reads the ``--config`` file again on a reload, for
-        the instances in service and ``own_ports``' listeners.
+        ``reconfigure``: reads the ``--config`` file and the API tokens'
+        file again on a reload, for the instances in service, ``own_ports``'
+        listeners and the tokens; ``use_api_tokens`` puts the tokens in
+        service (None: the read API is off since start-up).
         """
         super().__init__()
         self.site = site
@@ -64,6 +81,7 @@ class WebhookService(service.MultiService):
         self.workers = workers
         self.own_ports = own_ports
         self.reconfigure = reconfigure
+        self.use_api_tokens = use_api_tokens
         # What signal.signal gave back: a handler, SIG_DFL or SIG_IGN.
         self._previous_hup: Callable[[int, FrameType | None], Any] | int | None = None
         self._rotation: LoopingCall | None = None
@@ -99,8 +117,9 @@ class WebhookService(service.MultiService):
 
     def reload(self) -> bool:
         """
-        Re-read the ``--config`` file and the certificate and key together
-        (SIGHUP, ``systemctl reload``): both are put in service, or neither.
+        Re-read the ``--config`` file, the API tokens' file, and the
+        certificate and key together (SIGHUP, ``systemctl reload``): all are
+        put in service, or none.
         """
         systemd.notify("RELOADING=1")
         if self.workers is not None:
@@ -122,7 +141,8 @@ class WebhookService(service.MultiService):
                     why=e,
                 )
                 return False
-        ask = new[0].needs_client_certificate if new is not None else None
+        instances = new.instances if new is not None else None
+        ask = instances.needs_client_certificate if instances is not None else None
         if self.tls is not None and not self.tls.reload(ask_client_certificate=ask):
             if new is not None:
                 self._keep_asking_as_before()
@@ -130,23 +150,53 @@ class WebhookService(service.MultiService):
             return False
         if new is None:
             if self.tls is None:
-                log.info("SIGHUP: nothing to reload without TLS or --config")
+                log.info(
+                    "SIGHUP: nothing to reload without TLS, --config or an API "
+                    "tokens file"
+                )
                 return False
             return True
-        instances, own_tls = new
-        if self.own_ports is not None and not self.own_ports.match(instances, own_tls):
-            self._keep_asking_as_before()
-            log.error(
-                "configuration not reloaded, the running one stays in service: "
-                "a port of its own could not be opened (see above)"
+        if instances is not None:
+            if self.own_ports is not None and not self.own_ports.match(
+                instances, new.own_tls
+            ):
+                self._keep_asking_as_before()
+                log.error(
+                    "configuration not reloaded, the running one stays in "
+                    "service: a port of its own could not be opened (see above)"
+                )
+                return False
+            self.site.instances = instances
+            log.info(
+                "configuration reloaded: instances {names}",
+                names=", ".join(i.name for i in instances.all) or "none",
             )
-            return False
-        self.site.instances = instances
-        log.info(
-            "configuration reloaded: instances {names}",
-            names=", ".join(i.name for i in instances.all) or "none",
-        )
+        if new.api_tokens is not None:
+            self._use_api_tokens(new.api_tokens)
         return True
+
+    def _use_api_tokens(self, tokens: tuple[bytes, ...]) -> None:
+        """
+        The tokens read again in service: a token taken out is refused
+        from now on, and so are the console sessions made with it.  Whether
+        ``/api/`` and ``/console/`` are served at all was decided at
+        start-up.
+        """
+        if self.use_api_tokens is None:
+            if tokens:
+                log.warn(
+                    "API tokens read, but the read API has been off since "
+                    "start-up: restart gwebhook to serve /api/ and /console/"
+                )
+            return
+        self.use_api_tokens(tokens)
+        if tokens:
+            log.info("API tokens reloaded: {count} in service", count=len(tokens))
+        else:
+            log.warn(
+                "no API token is configured any more: /api/ and /console/ "
+                "refuse every token, and go at the next restart"
+            )
 
     def _keep_asking_as_before(self) -> None:
         # The certificate was re-read with the new configuration's wish for

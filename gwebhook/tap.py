@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+from collections.abc import Callable
 
 from twisted.internet import endpoints
 from twisted.logger import Logger
@@ -51,7 +52,7 @@ from gwebhook.metrics import Metrics
 from gwebhook.retention import RetentionService
 from gwebhook.routes import WebhookRoutes
 from gwebhook.schema import StoreError, create_or_upgrade
-from gwebhook.service import WebhookService
+from gwebhook.service import Reconfigured, WebhookService
 from gwebhook.store import (
     DEFAULT_DB,
     is_postgres,
@@ -553,15 +554,47 @@ def own_tls(config: Options, declared: Config, probe: bool) -> dict[str, Reloada
     return own
 
 
-def _reread(config: Options) -> tuple[Instances, dict[str, ReloadableTLS]]:
+def _reread(config: Options) -> Reconfigured:
     """
-    The ``--config`` file read again (SIGHUP): the instances it declares now
-    and the certificates of those with their own.  Raises ConfigError or
-    TLSConfigError, and then nothing of it is in service.  Ports already
-    served are not probed: they are ours.
+    The ``--config`` file and the API tokens' file read again (SIGHUP): the
+    instances the file declares now, the certificates of those with their
+    own ports, and the tokens.  Raises ConfigError or TLSConfigError, and
+    then nothing of it is in service.  Ports already served are not
+    probed: they are ours.
     """
-    declared = load_config(config["config"], config.environ)
-    return _instances(config, declared), own_tls(config, declared, probe=False)
+    declared = None
+    if config["config"] is not None:
+        declared = load_config(config["config"], config.environ)
+    tokens = None
+    # Tokens given in the environment cannot have changed: nothing to read.
+    if config["api-token-file"] is not None or "GWEBHOOK_API_TOKENS" not in (
+        config.environ
+    ):
+        try:
+            tokens = tokens_from(
+                config["api-token-file"],
+                config.environ,
+                declared.api_tokens_file if declared else None,
+            )
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if declared is None:
+        return Reconfigured(None, {}, tokens)
+    return Reconfigured(
+        _instances(config, declared), own_tls(config, declared, probe=False), tokens
+    )
+
+
+def _using_api_tokens(
+    api: ReadAPI, console: Console, sessions: Sessions
+) -> Callable[[tuple[bytes, ...]], None]:
+    """How a reload puts API tokens in service: the API's, the console's."""
+
+    def use(tokens: tuple[bytes, ...]) -> None:
+        api.tokens = console.tokens = tokens
+        sessions.use_tokens(tokens)
+
+    return use
 
 
 def _holder(config: Options) -> str:
@@ -664,9 +697,11 @@ def makeService(config: Options, reactor=None) -> WebhookService:
     )
     own_ports.reuse_port = config["workers"] > 1 or config.worker
     own_ports.match(instances, config["own-tls"])
-    reconfigure = None
-    if config["config"] is not None:
+    reconfigure = use_api_tokens = None
+    if config["config"] is not None or config["api-token-file"] is not None:
         reconfigure = functools.partial(_reread, config)
+    if api is not None and console is not None and api.sessions is not None:
+        use_api_tokens = _using_api_tokens(api, console, api.sessions)
     top = WebhookService(
         site,
         store,
@@ -676,6 +711,7 @@ def makeService(config: Options, reactor=None) -> WebhookService:
         workers,
         own_ports=own_ports,
         reconfigure=reconfigure,
+        use_api_tokens=use_api_tokens,
     )
     main = Listener(webhook_endpoint(reactor, config, metrics, failures), site)
     main.setServiceParent(top)
