@@ -6,6 +6,7 @@ package; this module holds fixtures only.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,14 @@ from support.daemon import Daemon, Processes
 from support.pki import PKI, make_pki
 
 # Fixtures that start a real process: a test using one is marked ``process``.
-PROCESS_FIXTURES = {"daemon", "spawn", "pg_cluster", "pg_cluster_db", "haproxy"}
+PROCESS_FIXTURES = {
+    "daemon",
+    "spawn",
+    "started",
+    "pg_cluster",
+    "pg_cluster_db",
+    "haproxy",
+}
 
 # The PostgreSQL and HAProxy fixtures live beside their support code.
 pytest_plugins = ["support.postgres", "support.haproxy"]
@@ -68,3 +76,18 @@ def daemon(spawn):
         return spawn(*args, **fields)
 
     return start
+
+
+@pytest.fixture
+def started() -> Iterator[list[Daemon]]:
+    """
+    A list for the daemons a test builds and starts itself (nodes of one
+    PostgreSQL database, a forward's receiver): every one is killed at its
+    end.
+    """
+    daemons: list[Daemon] = []
+    try:
+        yield daemons
+    finally:
+        for d in daemons:
+            d.kill()

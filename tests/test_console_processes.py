@@ -13,7 +13,6 @@ import hashlib
 import sqlite3
 import time
 
-import pytest
 from support.credentials import AUTH
 from support.daemon import Daemon, wait_for_log
 from support.nodes import start_nodes
@@ -147,14 +146,6 @@ def test_removing_a_token_ends_its_sessions_at_the_restart(daemon, tmp_path):
         assert db.execute("SELECT token_hash FROM console_sessions").fetchall() == [
             (hashlib.sha256(other.encode()).hexdigest(),)
         ]
-
-
-@pytest.fixture
-def started():
-    nodes: list[Daemon] = []
-    yield nodes
-    for d in nodes:
-        d.kill()
 
 
 def test_a_session_is_every_nodes_on_postgresql(pg_database, pki, tmp_path, started):

@@ -110,17 +110,6 @@ def start(
     return d.start()
 
 
-@pytest.fixture
-def started() -> Iterator[list[Daemon]]:
-    """Every daemon a test starts, killed at its end."""
-    daemons: list[Daemon] = []
-    try:
-        yield daemons
-    finally:
-        for d in daemons:
-            d.kill()
-
-
 def post_ok(d: Daemon, name: str, body: Any, headers=None) -> list[dict[str, Any]]:
     """POST ``body`` to instance ``name``: the entries of its 200."""
     reply = post(d, f"/instance/execute/{name}", body, headers)

@@ -28,14 +28,6 @@ TOKEN = "consumer-token-0123456789"
 JSON = {"Content-Type": "application/json"}
 
 
-@pytest.fixture
-def started():
-    nodes: list[Daemon] = []
-    yield nodes
-    for d in nodes:
-        d.kill()
-
-
 def page(d: Daemon, after: str, wait: float) -> dict:
     reply = d.request(
         "GET",

@@ -71,15 +71,6 @@ DEDUP_INSTANCE = (
 )
 
 
-@pytest.fixture
-def started():
-    """Every node a test starts, killed at teardown."""
-    nodes: list[Daemon] = []
-    yield nodes
-    for d in nodes:
-        d.kill()
-
-
 def health(d: Daemon) -> Response:
     return d.request("GET", "/healthz", None, timeout=10)
 
