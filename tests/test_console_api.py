@@ -388,6 +388,7 @@ async def test_a_static_file_the_browser_holds_is_answered_304(site):
         assert (again.status, again.body) == (304, b""), given
         assert again.headers["etag"] == tag
         assert "content-type" not in again.headers
+        assert "content-length" not in again.headers
         assert_console_headers(again)
     changed = await ask(
         site, "GET", "/console/static/js/app.js", {"If-None-Match": '"other"'}

@@ -144,8 +144,13 @@ class Console(Resource):
             request.setHeader(b"Cache-Control", b"no-cache")
             request.setHeader(b"ETag", tag)
             if not_modified(request.getHeader(b"if-none-match"), tag):
+                # Finished here: a body returned, even empty, would have
+                # Twisted send Content-Length: 0, which a 304 must not
+                # carry (it is the length of the file the browser holds).
                 request.setResponseCode(304)
-                return b""
+                request.write(b"")
+                request.finish()
+                return NOT_DONE_YET
             request.setHeader(b"Content-Type", kind)
             request.setHeader(b"Content-Length", b"%d" % len(content))
             return content
