@@ -210,9 +210,20 @@ class WebhookService(service.MultiService):
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        if self._previous_hup is not None:
-            signal.signal(signal.SIGHUP, self._previous_hup)
-            self._previous_hup = None
+        # A SIGHUP while draining (systemctl reload during a stop) is
+        # ignored: the signal's default action would end the drain, and a
+        # reload would put in service what is being closed.  The handler
+        # from before start goes back once the store is closed.
+        previous, self._previous_hup = self._previous_hup, None
+        if previous is not None:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            await self._drain_and_close()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGHUP, previous)
+
+    async def _drain_and_close(self) -> None:
         if self._rotation is not None and self._rotation.running:
             self._rotation.stop()
         systemd.notify("STOPPING=1")

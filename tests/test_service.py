@@ -149,6 +149,30 @@ def test_sigterm_answers_request_in_flight_then_exits(spawn):
     assert incidents_by_id(d.db) == {int(incident["id"]): "in flight"}
 
 
+def test_a_sighup_while_draining_neither_ends_the_drain_nor_reloads(spawn):
+    """
+    ``systemctl reload`` during a stop: the request in flight is still
+    answered and stored, the daemon exits as SIGTERM has it exit, and
+    nothing is reloaded.
+    """
+    d = spawn(*AUTH)
+    body = json.dumps({"name": "drained"}).encode()
+    tls = start_request(d.port, d.pki.client_context(), body, HEADERS)
+    try:
+        d.signal(signal.SIGTERM)
+        wait_for(lambda: refuses_connections(d.port), 5, "the port to close")
+        d.signal(signal.SIGHUP)
+        time.sleep(0.3)
+        assert d.process.poll() is None, "a SIGHUP ended the drain"
+        tls.sendall(body[len(body) // 2 :])
+        assert read_reply(tls).status == 200
+    finally:
+        tls.close()
+    assert d.wait(5) == -signal.SIGTERM
+    assert list(incidents_by_id(d.db).values()) == ["drained"]
+    assert "reloaded" not in log_text(d)
+
+
 def test_shutdown_timeout_cuts_off_unfinished_request(spawn):
     """With --shutdown-timeout 1 an unfinished request is cut off unanswered."""
     d = spawn(*AUTH, "--shutdown-timeout", "1")
