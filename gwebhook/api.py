@@ -275,10 +275,14 @@ class LongPolls(service.Service):
         self._checked = max(self._checked, *newest.values(), 0)
         self.wake(self._newest)
 
-    def stopService(self) -> None:
-        super().stopService()
+    def release(self) -> None:
+        """Answer every waiter now, as a wait that timed out."""
         for d in list(self._waiting):
             self._fire(d, False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.release()
 
     @property
     def waiting(self) -> int:

@@ -586,13 +586,18 @@ def _reread(config: Options) -> Reconfigured:
 
 
 def _using_api_tokens(
-    api: ReadAPI, console: Console, sessions: Sessions
+    api: ReadAPI, console: Console, sessions: Sessions, polls: LongPolls
 ) -> Callable[[tuple[bytes, ...]], None]:
-    """How a reload puts API tokens in service: the API's, the console's."""
+    """
+    How a reload puts API tokens in service: the API's, the console's.  The
+    long polls waiting then are answered at once (an empty page): a token
+    was checked when its poll began, and asking again is checked anew.
+    """
 
     def use(tokens: tuple[bytes, ...]) -> None:
         api.tokens = console.tokens = tokens
         sessions.use_tokens(tokens)
+        polls.release()
 
     return use
 
@@ -700,8 +705,13 @@ def makeService(config: Options, reactor=None) -> WebhookService:
     reconfigure = use_api_tokens = None
     if config["config"] is not None or config["api-token-file"] is not None:
         reconfigure = functools.partial(_reread, config)
-    if api is not None and console is not None and api.sessions is not None:
-        use_api_tokens = _using_api_tokens(api, console, api.sessions)
+    if (
+        api is not None
+        and console is not None
+        and api.sessions is not None
+        and polls is not None
+    ):
+        use_api_tokens = _using_api_tokens(api, console, api.sessions, polls)
     top = WebhookService(
         site,
         store,

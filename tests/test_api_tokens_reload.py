@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -112,6 +114,32 @@ def test_a_tokens_file_that_cannot_be_used_leaves_the_running_tokens(daemon, tmp
     )
     assert api_statuses(d, KEPT, 3) == {200}
     assert not log_lines(d, "API tokens reloaded")
+
+
+def test_a_long_poll_waiting_at_the_reload_is_answered_at_once(daemon, tmp_path):
+    """
+    A consumer whose token goes gets no incident stored after the reload:
+    its waiting poll is answered empty at once, and its next is refused.
+    """
+    path = tokens_file(tmp_path, KEPT, REMOVED)
+    d = daemon(*AUTH, "--api-token-file", str(path), *NO_THROTTLE)
+    bearer = {"Authorization": f"Bearer {REMOVED}"}
+    with ThreadPoolExecutor(1) as pool:
+        poll = pool.submit(
+            d.request, "GET", "/api/v1/incidents?wait=30", None, bearer, 40
+        )
+        time.sleep(1)  # ample for it to be waiting; it would wait 30 s
+        assert not poll.done()
+        tokens_file(tmp_path, KEPT)
+        reloaded(d, "API tokens reloaded: 1 in service")
+        reloaded_at = time.monotonic()
+        reply = poll.result(10)
+    assert time.monotonic() - reloaded_at < 5
+    assert reply.status == 200
+    assert reply.json()["incidents"] == []
+    assert d.request(body=b'{"name": "after"}', headers=HEADERS).status == 200
+    assert api_statuses(d, REMOVED, 1) == {401}
+    assert api_statuses(d, KEPT, 1) == {200}
 
 
 def test_the_config_files_tokens_file_is_read_again(daemon, tmp_path):
