@@ -29,7 +29,7 @@ def open_connections(pid: int) -> int:
     """
     The sockets ``pid`` holds other than those it listens on.  Counted rather
     than all its descriptors: a daemon just started may still be opening
-    files of its own, and the probe that saw it listen may not be closed yet.
+    files of its own.
     """
     sockets = sum(t.startswith("socket:") for t in open_files(pid).values())
     return sockets - len(listening_sockets(pid))
