@@ -103,10 +103,8 @@ class Sessions:
     async def find(self, cookie: bytes | None) -> Session | None:
         """
         The live session a cookie's value names, or None.  A session that
-        ended, or whose token is unknown (made before the store kept it), is
-        deleted.  One whose token is not one of ``tokens`` now is refused but
-        kept until it ends: another process or node may hold that token, one
-        reloaded with it before this one.
+        ended, or whose token is not one of ``tokens`` now (or is unknown:
+        made before the store kept it), is deleted.
         """
         if not cookie or len(cookie) > _MAX_COOKIE:
             return None
@@ -119,10 +117,8 @@ class Sessions:
         if found is None:
             return None
         csrf, _, expires, made_by = found
-        if expires <= self.now() or made_by is None:
+        if expires <= self.now() or made_by not in self._token_hashes:
             await self._write(rows.delete, hashed)
-            return None
-        if made_by not in self._token_hashes:
             return None
         session = Session(key, csrf, expires)
         return session
