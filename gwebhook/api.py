@@ -188,6 +188,9 @@ class LongPolls(service.Service):
         self._since: int | None = None
         self._checked = 0
         self._newest: dict[str, int] = {}
+        # Bumped when the API tokens change: a long poll begun under other
+        # tokens ends at its next step (see ReadAPI._incidents).
+        self.tokens_epoch = 0
         store.on_commit.append(self.committed)
 
     def wait(
@@ -279,6 +282,15 @@ class LongPolls(service.Service):
         """Answer every waiter now, as a wait that timed out."""
         for d in list(self._waiting):
             self._fire(d, False)
+
+    def tokens_changed(self) -> None:
+        """
+        The API tokens changed: every long poll ends now, empty, those
+        waiting and those reading a page alike; their consumers ask again
+        under the tokens now in service.
+        """
+        self.tokens_epoch += 1
+        self.release()
 
     def stopService(self) -> None:
         super().stopService()
@@ -429,8 +441,13 @@ class ReadAPI(Resource):
 
     async def _incidents(self, request, query: PageQuery) -> bytes:
         ends = self.clock.seconds() + query.wait
+        epoch = self.polls.tokens_epoch
         while True:
             page, newest = await self._page(query.after, query.limit, query.instance)
+            if self.polls.tokens_epoch != epoch:
+                # The token that let it in may be gone: nothing read since.
+                page = []
+                break
             left = ends - self.clock.seconds()
             if page or left <= 0:
                 break

@@ -590,14 +590,14 @@ def _using_api_tokens(
 ) -> Callable[[tuple[bytes, ...]], None]:
     """
     How a reload puts API tokens in service: the API's, the console's.  The
-    long polls waiting then are answered at once (an empty page): a token
-    was checked when its poll began, and asking again is checked anew.
+    long polls in progress then are answered at once (an empty page): a
+    token was checked when its poll began, and asking again is checked anew.
     """
 
     def use(tokens: tuple[bytes, ...]) -> None:
         api.tokens = console.tokens = tokens
         sessions.use_tokens(tokens)
-        polls.release()
+        polls.tokens_changed()
 
     return use
 

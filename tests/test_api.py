@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 import pytest_twisted
@@ -770,6 +770,40 @@ async def test_stopping_answers_every_waiting_consumer(api):
     finally:
         for c in consumers:
             c.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_new_tokens_end_every_long_poll_waiting_or_reading(api):
+    """
+    When the API tokens change (a reload), a long poll ends empty, with the
+    ``next`` it was given: one waiting, and one whose page was being read
+    at that moment (what it read may have been stored after its token
+    went).
+    """
+    after = await cursor_now(api)
+    waiting = Waiting(api, f"after={after}&wait=30")
+    try:
+        await eventually(lambda: api.polls.waiting == 1)
+        await post(api, {"name": "stored as the tokens change"})
+        # A commit wakes the waiting one: it reads its page (in the readers'
+        # thread) while the tokens change.
+        assert api.polls.waiting == 0 and not waiting.answered
+        api.polls.tokens_changed()
+        await eventually(lambda: waiting.answered)
+        assert waiting.reply().json() == {"incidents": [], "next": unquote(after)}
+        # A poll begun under the new tokens gets the incident.
+        reply = await get(api, f"/api/v1/incidents?after={after}&wait=30")
+        assert [i["name"] for i in reply.json()["incidents"]] == [
+            "stored as the tokens change"
+        ]
+        other = Waiting(api, f"after={await cursor_now(api)}&wait=30")
+        await eventually(lambda: api.polls.waiting == 1)
+        api.polls.tokens_changed()
+        await eventually(lambda: other.answered)
+        assert other.reply().json()["incidents"] == []
+        other.close()
+    finally:
+        waiting.close()
 
 
 @pytest_twisted.ensureDeferred
