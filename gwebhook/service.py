@@ -121,6 +121,10 @@ class WebhookService(service.MultiService):
         certificate and key together (SIGHUP, ``systemctl reload``): all are
         put in service, or none.
         """
+        if not self.running:
+            # Queued by a SIGHUP just before the stop began: nothing to
+            # reload into a daemon that is closing.
+            return False
         systemd.notify("RELOADING=1")
         if self.workers is not None:
             self.workers.signal("HUP")
