@@ -47,16 +47,15 @@ class _Timed:
         self._spent = spent
 
     def execute(self, sql, *args):
-        started = time.thread_time()
-        try:
-            return self._cursor.execute(sql, *args)
-        finally:
-            self._spent[sql[:40]] += time.thread_time() - started
+        return self._timed(self._cursor.execute, sql, *args)
 
     def executemany(self, sql, *args):
+        return self._timed(self._cursor.executemany, sql, *args)
+
+    def _timed(self, run, sql, *args):
         started = time.thread_time()
         try:
-            return self._cursor.executemany(sql, *args)
+            return run(sql, *args)
         finally:
             self._spent[sql[:40]] += time.thread_time() - started
 
