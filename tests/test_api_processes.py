@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from support.api import token_file
 from support.credentials import AUTH, HEADERS
 from support.daemon import (
     TWISTD,
@@ -37,12 +38,6 @@ pytestmark = pytest.mark.process
 
 TOKEN = "api-token-one"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def token_file(directory: Path, *tokens: str, name: str = "api-tokens") -> Path:
-    path = directory / name
-    path.write_text("".join(f"{t}\n" for t in tokens), "utf-8")
-    return path
 
 
 def api_get(

@@ -13,6 +13,7 @@ import hashlib
 import sqlite3
 import time
 
+from support.api import login
 from support.credentials import AUTH
 from support.daemon import Daemon, wait_for_log
 from support.nodes import start_nodes
@@ -20,18 +21,7 @@ from support.postgres import psql_rows
 from support.wait import wait_for
 
 TOKEN = "console-processes-token"
-FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 ROUNDS = 40
-
-
-def login(d: Daemon, token: str = TOKEN) -> tuple[str, str]:
-    """Log in on ``d``: (the Cookie header's value, the CSRF token)."""
-    reply = d.request("POST", "/console/login", b"token=" + token.encode(), FORM)
-    assert reply.status == 303, reply
-    cookie = reply.headers["set-cookie"].split(";", 1)[0]
-    session = d.request("GET", "/console/session", None, {"Cookie": cookie})
-    assert session.status == 200, session
-    return cookie, session.json()["csrf"]
 
 
 def logout(d: Daemon, cookie: str, csrf: str) -> None:
@@ -82,7 +72,7 @@ def test_a_session_is_every_processes_and_a_logout_on_one_ends_it_on_all(
         *AUTH, "--workers", "2", "--api-token-file", "tokens", "--auth-fail-limit", "0"
     )
     wait_for_log(d, "worker 1: gwebhook ready")
-    cookie, csrf = login(d)
+    cookie, csrf = login(d, TOKEN)
     assert statuses(d, cookie) == {200}
     # Both processes answered it (the worker's lines carry its name).
     wait_for(
@@ -102,7 +92,7 @@ def test_a_session_is_every_processes_and_a_logout_on_one_ends_it_on_all(
 def test_a_session_outlives_a_restart_until_it_ends(daemon, tmp_path):
     (tmp_path / "tokens").write_text(TOKEN + "\n")
     d = daemon(*AUTH, "--api-token-file", "tokens")
-    cookie, _ = login(d)
+    cookie, _ = login(d, TOKEN)
     d.stop()
     d.start()
     assert statuses(d, cookie, 3) == {200}
@@ -127,7 +117,7 @@ def test_removing_a_token_ends_its_sessions_at_the_restart(daemon, tmp_path):
     other = "console-processes-other-token"
     (tmp_path / "tokens").write_text(f"{TOKEN}\n{other}\n")
     d = daemon(*AUTH, "--api-token-file", "tokens")
-    removed, _ = login(d)
+    removed, _ = login(d, TOKEN)
     kept, _ = login(d, other)
     with sqlite3.connect(d.db) as db:
         stored = {
@@ -154,7 +144,7 @@ def test_a_session_is_every_nodes_on_postgresql(pg_database, pki, tmp_path, star
     a, b = start_nodes(
         2, pg_database, [*AUTH, "--api-token-file", str(tokens)], tmp_path, pki, started
     )
-    cookie, csrf = login(a)
+    cookie, csrf = login(a, TOKEN)
     assert statuses(b, cookie, 5) == {200}
     [(stored,)] = psql_rows(pg_database, "SELECT id_hash FROM console_sessions")
     assert cookie.split("=", 1)[1] not in stored
