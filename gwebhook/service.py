@@ -33,12 +33,12 @@ class Reconfigured(NamedTuple):
     What a reload read, all of it checked, none of it in service yet: the
     instances (None: no ``--config``, they stay as they are), the
     certificates of those with ports of their own, and the read API's
-    tokens (None: none come from a file, nothing to read again).
+    tokens (``()``: none configured).
     """
 
     instances: Instances | None
     own_tls: dict[str, ReloadableTLS]
-    api_tokens: tuple[bytes, ...] | None
+    api_tokens: tuple[bytes, ...]
 
 
 # Session tickets are encrypted with a key that is replaced this often.
@@ -62,7 +62,7 @@ class WebhookService(service.MultiService):
         workers: WorkerPool | None = None,
         own_ports: OwnPorts | None = None,
         reconfigure: Callable[[], Reconfigured] | None = None,
-        use_api_tokens: Callable[[tuple[bytes, ...]], None] | None = None,
+        use_api_tokens: Callable[[tuple[bytes, ...]], bool] | None = None,
     ) -> None:
         """
         ``workers``: the other processes of ``--workers N``, told of each
@@ -70,7 +70,8 @@ class WebhookService(service.MultiService):
         ``reconfigure``: reads the ``--config`` file and the API tokens'
         file again on a reload, for the instances in service, ``own_ports``'
         listeners and the tokens; ``use_api_tokens`` puts the tokens in
-        service (None: the read API is off since start-up).
+        service, False when they are those in service already (None: the
+        read API is off since start-up).
         """
         super().__init__()
         self.site = site
@@ -175,16 +176,15 @@ class WebhookService(service.MultiService):
                 "configuration reloaded: instances {names}",
                 names=", ".join(i.name for i in instances.all) or "none",
             )
-        if new.api_tokens is not None:
-            self._use_api_tokens(new.api_tokens)
+        self._use_api_tokens(new.api_tokens)
         return True
 
     def _use_api_tokens(self, tokens: tuple[bytes, ...]) -> None:
         """
-        The tokens read again in service: a token taken out is refused
-        from now on, and so are the console sessions made with it.  Whether
-        ``/api/`` and ``/console/`` are served at all was decided at
-        start-up.
+        The tokens read again in service, if they changed: a token taken
+        out is refused from now on, and so are the console sessions made
+        with it.  Whether ``/api/`` and ``/console/`` are served at all was
+        decided at start-up.
         """
         if self.use_api_tokens is None:
             if tokens:
@@ -193,7 +193,8 @@ class WebhookService(service.MultiService):
                     "start-up: restart gwebhook to serve /api/ and /console/"
                 )
             return
-        self.use_api_tokens(tokens)
+        if not self.use_api_tokens(tokens):
+            return
         if tokens:
             log.info("API tokens reloaded: {count} in service", count=len(tokens))
         else:

@@ -565,19 +565,14 @@ def _reread(config: Options) -> Reconfigured:
     declared = None
     if config["config"] is not None:
         declared = load_config(config["config"], config.environ)
-    tokens = None
-    # Tokens given in the environment cannot have changed: nothing to read.
-    if config["api-token-file"] is not None or "GWEBHOOK_API_TOKENS" not in (
-        config.environ
-    ):
-        try:
-            tokens = tokens_from(
-                config["api-token-file"],
-                config.environ,
-                declared.api_tokens_file if declared else None,
-            )
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+    try:
+        tokens = tokens_from(
+            config["api-token-file"],
+            config.environ,
+            declared.api_tokens_file if declared else None,
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if declared is None:
         return Reconfigured(None, {}, tokens)
     return Reconfigured(
@@ -587,17 +582,21 @@ def _reread(config: Options) -> Reconfigured:
 
 def _using_api_tokens(
     api: ReadAPI, console: Console, sessions: Sessions, polls: LongPolls
-) -> Callable[[tuple[bytes, ...]], None]:
+) -> Callable[[tuple[bytes, ...]], bool]:
     """
-    How a reload puts API tokens in service: the API's, the console's.  The
-    long polls in progress then are answered at once (an empty page): a
-    token was checked when its poll began, and asking again is checked anew.
+    How a reload puts API tokens in service, the API's and the console's:
+    False when they are those in service already.  The long polls in
+    progress when they change are answered at once (an empty page): a token
+    was checked when its poll began, and asking again is checked anew.
     """
 
-    def use(tokens: tuple[bytes, ...]) -> None:
+    def use(tokens: tuple[bytes, ...]) -> bool:
+        if tokens == api.tokens:
+            return False
         api.tokens = console.tokens = tokens
         sessions.use_tokens(tokens)
         polls.tokens_changed()
+        return True
 
     return use
 

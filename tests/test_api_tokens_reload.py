@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from support.api import login, token_file
 from support.credentials import AUTH, HEADERS
 from support.daemon import Daemon, log_lines, log_text, wait_for_log
 from support.instances import instance, write_config
@@ -25,16 +26,9 @@ pytestmark = pytest.mark.process
 KEPT = "reload-kept-token"
 REMOVED = "reload-removed-token"
 ADDED = "reload-added-token"
-FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 ROUNDS = 12
 # Wrong tokens are what these tests send: the throttle would answer 429.
 NO_THROTTLE = ("--auth-fail-limit", "0")
-
-
-def tokens_file(directory: Path, *tokens: str, name: str = "api-tokens") -> Path:
-    path = directory / name
-    path.write_text("".join(f"{t}\n" for t in tokens), "utf-8")
-    return path
 
 
 def api_statuses(d: Daemon, token: str, rounds: int = ROUNDS) -> set[int]:
@@ -44,13 +38,6 @@ def api_statuses(d: Daemon, token: str, rounds: int = ROUNDS) -> set[int]:
         d.request("GET", "/api/v1/incidents?limit=1", None, bearer).status
         for _ in range(rounds)
     }
-
-
-def login(d: Daemon, token: str) -> str:
-    """The Cookie header of a console session made with ``token``."""
-    reply = d.request("POST", "/console/login", b"token=" + token.encode(), FORM)
-    assert reply.status == 303, reply
-    return reply.headers["set-cookie"].split(";", 1)[0]
 
 
 def session_statuses(d: Daemon, cookie: str, rounds: int = ROUNDS) -> set[int]:
@@ -73,14 +60,16 @@ def test_a_reload_puts_the_files_tokens_in_service_on_every_process(daemon, tmp_
     the token added is taken, the one kept still is; webhooks are served
     throughout; no token is written to the log.
     """
-    path = tokens_file(tmp_path, KEPT, REMOVED)
+    path = token_file(tmp_path, KEPT, REMOVED)
     d = daemon(*AUTH, "--api-token-file", str(path), "--workers", "2", *NO_THROTTLE)
-    removed_session = login(d, REMOVED)
-    kept_session = login(d, KEPT)
+    # Serving, so that its reload is of tokens it read before the change.
+    wait_for_log(d, "worker 1: gwebhook ready")
+    removed_session, _ = login(d, REMOVED)
+    kept_session, _ = login(d, KEPT)
     assert api_statuses(d, REMOVED) == {200}
     assert api_statuses(d, ADDED) == {401}
 
-    tokens_file(tmp_path, KEPT, ADDED)
+    token_file(tmp_path, KEPT, ADDED)
     reloaded(d, "API tokens reloaded: 2 in service", processes=2)
 
     assert api_statuses(d, REMOVED) == {401}
@@ -95,7 +84,7 @@ def test_a_reload_puts_the_files_tokens_in_service_on_every_process(daemon, tmp_
 
 def test_a_tokens_file_that_cannot_be_used_leaves_the_running_tokens(daemon, tmp_path):
     """Emptied, then gone: each reload is refused in one line, the tokens stay."""
-    path = tokens_file(tmp_path, KEPT)
+    path = token_file(tmp_path, KEPT)
     d = daemon(*AUTH, "--api-token-file", str(path), *NO_THROTTLE)
     refused = "configuration not reloaded, the running one stays in service: "
 
@@ -120,8 +109,9 @@ def test_a_long_poll_waiting_at_the_reload_is_answered_at_once(daemon, tmp_path)
     """
     A consumer whose token goes gets no incident stored after the reload:
     its waiting poll is answered empty at once, and its next is refused.
+    A reload that changes no token leaves it waiting.
     """
-    path = tokens_file(tmp_path, KEPT, REMOVED)
+    path = token_file(tmp_path, KEPT, REMOVED)
     d = daemon(*AUTH, "--api-token-file", str(path), *NO_THROTTLE)
     bearer = {"Authorization": f"Bearer {REMOVED}"}
     with ThreadPoolExecutor(1) as pool:
@@ -129,8 +119,12 @@ def test_a_long_poll_waiting_at_the_reload_is_answered_at_once(daemon, tmp_path)
             d.request, "GET", "/api/v1/incidents?wait=30", None, bearer, 40
         )
         time.sleep(1)  # ample for it to be waiting; it would wait 30 s
+        # A reload that leaves the tokens as they are leaves it waiting.
+        reloaded(d, "certificate reloaded")
+        time.sleep(0.3)
         assert not poll.done()
-        tokens_file(tmp_path, KEPT)
+        assert not log_lines(d, "API tokens reloaded")
+        token_file(tmp_path, KEPT)
         reloaded(d, "API tokens reloaded: 1 in service")
         reloaded_at = time.monotonic()
         reply = poll.result(10)
@@ -148,8 +142,8 @@ def test_the_config_files_tokens_file_is_read_again(daemon, tmp_path):
     taken out of the config, no token is accepted any more (until a
     restart, when /api/ goes), and the log says so.
     """
-    first = tokens_file(tmp_path, KEPT, name="first")
-    second = tokens_file(tmp_path, ADDED, name="second")
+    first = token_file(tmp_path, KEPT, name="first")
+    second = token_file(tmp_path, ADDED, name="second")
     sender = instance("sender", username="sender", password="sender-secret")
 
     def api(path: Path) -> str:
@@ -176,7 +170,7 @@ def test_tokens_for_a_daemon_started_without_the_api_ask_for_a_restart(
     sender = instance("sender", username="sender", password="sender-secret")
     config = write_config(tmp_path, sender)
     d = daemon("--config", str(config), *NO_THROTTLE)
-    path = tokens_file(tmp_path, ADDED)
+    path = token_file(tmp_path, ADDED)
     write_config(tmp_path, f"[api]\ntokens_file = {json.dumps(str(path))}\n", sender)
     reloaded(d, "restart gwebhook to serve /api/ and /console/")
     assert api_statuses(d, ADDED, 3) == {404}
