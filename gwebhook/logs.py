@@ -190,10 +190,7 @@ class BatchingLogObserver:
         if not text:
             return
         if not isInIOThread():
-            with self._lock:
-                lines, self._lines, self._chars = self._lines, [], 0
-                lines.append(text)
-                self._write(lines)
+            self._write_gathered(text)
             return
         with self._lock:
             self._lines.append(text)
@@ -209,9 +206,13 @@ class BatchingLogObserver:
             if self._pending.active():
                 self._pending.cancel()
             self._pending = None
+        self._write_gathered()
+
+    def _write_gathered(self, *then: str) -> None:
+        """The lines gathered so far, then ``then``, in one write."""
         with self._lock:
             lines, self._lines, self._chars = self._lines, [], 0
-            self._write(lines)
+            self._write([*lines, *then])
 
     def _write(self, lines: list[str]) -> None:
         # A closed or broken stream: nothing more can be written to it.

@@ -148,7 +148,6 @@ class Console(Resource):
                 # Twisted send Content-Length: 0, which a 304 must not
                 # carry (it is the length of the file the browser holds).
                 request.setResponseCode(304)
-                request.write(b"")
                 request.finish()
                 return NOT_DONE_YET
             request.setHeader(b"Content-Type", kind)
